@@ -1,0 +1,30 @@
+# One set-up, shared by every target: .venv/ with the project installed (editable, dev extra).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# On machines that keep a CPU torch 2.13.0 wheel in /opt/wheels, take it instead of a multi-GB CUDA build.
+# Elsewhere pip resolves torch from pyproject.toml; `make install SYSTEM_TORCH=1` reuses a torch you already have.
+TORCH_PIN ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),torch==2.13.0,)
+VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
+export MUJOCO_GL ?= egl
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: install test lint train bench-envs bench-wm bench-learning bench-continual clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(if $(TORCH_PIN),$(BIN)/pip install -q $(TORCH_PIN))
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
