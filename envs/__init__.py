@@ -1,0 +1,12 @@
+"""One Gymnasium API over dm_control, Gymnasium and MuJoCo tasks, with task variants.
+
+This package never imports torch or the agent.
+"""
+
+from .factory import make, make_vec
+from .registry import dmc_tasks, parse_spec
+from .rendering import RenderingUnavailableError
+from .variants import VARIANT_KEYS, variant_label
+
+__all__ = ["make", "make_vec", "parse_spec", "dmc_tasks", "RenderingUnavailableError", "VARIANT_KEYS",
+           "variant_label"]

@@ -1,0 +1,135 @@
+"""Task variants: physics multipliers and reward changes that keep a task's spaces.
+
+A variant is a plain dict, e.g. ``{"gravity": 0.5, "mass": {"pole_1": 3.0}, "gear": -1}``. Every value
+multiplies the model's value as loaded from its XML, so applying a variant twice gives the same model.
+Physics keys work on any MuJoCo model (dm_control or Gymnasium MuJoCo); ``direction`` works on tasks
+whose reward rewards moving forward (walker walk/run, cheetah run).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+import mujoco
+import numpy as np
+
+# key -> (what it multiplies, MuJoCo object type that named entries refer to, allowed range text)
+PHYSICS_KEYS = {
+    "gravity": ("the gravity vector", None, ">= 0"),
+    "mass": ("body masses and inertias", mujoco.mjtObj.mjOBJ_BODY, "> 0"),
+    "friction": ("geom friction coefficients", mujoco.mjtObj.mjOBJ_GEOM, ">= 0"),
+    "gear": ("actuator gears (negative inverts the action)", mujoco.mjtObj.mjOBJ_ACTUATOR, "!= 0"),
+    "damping": ("joint damping", mujoco.mjtObj.mjOBJ_JOINT, ">= 0"),
+}
+VARIANT_KEYS = (*PHYSICS_KEYS, "direction")
+
+
+def _names(model: mujoco.MjModel, objtype: mujoco.mjtObj) -> list[str]:
+    count = {
+        mujoco.mjtObj.mjOBJ_BODY: model.nbody,
+        mujoco.mjtObj.mjOBJ_GEOM: model.ngeom,
+        mujoco.mjtObj.mjOBJ_ACTUATOR: model.nu,
+        mujoco.mjtObj.mjOBJ_JOINT: model.njnt,
+    }[objtype]
+    return [mujoco.mj_id2name(model, objtype, i) or f"#{i}" for i in range(count)]
+
+
+def _check_number(key: str, value: Any, where: str = "") -> float:
+    label = f"variant {key}{where}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{label} must be a number, got {value!r}.")
+    value = float(value)
+    rule = PHYSICS_KEYS[key][2]
+    bad = (not math.isfinite(value)) or {">= 0": value < 0, "> 0": value <= 0, "!= 0": value == 0}[rule]
+    if bad:
+        raise ValueError(f"{label} = {value!r} makes no sense: it multiplies {PHYSICS_KEYS[key][0]} and must be "
+                         f"finite and {rule}.")
+    return value
+
+
+def check_variant(variant: dict[str, Any] | None, model: mujoco.MjModel, supports_direction: bool) -> dict[str, Any]:
+    """Validate a variant against a model; returns it with numbers as floats. Raises ``ValueError`` naming
+    the bad key, body, geom, actuator, joint or value."""
+    if variant is None:
+        return {}
+    if not isinstance(variant, dict):
+        raise ValueError(f"variant must be a dict such as {{'gravity': 0.5}}, got {variant!r}.")
+    checked: dict[str, Any] = {}
+    for key, value in variant.items():
+        if key not in VARIANT_KEYS:
+            close = difflib.get_close_matches(str(key), VARIANT_KEYS, n=2)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ValueError(f"Unknown variant key {key!r}.{hint} Known keys: {', '.join(VARIANT_KEYS)}.")
+        if key == "direction":
+            if value not in (1, -1):
+                raise ValueError(f"variant direction must be 1 (forward) or -1 (backward), got {value!r}.")
+            if value == -1 and not supports_direction:
+                raise ValueError("variant direction=-1 needs a task that rewards forward motion "
+                                 "(dmc walker walk/run, cheetah run).")
+            checked[key] = int(value)
+        elif isinstance(value, dict):
+            objtype = PHYSICS_KEYS[key][1]
+            if objtype is None:
+                raise ValueError(f"variant {key} takes one number, got {value!r}.")
+            names = _names(model, objtype)
+            for name in value:
+                if name not in names:
+                    close = difflib.get_close_matches(str(name), names, n=3)
+                    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                    kind = objtype.name.removeprefix("mjOBJ_").lower()
+                    raise ValueError(f"variant {key}: no {kind} named {name!r} in this model.{hint} "
+                                     f"Its {kind}s: {', '.join(names)}.")
+            checked[key] = {name: _check_number(key, mult, f"[{name}]") for name, mult in value.items()}
+        else:
+            checked[key] = _check_number(key, value)
+    return checked
+
+
+def variant_label(variant: dict[str, Any]) -> str:
+    """A short stable text for logs, e.g. ``gravity=0.5,mass[pole_1]=3``; empty for the default task."""
+    parts = []
+    for key in sorted(variant):
+        value = variant[key]
+        if isinstance(value, dict):
+            parts += [f"{key}[{name}]={mult:g}" for name, mult in sorted(value.items())]
+        else:
+            parts.append(f"{key}={value:g}")
+    return ",".join(parts)
+
+
+class PhysicsDefaults:
+    """The model's values as loaded, so that variants always multiply the original numbers."""
+
+    def __init__(self, model: mujoco.MjModel):
+        self.gravity = model.opt.gravity.copy()
+        self.body_mass = model.body_mass.copy()
+        self.body_inertia = model.body_inertia.copy()
+        self.geom_friction = model.geom_friction.copy()
+        self.actuator_gear = model.actuator_gear.copy()
+        self.dof_damping = model.dof_damping.copy()
+
+    def _ids(self, model: mujoco.MjModel, objtype: mujoco.mjtObj, value: float | dict, count: int):
+        """Per-object multipliers: one number for all, or named entries (others stay 1)."""
+        mult = np.ones(count)
+        if isinstance(value, dict):
+            for name, m in value.items():
+                mult[mujoco.mj_name2id(model, objtype, name)] = m
+        else:
+            mult[:] = value
+        return mult
+
+    def apply(self, model: mujoco.MjModel, variant: dict[str, Any]) -> None:
+        """Reset the physics fields to their defaults, then multiply them by the variant's values."""
+        model.opt.gravity[:] = self.gravity * variant.get("gravity", 1.0)
+        body = self._ids(model, mujoco.mjtObj.mjOBJ_BODY, variant.get("mass", 1.0), model.nbody)
+        model.body_mass[:] = self.body_mass * body
+        model.body_inertia[:] = self.body_inertia * body[:, None]
+        geom = self._ids(model, mujoco.mjtObj.mjOBJ_GEOM, variant.get("friction", 1.0), model.ngeom)
+        model.geom_friction[:] = self.geom_friction * geom[:, None]
+        act = self._ids(model, mujoco.mjtObj.mjOBJ_ACTUATOR, variant.get("gear", 1.0), model.nu)
+        model.actuator_gear[:] = self.actuator_gear
+        model.actuator_gear[:, 0] = self.actuator_gear[:, 0] * act
+        joint = self._ids(model, mujoco.mjtObj.mjOBJ_JOINT, variant.get("damping", 1.0), model.njnt)
+        model.dof_damping[:] = self.dof_damping * joint[model.dof_jntid]
