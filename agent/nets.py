@@ -346,16 +346,21 @@ class PatchDecoder(nn.Module):
         self.norm = make_norm(norm, D)
         self.out = nn.Linear(D, patch * patch * C)
 
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """(B, T, N, p*p*C) -> (B, T, H, W, C); the inverse of `PatchVideoEncoder.patchify`."""
+        B, T = patches.shape[:2]
+        H, W, C = self.image_shape
+        (gh, gw), p = self.grid, self.patch
+        x = patches.reshape(B, T, gh, gw, p, p, C).permute(0, 1, 2, 4, 3, 5, 6)  # (B, T, gh, p, gw, p, C)
+        return x.reshape(B, T, H, W, C)
+
     def forward(self, feat: Tensor) -> Tensor:
         """(B, T, F) -> (B, T, H, W, C)."""
         B, T = feat.shape[:2]
-        H, W, C = self.image_shape
-        (gh, gw), p = self.grid, self.patch
-        x = self.tokens(feat).reshape(B * T, gh * gw, -1) + self.pos  # (B*T, N, D)
+        x = self.tokens(feat).reshape(B * T, self.grid[0] * self.grid[1], -1) + self.pos  # (B*T, N, D)
         for block in self.blocks:
             x = block(x)
-        x = self.out(self.norm(x)).reshape(B, T, gh, gw, p, p, C)
-        return x.permute(0, 1, 2, 4, 3, 5, 6).reshape(B, T, H, W, C)  # (B, T, gh, p, gw, p, C) -> image
+        return self.unpatchify(self.out(self.norm(x)).reshape(B, T, x.shape[1], -1))  # (B, T, N, p*p*C)
 
 
 class StateDecoder(nn.Module):

@@ -32,8 +32,9 @@ def test_every_field_has_a_help_string_and_presets_validate():
 
 
 def test_size_table_follows_dreamerv3():
-    table = {"12m": (2048, 256, 16, 16, 256), "25m": (3072, 384, 24, 24, 384), "50m": (4096, 512, 32, 32, 512),
-             "100m": (6144, 768, 48, 48, 768), "200m": (8192, 1024, 64, 64, 1024)}
+    table = {"12m": (2048, 256, 16, 16, 256), "25m": (3072, 384, 24, 24, 384),
+             "50m": (4096, 512, 32, 32, 512), "100m": (6144, 768, 48, 48, 768),
+             "200m": (8192, 1024, 64, 64, 1024)}
     for name, (deter, hidden, classes, depth, units) in table.items():
         wm = PRESETS[name].world_model
         assert (wm.rssm.deter, wm.rssm.hidden, wm.rssm.classes, wm.encoder.cnn_depth, wm.heads.units) == (
