@@ -19,6 +19,7 @@ Carry (the state between windows and between online steps), a dict of (B, ...) t
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Any
 
@@ -137,7 +138,9 @@ class WorldModel(nn.Module):
         if "model" not in state_dict or "optimizer" not in state_dict:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         result = super().load_state_dict(state_dict["model"], strict=strict, assign=assign)
-        self.optimizer.load_state_dict(state_dict["optimizer"])
+        # Optimizer.load_state_dict keeps the given moment tensors when dtype and device match; copy them
+        # so that a model loaded from another live model's state_dict does not share its Adam moments.
+        self.optimizer.load_state_dict(copy.deepcopy(state_dict["optimizer"]))
         self.generator.set_state(state_dict["generator"])
         return result
 
