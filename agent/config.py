@@ -359,7 +359,7 @@ def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None) 
     need(d.patch_width % d.patch_heads == 0, "world_model.decoder.patch_width", "must divide by patch_heads")
     need(r.deter % r.blocks == 0, "world_model.rssm.deter", f"must divide by rssm.blocks={r.blocks}")
     need(0.0 <= r.unimix < 1.0, "world_model.rssm.unimix", f"must be in [0, 1), got {r.unimix}")
-    need(h.bins >= 2 and h.bins % 2 == 1, "world_model.heads.bins", "must be odd and >= 3 (a bin at 0)")
+    need(h.bins >= 3 and h.bins % 2 == 1, "world_model.heads.bins", "must be odd and >= 3 (a bin at 0)")
     need(lo.free_nats >= 0, "world_model.loss.free_nats", "must be >= 0")
     for n in ("image", "state", "reward", "continue_", "dyn", "rep"):
         need(getattr(lo, n) >= 0, f"world_model.loss.{n}", "must be >= 0")

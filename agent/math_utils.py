@@ -23,9 +23,11 @@ def symexp(x: Tensor) -> Tensor:
 
 
 def symlog_bins(num: int = 255, bin_range: float = 20.0, device: torch.device | str | None = None) -> Tensor:
-    """`num` bin centres uniformly spaced in symlog space on [-bin_range, bin_range] (exactly symmetric)."""
+    """An odd number `num` of bin centres uniformly spaced in symlog space on [-bin_range, bin_range],
+    exactly symmetric with an exact 0 in the middle."""
+    assert num % 2 == 1 and num >= 3, f"num must be odd and >= 3, got {num}"
     half = torch.linspace(-bin_range, 0.0, (num + 1) // 2, device=device)
-    return torch.cat([half, -half[:-1].flip(0)]) if num % 2 else torch.linspace(-bin_range, bin_range, num)
+    return torch.cat([half, -half[:-1].flip(0)])
 
 
 def twohot_encode(x: Tensor, bins: Tensor) -> Tensor:

@@ -178,21 +178,32 @@ class WorldModel(nn.Module):
         return self.encoder(obs, is_first, frames, valid)
 
     def _next_frames(self, images: Tensor, is_first: Tensor, context: Carry) -> tuple[Tensor, Tensor]:
-        """The carry's last k_t-1 frames after this window (B, k_t-1, H, W, C) uint8, all valid."""
-        B = images.shape[0]
-        index = tubelet_indices(is_first, self.tubelet_frames, context["frames_valid"])[:, -1, 1:]  # (B, k-1)
-        extended = torch.cat([context["frames"], images], 1)  # (B, k-1+T, H, W, C)
-        frames = extended[torch.arange(B, device=images.device)[:, None], index]
-        return frames, torch.ones(B, dtype=torch.bool, device=images.device)
+        """The carry's last k_t-1 frames after this window (B, k_t-1, H, W, C) uint8, all valid: the
+        newest slots of the last step's tubelet, so they are already cut at episode starts."""
+        B, k = images.shape[0], self.tubelet_frames
+        valid = torch.ones(B, dtype=torch.bool, device=images.device)
+        if k == 1:
+            return context["frames"], valid
+        index = tubelet_indices(is_first, k, context["frames_valid"])[:, -1, 1:]  # (B, k-1)
+        rows = torch.arange(B, device=images.device)[:, None]
+        from_context = context["frames"][rows, index.clamp(max=k - 2)]  # (B, k-1, H, W, C)
+        from_window = images[rows, (index - (k - 1)).clamp(min=0)]  # (B, k-1, H, W, C)
+        in_context = (index < k - 1)[..., None, None, None]
+        return torch.where(in_context, from_context, from_window), valid
 
     def observe(self, batch: dict[str, Tensor], state: Carry | None = None,
                 sample: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor], Carry]:
         """Encode and filter a raw batch continuing from `state` (None: fresh windows).
         Returns (posterior, prior, last_state); posterior/prior as in `RSSM.observe`."""
+        return self._observe(batch, self.preprocess(batch), state, sample)
+
+    def _observe(self, batch: dict[str, Tensor], data: dict[str, Tensor], state: Carry | None,
+                 sample: bool) -> tuple[dict[str, Tensor], dict[str, Tensor], Carry]:
+        """`observe` with the batch already preprocessed into `data` (the raw batch is still needed:
+        the carried frames stay uint8)."""
         is_first = batch["is_first"]
         B, T = is_first.shape
         state = self.initial(B) if state is None else state
-        data = self.preprocess(batch)
         embed = self.embed(data, is_first, context=state)  # (B, T, E)
         prev_action = torch.cat([state["action"][:, None], batch["action"][:, :-1]], 1)  # (B, T, A)
         posterior, prior = self.rssm.observe(embed, prev_action, is_first,
@@ -223,14 +234,14 @@ class WorldModel(nn.Module):
         """
         self._check_batch(batch)
         scales = self.cfg.world_model.loss
-        posterior, prior, last = self.observe(batch, state)
+        data = self.preprocess(batch)
+        posterior, prior, last = self._observe(batch, data, state, sample=True)
         feat = self.rssm.features(posterior)  # (B, T, F)
         losses: dict[str, Tensor] = {}
 
         # Reconstruction.
         if self.image_decoder is not None:
-            target = self.preprocess({"image": batch["image"]})["image"]
-            losses["image"] = (self.image_decoder(feat).float() - target).square().sum((-3, -2, -1))
+            losses["image"] = (self.image_decoder(feat).float() - data["image"]).square().sum((-3, -2, -1))
         if self.state_decoder is not None:
             losses["state"] = (self.state_decoder(feat).float() - symlog(batch["state"])).square().sum(-1)
 
@@ -310,10 +321,9 @@ class WorldModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------- reports
 
-    @torch.no_grad()
     def decode(self, feat: Tensor) -> dict[str, Tensor]:
         """Predictions from features (B, T, F) in observation units: image float in [0, 1], state,
-        reward, continue_ (probability)."""
+        reward, continue_ (probability). Differentiable; wrap in no_grad where that is not needed."""
         out = {"reward": twohot_decode(self.reward(feat), self.bins),
                "continue_": torch.sigmoid(self.continue_(feat).float())}
         if self.image_decoder is not None:
