@@ -141,3 +141,14 @@ def test_block_linear_is_block_diagonal():
     y, y2 = layer(x), layer(x2)
     changed = (y2 - y).abs().amax((0, 2)) > 1e-6
     assert changed.tolist() == [False, True, False, False]
+
+
+@pytest.mark.slow
+def test_compiled_cell_matches_eager():
+    eager, compiled = _rssm(), _rssm(compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    inputs = _inputs(2, 5)
+    a, _ = eager.observe(*inputs, sample=False)
+    b, _ = compiled.observe(*inputs, sample=False)
+    torch.testing.assert_close(b["deter"], a["deter"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b["logits"], a["logits"], rtol=1e-5, atol=1e-5)
