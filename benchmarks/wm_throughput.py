@@ -10,6 +10,7 @@ image decoder). Each configuration runs in its own subprocess so that its peak m
 on CPU the peak resident set (ru_maxrss) and the RSS before the model was built; on CUDA
 torch.cuda.max_memory_allocated. Observations are 64x64x3 uint8 images with a 6-dim Box action.
 
+`--params-only` writes parameter counts per module for every preset and encoder, without timing.
 `--rssm-loop` times the RSSM observe loop alone (random embeddings), eager against torch.compile of the
 step cell (`world_model.rssm.compile=true`), forward and forward + backward, and checks that both
 give the same numbers. `--shape PRESET=BxT` gives one preset a smaller batch (the JSON records it).
@@ -44,6 +45,11 @@ def _machine(device: str) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device}
     info["device_name"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu_model
+    try:
+        git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]
+        info["git_commit"] = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
     return info
 
 
@@ -208,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rssm-loop", action="store_true", help="time the RSSM observe loop, eager vs compile")
+    p.add_argument("--params-only", action="store_true", help="only count parameters (no timing)")
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every configuration)")
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -219,6 +226,19 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(spec["threads"])
         result = run_rssm_loop(spec) if spec["mode"] == "rssm_loop" else run_update(spec)
         print(json.dumps(result))
+        return
+
+    if args.params_only:
+        counts = {f"{name}/{enc}": _build({"preset": name, "device": "cpu", "encoder": enc}).param_counts()
+                  for name in args.presets for enc in args.encoders}
+        for key, c in counts.items():
+            print(f"{key:12} " + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in c.items()), flush=True)
+        if args.out:
+            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+            with open(args.out, "w") as f:
+                report = {"machine": {"cpu": _machine("cpu")}, "argv": [sys.argv[1:]],
+                          "obs": "image 64x64x3", "action_dim": 6, "param_counts": counts}
+                json.dump(report, f, indent=1)
         return
 
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
