@@ -1,0 +1,382 @@
+"""Configuration: one frozen dataclass per component, nested in `AgentConfig`, plus presets and helpers.
+
+Every field carries a one-line help string in `metadata["help"]`. Nothing mutates a config after
+parsing: `apply_overrides` and `config_from_dict` build new instances with `dataclasses.replace`.
+Facts from the environment (observation and action spaces) are not config; they are passed to
+constructors, and `validate(cfg, image_shape=...)` checks what depends on them.
+
+Size presets follow DreamerV3's model-size table (Hafner et al. 2023, "Mastering Diverse Domains
+through World Models", Table of model sizes; values also in its public configs.yaml): deter size,
+hidden size, classes per latent group, CNN depth and MLP units. The patch-encoder width per size is
+our own choice (8 x CNN depth), so that the CNN/patch ablation stays on a comparable budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line help string."""
+    return field(default=default, metadata={"help": help})
+
+
+def _sub(cls: type, help: str) -> Any:
+    """A nested-config field whose default is `cls()`."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Observation encoders: images via the causal patch encoder or a per-frame CNN; states via an MLP."""
+
+    kind: Literal["patch", "cnn"] = _f("patch", "image encoder: causal tubelet Transformer or per-frame CNN")
+    tubelet_frames: int = _f(2, "k_t: frames per causal tubelet (t-k_t+1..t)")
+    patch: int = _f(8, "p: spatial patch size in pixels (64x64 images -> 64 tokens)")
+    width: int = _f(128, "D: token width of the patch encoder (divisible by 4 and by heads)")
+    depth: int = _f(2, "pre-norm Transformer blocks in the patch encoder")
+    heads: int = _f(4, "attention heads in the patch encoder and its pooling")
+    mlp_ratio: int = _f(4, "Transformer MLP hidden size = mlp_ratio * width")
+    pool_queries: int = _f(4, "learned queries of the attention pooling; embed = pool_queries * width")
+    cnn_depth: int = _f(32, "d: channels of the first CNN layer; layers use d, 2d, 4d, 8d")
+    cnn_min_res: int = _f(4, "the CNN halves the resolution until it reaches this size")
+    mlp_units: int = _f(256, "units of the state MLP encoder")
+    mlp_layers: int = _f(3, "layers of the state MLP encoder")
+    symlog_state: bool = _f(True, "apply symlog to state inputs (DreamerV3)")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Reconstruction decoders for images and states."""
+
+    kind: Literal["cnn", "patch"] = _f(
+        "cnn", "image decoder: transposed CNN (DreamerV3) or token-wise patch decoder"
+    )
+    cnn_depth: int = _f(32, "d: the transposed CNN uses 8d, 4d, 2d, d channels from 4x4 up")
+    cnn_min_res: int = _f(4, "resolution the transposed CNN starts from")
+    patch_width: int = _f(64, "token width of the patch decoder")
+    patch_depth: int = _f(1, "Transformer blocks of the patch decoder (0: token-wise linear only)")
+    patch_heads: int = _f(2, "attention heads of the patch decoder")
+    mlp_units: int = _f(256, "units of the state decoder MLP")
+    mlp_layers: int = _f(3, "layers of the state decoder MLP")
+
+
+@dataclass(frozen=True)
+class RSSMConfig:
+    """Recurrent state-space model: block-diagonal normalised GRU + S categoricals of K classes."""
+
+    deter: int = _f(4096, "size of the deterministic recurrent state")
+    hidden: int = _f(512, "hidden units of the RSSM's input, prior and posterior layers")
+    stoch: int = _f(32, "S: number of categorical latent groups")
+    classes: int = _f(32, "K: classes per categorical group")
+    blocks: int = _f(8, "G: blocks of the block-diagonal GRU (deter must divide by it)")
+    dyn_layers: int = _f(1, "block-linear hidden layers before the GRU gates (>= 1)")
+    prior_layers: int = _f(2, "hidden layers of the prior (transition) MLP")
+    posterior_layers: int = _f(1, "hidden layers of the posterior (representation) MLP")
+    unimix: float = _f(0.01, "uniform mixture in every categorical (DreamerV3: 1%)")
+    initial: Literal["learned", "zero"] = _f(
+        "learned", "initial state: tanh of a learned vector (+ its prior mode) or all zeros"
+    )
+    compile: bool = _f(False, "torch.compile the observe step cell (the hot loop)")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Reward and continue predictors on the model features."""
+
+    bins: int = _f(255, "two-hot bins of the reward head, uniform in symlog space")
+    bin_range: float = _f(20.0, "bins span [-bin_range, bin_range] in symlog space")
+    units: int = _f(256, "units of the reward and continue MLPs")
+    layers: int = _f(1, "hidden layers of the reward and continue MLPs")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss scales (one table for the weighted sum of the (B, T) terms) and free bits."""
+
+    image: float = _f(1.0, "scale of the image reconstruction loss (MSE summed over pixels)")
+    state: float = _f(1.0, "scale of the state reconstruction loss (symlog MSE)")
+    reward: float = _f(1.0, "scale of the reward loss (symlog two-hot cross-entropy)")
+    continue_: float = _f(1.0, "scale of the continue loss (Bernoulli log-likelihood)")
+    dyn: float = _f(1.0, "scale of the dynamics KL (prior towards stopped-gradient posterior)")
+    rep: float = _f(0.1, "scale of the representation KL (posterior towards stopped-gradient prior)")
+    free_nats: float = _f(1.0, "free bits: each KL term is clipped below at this many nats")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for the whole world model, with global grad-norm clipping."""
+
+    lr: float = _f(1e-4, "learning rate (DreamerV3 paper: 1e-4 for the world model)")
+    eps: float = _f(1e-8, "Adam epsilon")
+    grad_clip: float = _f(1000.0, "clip the global grad norm to this value (<= 0: no clipping)")
+    weight_decay: float = _f(0.0, "decoupled weight decay (AdamW style); 0 is plain Adam")
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Everything the world model needs."""
+
+    encoder: EncoderConfig = _sub(EncoderConfig, "observation encoders")
+    decoder: DecoderConfig = _sub(DecoderConfig, "reconstruction decoders")
+    rssm: RSSMConfig = _sub(RSSMConfig, "recurrent state-space model")
+    heads: HeadsConfig = _sub(HeadsConfig, "reward and continue heads")
+    loss: LossConfig = _sub(LossConfig, "loss scales and free bits")
+    optim: OptimConfig = _sub(OptimConfig, "optimizer")
+    norm: Literal["layer", "rms"] = _f("layer", "normalisation in MLPs and conv layers")
+
+
+# ---------------------------------------------------------------------------------------------
+# ACTOR-CRITIC: owned by the actor-critic work, not by the world model. Add its fields here
+# (horizon, lambda_, discount, entropy, slow critic, ...). The world model never reads them.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActorCriticConfig:
+    """Placeholder for the actor-critic section; intentionally empty until that component lands."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Top-level config: what a run saves beside itself."""
+
+    world_model: WorldModelConfig = _sub(WorldModelConfig, "world model")
+    actor_critic: ActorCriticConfig = _sub(ActorCriticConfig, "actor-critic (to be added)")
+    device: str = _f("cpu", "torch device, e.g. cpu or cuda; nothing assumes CUDA")
+    precision: Literal["float32", "bf16"] = _f("float32", "bf16 = torch.autocast to bfloat16, CUDA only")
+    seed: int = _f(0, "seed of parameter initialisation and of the model's sampling generator")
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+
+def _sized(
+    deter: int, hidden: int, classes: int, cnn_depth: int, units: int, width: int, blocks: int = 8
+) -> AgentConfig:
+    """An AgentConfig for one row of the size table."""
+    heads = max(1, width // 32)
+    return AgentConfig(
+        world_model=WorldModelConfig(
+            encoder=EncoderConfig(width=width, heads=heads, cnn_depth=cnn_depth, mlp_units=units),
+            decoder=DecoderConfig(cnn_depth=cnn_depth, mlp_units=units, patch_width=width // 2),
+            rssm=RSSMConfig(deter=deter, hidden=hidden, classes=classes, blocks=blocks),
+            heads=HeadsConfig(units=units),
+        )
+    )
+
+
+def _debug() -> AgentConfig:
+    """Tiny: a full update at B=2, T=8 on 64x64 pixels takes a small fraction of a second on a CPU."""
+    wm = WorldModelConfig(
+        encoder=EncoderConfig(
+            width=32, depth=1, heads=2, mlp_ratio=2, pool_queries=2, cnn_depth=4, mlp_units=32, mlp_layers=1
+        ),
+        decoder=DecoderConfig(
+            cnn_depth=4, patch_width=16, patch_depth=0, patch_heads=1, mlp_units=32, mlp_layers=1
+        ),
+        rssm=RSSMConfig(deter=64, hidden=32, stoch=4, classes=4, blocks=2, prior_layers=1),
+        heads=HeadsConfig(units=32, layers=1),
+    )
+    return AgentConfig(world_model=wm)
+
+
+PRESETS: dict[str, AgentConfig] = {
+    "debug": _debug(),
+    "small": _sized(deter=512, hidden=128, classes=16, cnn_depth=16, units=128, width=64, blocks=4),
+    "12m": _sized(2048, 256, 16, 16, 256, width=128),
+    "25m": _sized(3072, 384, 24, 24, 384, width=192),
+    "50m": _sized(4096, 512, 32, 32, 512, width=256),
+    "100m": _sized(6144, 768, 48, 48, 768, width=384),
+    "200m": _sized(8192, 1024, 64, 64, 1024, width=512),
+}
+
+
+def preset(name: str) -> AgentConfig:
+    """The preset called `name`, with a close-match suggestion when it does not exist."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}{_suggest(name, PRESETS)}; presets: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _suggest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A nested plain dict (JSON/YAML friendly) of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any], cls: type = AgentConfig) -> Any:
+    """Build `cls` from a nested dict. Unknown keys and values of the wrong type raise ValueError;
+    missing keys keep their defaults (so configs saved by older versions still load)."""
+    return _from_dict(d, cls, prefix="")
+
+
+def _from_dict(d: dict[str, Any], cls: type, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{prefix or 'config'}: expected a mapping for {cls.__name__}, got {d!r}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ValueError(f"unknown config field {path!r}{_suggest(key, names)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _from_dict(value, typ, prefix=f"{path}.")
+        else:
+            kwargs[key] = _check_value(value, typ, path)
+    return cls(**kwargs)
+
+
+def _check_value(value: Any, typ: Any, path: str) -> Any:
+    """Accept `value` for a field of type `typ` (ints for floats too), or raise ValueError."""
+    if typing.get_origin(typ) is Literal:
+        if value not in typing.get_args(typ):
+            raise ValueError(f"{path}: {value!r} is not one of {list(typing.get_args(typ))}")
+        return value
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    else:
+        raise ValueError(f"{path}: unsupported field type {typ!r}")
+    if not ok:
+        raise ValueError(f"{path}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _parse_value(text: str, typ: Any, path: str) -> Any:
+    """Parse a command-line string for a field of type `typ`."""
+    try:
+        if typing.get_origin(typ) is Literal:
+            return _check_value(text, typ, path)
+        if typ is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+        if typ is str:
+            return text
+    except ValueError as e:
+        raise ValueError(f"bad value {text!r} for {path} ({_type_name(typ)}): {e}") from None
+    raise ValueError(f"{path}: unsupported field type {typ!r}")
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(typ)))
+    return getattr(typ, "__name__", str(typ))
+
+
+def apply_overrides(cfg: Any, overrides: typing.Sequence[str]) -> Any:
+    """Return a new config with `"dotted.field=value"` overrides applied in order.
+
+    Values are parsed according to the field's type (bool accepts true/false/1/0/yes/no). An unknown
+    field raises ValueError naming it with close-match suggestions; an unparsable value raises
+    ValueError naming the field and its type. The input config is not modified.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form dotted.field=value")
+        key, text = item.split("=", 1)
+        cfg = _override(cfg, key.strip().split("."), text.strip(), path="")
+    return cfg
+
+
+def _override(cfg: Any, parts: list[str], text: str, path: str) -> Any:
+    name, rest = parts[0], parts[1:]
+    full = f"{path}{name}"
+    names = [f.name for f in dataclasses.fields(cfg)]
+    if name not in names:
+        raise ValueError(f"unknown config field {full!r}{_suggest(name, names)}")
+    typ = _hints(type(cfg))[name]
+    if dataclasses.is_dataclass(typ):
+        if not rest:
+            raise ValueError(f"{full!r} is a section; override one of its fields, e.g. {full}.<field>=...")
+        return dataclasses.replace(cfg, **{name: _override(getattr(cfg, name), rest, text, f"{full}.")})
+    if rest:
+        raise ValueError(f"{full!r} is a value, not a section; cannot override {full}.{'.'.join(rest)}")
+    return dataclasses.replace(cfg, **{name: _parse_value(text, typ, full)})
+
+
+def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None) -> AgentConfig:
+    """Check value ranges and cross-field constraints; raise ValueError naming the field. Returns cfg.
+
+    `image_shape` (H, W, C), when known, enables the checks that depend on the image size.
+    """
+    wm = cfg.world_model
+    errors: list[str] = []
+
+    def need(ok: bool, name: str, msg: str) -> None:
+        if not ok:
+            errors.append(f"{name}: {msg}")
+
+    def positive(obj: Any, prefix: str, names: typing.Iterable[str]) -> None:
+        for n in names:
+            need(getattr(obj, n) > 0, f"{prefix}.{n}", f"must be positive, got {getattr(obj, n)}")
+
+    e, d, r, h, lo, o = wm.encoder, wm.decoder, wm.rssm, wm.heads, wm.loss, wm.optim
+    positive(e, "world_model.encoder", ["tubelet_frames", "patch", "width", "depth", "heads", "mlp_ratio",
+                                        "pool_queries", "cnn_depth", "cnn_min_res", "mlp_units",
+                                        "mlp_layers"])
+    positive(d, "world_model.decoder", ["cnn_depth", "cnn_min_res", "patch_width", "patch_heads",
+                                        "mlp_units", "mlp_layers"])
+    positive(r, "world_model.rssm", ["deter", "hidden", "stoch", "classes", "blocks", "dyn_layers",
+                                     "prior_layers", "posterior_layers"])
+    positive(h, "world_model.heads", ["bins", "bin_range", "units"])
+    positive(o, "world_model.optim", ["lr", "eps"])
+    need(d.patch_depth >= 0, "world_model.decoder.patch_depth", "must be >= 0")
+    need(h.layers >= 0, "world_model.heads.layers", "must be >= 0")
+    need(e.width % 4 == 0, "world_model.encoder.width", f"must divide by 4 (2D sin-cos), got {e.width}")
+    need(e.width % e.heads == 0, "world_model.encoder.width",
+         f"must divide by encoder.heads={e.heads}, got {e.width}")
+    need(d.patch_width % 4 == 0, "world_model.decoder.patch_width", "must divide by 4 (2D sin-cos)")
+    need(d.patch_width % d.patch_heads == 0, "world_model.decoder.patch_width", "must divide by patch_heads")
+    need(r.deter % r.blocks == 0, "world_model.rssm.deter", f"must divide by rssm.blocks={r.blocks}")
+    need(0.0 <= r.unimix < 1.0, "world_model.rssm.unimix", f"must be in [0, 1), got {r.unimix}")
+    need(h.bins >= 3 and h.bins % 2 == 1, "world_model.heads.bins", "must be odd and >= 3 (a bin at 0)")
+    need(lo.free_nats >= 0, "world_model.loss.free_nats", "must be >= 0")
+    for n in ("image", "state", "reward", "continue_", "dyn", "rep"):
+        need(getattr(lo, n) >= 0, f"world_model.loss.{n}", "must be >= 0")
+    need(cfg.precision != "bf16" or cfg.device.startswith("cuda"), "precision",
+         f"bf16 autocast is CUDA only, but device={cfg.device!r}")
+    if image_shape is not None:
+        H, W, _ = image_shape
+        for name, p in (("world_model.encoder.patch", e.patch),):
+            need(e.kind != "patch" or (H % p == 0 and W % p == 0), name,
+                 f"{p} must divide the image size {H}x{W}")
+        need(d.kind != "patch" or (H % e.patch == 0 and W % e.patch == 0), "world_model.encoder.patch",
+             f"the patch decoder uses encoder.patch={e.patch}, which must divide {H}x{W}")
+        for name, res in (("world_model.encoder.cnn_min_res", e.cnn_min_res),
+                          ("world_model.decoder.cnn_min_res", d.cnn_min_res)):
+            ok = H == W and res <= H and (H // res) & (H // res - 1) == 0 and H % res == 0
+            uses = (e.kind == "cnn") if "encoder" in name else (d.kind == "cnn")
+            need(not uses or ok, name, f"{H}x{W} must be square and {res} * a power of two")
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+    return cfg

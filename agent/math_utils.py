@@ -1,0 +1,172 @@
+"""Pure math helpers shared by the world model and the actor-critic.
+
+Sources of the ideas (the code is ours): symlog/symexp, symlog two-hot regression with 255 bins,
+1% uniform mix in categoricals, percentile return normalisation: DreamerV3 (Hafner et al. 2023).
+lambda-returns: Sutton & Barto, TD(lambda); the recursive form as used by Dreamer (Hafner et al. 2020).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def symlog(x: Tensor) -> Tensor:
+    """sign(x) * log(1 + |x|): compresses large magnitudes, identity-like near 0."""
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: Tensor) -> Tensor:
+    """Inverse of `symlog`: sign(x) * (exp(|x|) - 1)."""
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+def symlog_bins(num: int = 255, bin_range: float = 20.0, device: torch.device | str | None = None) -> Tensor:
+    """An odd number `num` of bin centres uniformly spaced in symlog space on [-bin_range, bin_range],
+    exactly symmetric with an exact 0 in the middle."""
+    assert num % 2 == 1 and num >= 3, f"num must be odd and >= 3, got {num}"
+    half = torch.linspace(-bin_range, 0.0, (num + 1) // 2, device=device)
+    return torch.cat([half, -half[:-1].flip(0)])
+
+
+def twohot_encode(x: Tensor, bins: Tensor) -> Tensor:
+    """Two-hot encoding of `x` (..., ) onto sorted `bins` (K,) -> (..., K).
+
+    `x` is in the same space as `bins` (for the symlog two-hot loss pass `symlog(value)`). The two
+    neighbouring bins get weights proportional to closeness, so the expected bin value equals x
+    inside the range; values outside the range go entirely to the end bin.
+    """
+    K = bins.shape[0]
+    x = x.clamp(bins[0], bins[-1])
+    below = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, K - 2)  # (...)
+    lo, hi = bins[below], bins[below + 1]
+    w_hi = (x - lo) / (hi - lo)
+    out = torch.zeros(*x.shape, K, dtype=x.dtype, device=x.device)
+    out.scatter_(-1, below.unsqueeze(-1), (1.0 - w_hi).unsqueeze(-1))
+    out.scatter_add_(-1, (below + 1).unsqueeze(-1), w_hi.unsqueeze(-1))
+    return out
+
+
+def twohot_decode(logits: Tensor, bins: Tensor) -> Tensor:
+    """symexp of the expected bin value under softmax(logits): (..., K) -> (...).
+
+    The sum runs over the two halves of the symmetric bins from the outside in, so that uniform
+    probabilities (zero-initialised logits) decode to exactly 0 (DreamerV3 does the same).
+    """
+    probs = torch.softmax(logits.float(), -1)
+    m = bins.shape[0] // 2
+    lower = (probs[..., :m] * bins[:m]).sum(-1)
+    upper = (probs[..., m + 1 :] * bins[m + 1 :]).flip(-1).sum(-1)
+    middle = probs[..., m] * bins[m]
+    return symexp(lower + upper + middle)
+
+
+def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
+    """Cross-entropy of `logits` (..., K) against two-hot(symlog(target)) for raw `target` (...) -> (...)."""
+    return -(twohot_encode(symlog(target.float()), bins) * F.log_softmax(logits.float(), -1)).sum(-1)
+
+
+def lambda_return(
+    reward: Tensor, value: Tensor, continue_: Tensor, bootstrap: Tensor, lambda_: float, discount: float
+) -> Tensor:
+    """TD(lambda) returns, time on the FIRST axis: inputs (H, ...), `bootstrap` (...), output (H, ...).
+
+    Alignment, for a trajectory of states s_0..s_H:
+      value[t]     = V(s_t)                       for t = 0..H-1 (value[0] is not used)
+      reward[t]    = reward of the transition s_t -> s_{t+1}
+      continue_[t] = 1 if s_{t+1} is not terminal (0 stops the return after reward[t])
+      bootstrap    = V(s_H)
+    and, with v_{t+1} = value[t+1] for t < H-1 and v_H = bootstrap,
+      R_t = reward[t] + discount * continue_[t] * ((1 - lambda_) * v_{t+1} + lambda_ * R_{t+1}),  R_H = v_H.
+    With an imagined trajectory (H+1, N) whose reward/continue are predicted AT each state (DreamerV3's
+    convention: rew[t] = reward on arriving at s_t), call it as
+      lambda_return(rew[1:], val[:-1], con[1:], val[-1], lambda_, discount).
+    """
+    H = reward.shape[0]
+    next_value = torch.cat([value[1:], bootstrap.unsqueeze(0)], 0)
+    factor = discount * continue_
+    base = reward + factor * (1.0 - lambda_) * next_value
+    out = []
+    ret = bootstrap
+    for t in reversed(range(H)):
+        ret = base[t] + factor[t] * lambda_ * ret
+        out.append(ret)
+    return torch.stack(out[::-1], 0)
+
+
+class ReturnNormalizer(nn.Module):
+    """Scale for advantages: max(floor, EMA(P95) - EMA(P5)) of the returns seen (DreamerV3).
+
+    The EMAs start at 0 and update as low <- decay * low + (1 - decay) * P5(returns). The floor of 1
+    keeps small returns from being blown up. Buffers make it follow `.to(device)` and `state_dict`.
+    """
+
+    def __init__(self, decay: float = 0.99, low: float = 5.0, high: float = 95.0, floor: float = 1.0):
+        super().__init__()
+        self.decay, self.q_low, self.q_high, self.floor = decay, low / 100.0, high / 100.0, floor
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, returns: Tensor) -> None:
+        """Fold the percentiles of a batch of `returns` (any shape) into the EMAs."""
+        flat = returns.detach().float().reshape(-1)
+        quantiles = torch.quantile(flat, torch.tensor([self.q_low, self.q_high], device=flat.device))
+        self.low.mul_(self.decay).add_((1.0 - self.decay) * quantiles[0])
+        self.high.mul_(self.decay).add_((1.0 - self.decay) * quantiles[1])
+
+    def scale(self) -> Tensor:
+        """The current scale, a scalar tensor >= floor."""
+        return torch.clamp(self.high - self.low, min=self.floor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x / scale (for advantages, which are already differences of returns)."""
+        return x / self.scale()
+
+
+# --------------------------------------------------------------------------------------------- categoricals
+
+
+def unimix_logits(logits: Tensor, unimix: float) -> Tensor:
+    """Logits (..., K) of (1 - unimix) * softmax(logits) + unimix / K, as log-probabilities."""
+    if unimix <= 0.0:
+        return F.log_softmax(logits, -1)
+    probs = torch.softmax(logits, -1)
+    probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
+    return torch.log(probs)
+
+
+def categorical_sample_st(logits: Tensor, noise: Tensor) -> Tensor:
+    """One-hot sample (..., K) of Categorical(logits) with straight-through gradients.
+
+    `noise` (..., 1) is uniform on [0, 1): the sample is the first class whose CDF exceeds it
+    (inverse-CDF sampling, exact, one random number per categorical). Passing the noise in keeps
+    this function free of RNG state, so the RSSM can draw all noise before its time loop.
+    Forward value: the one-hot sample; gradient: that of the probabilities.
+    """
+    probs = torch.softmax(logits, -1)
+    cdf = probs.cumsum(-1)
+    index = (cdf <= noise).sum(-1, keepdim=True).clamp_max(logits.shape[-1] - 1)  # (..., 1)
+    onehot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
+    return onehot + probs - probs.detach()
+
+
+def categorical_mode_st(logits: Tensor) -> Tensor:
+    """One-hot argmax (..., K) with straight-through gradients of the probabilities."""
+    probs = torch.softmax(logits, -1)
+    onehot = F.one_hot(probs.argmax(-1), logits.shape[-1]).to(probs.dtype)
+    return onehot + probs - probs.detach()
+
+
+def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """KL(p || q) between categoricals over the last axis: (..., K) -> (...)."""
+    log_p = F.log_softmax(logits_p.float(), -1)
+    log_q = F.log_softmax(logits_q.float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def categorical_entropy(logits: Tensor) -> Tensor:
+    """Entropy over the last axis: (..., K) -> (...)."""
+    log_p = F.log_softmax(logits.float(), -1)
+    return -(log_p.exp() * log_p).sum(-1)

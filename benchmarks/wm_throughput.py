@@ -1,0 +1,280 @@
+"""World-model throughput: update and forward time per batch, per preset, encoder and decoder.
+
+    python -m benchmarks.wm_throughput --presets debug small 12m --encoders patch cnn \\
+        --batch 16 --length 64 --out results/wm_throughput_cpu.json
+    python -m benchmarks.wm_throughput --rssm-loop --presets debug small --out results/wm_rssm_loop_cpu.json
+
+Update = forward + backward + optimizer step (`WorldModel.train_step`), timed after warm-up, median of
+`--repeats`. Forward = `WorldModel.loss` under no_grad, plus its parts (encoder, RSSM observe loop,
+image decoder). Each configuration runs in its own subprocess so that its peak memory is its own:
+on CPU the peak resident set (ru_maxrss) and the RSS before the model was built; on CUDA
+torch.cuda.max_memory_allocated. Observations are 64x64x3 uint8 images with a 6-dim Box action.
+
+`--params-only` writes parameter counts per module for every preset and encoder, without timing.
+`--rssm-loop` times the RSSM observe loop alone (random embeddings), eager against torch.compile of the
+step cell (`world_model.rssm.compile=true`), forward and forward + backward, and checks that both
+give the same numbers. `--shape PRESET=BxT` gives one preset a smaller batch (the JSON records it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _machine(device: str) -> dict[str, Any]:
+    cpu_model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu_model,
+            "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device}
+    info["device_name"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu_model
+    try:
+        git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]
+        info["git_commit"] = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": repeats}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _batch(B: int, T: int, A: int, device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    flags = {k: torch.zeros(B, T, dtype=torch.bool) for k in ("is_first", "is_last", "is_terminal")}
+    flags["is_first"][:, 0] = True
+    batch = {"image": torch.randint(0, 256, (B, T, 64, 64, 3), generator=g, dtype=torch.uint8),
+             "action": torch.rand(B, T, A, generator=g) * 2 - 1, "reward": torch.randn(B, T, generator=g),
+             **flags}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _build(spec: dict[str, Any]):
+    import gymnasium.spaces as spaces
+
+    from agent.config import apply_overrides, preset
+    from agent.world_model import WorldModel
+
+    overrides = [f"device={spec['device']}", *spec.get("overrides", [])]
+    if "encoder" in spec:
+        overrides.append(f"world_model.encoder.kind={spec['encoder']}")
+    if "decoder" in spec:
+        overrides.append(f"world_model.decoder.kind={spec['decoder']}")
+    cfg = apply_overrides(preset(spec["preset"]), overrides)
+    obs_space = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+    return WorldModel(obs_space, spaces.Box(-1, 1, (6,), np.float32), cfg)
+
+
+def run_update(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one world-model configuration (runs inside the child process)."""
+    device = torch.device(spec["device"])
+    B, T = spec["batch"], spec["length"]
+    batch = _batch(B, T, 6, device)
+    rss_before = _rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    wm = _build(spec)
+    result: dict[str, Any] = {**spec, "param_counts": wm.param_counts(), "rss_before_model_mb": rss_before,
+                              "torch_threads": torch.get_num_threads()}
+    result["update"] = _time(lambda: wm.train_step(batch), device, spec["warmup"], spec["repeats"])
+    with torch.no_grad():
+        result["forward"] = _time(lambda: wm.loss(batch), device, 1, spec["repeats"])
+        data = wm.preprocess(batch)
+        embed = wm.embed(data, batch["is_first"])
+        feat = wm.rssm.features(wm.rssm.observe(embed, batch["action"], batch["is_first"])[0])
+        result["forward_parts"] = {
+            "encoder": _time(lambda: wm.embed(data, batch["is_first"]), device, 1, spec["repeats"]),
+            "rssm_observe": _time(lambda: wm.rssm.observe(embed, batch["action"], batch["is_first"]),
+                                  device, 1, spec["repeats"]),
+            "image_decoder": _time(lambda: wm.image_decoder(feat), device, 1, spec["repeats"]),
+        }
+    result["frames_per_s_update"] = B * T / result["update"]["median_s"]
+    if device.type == "cuda":
+        result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["peak_rss_mb"] = _rss_mb()
+    return result
+
+
+def run_rssm_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time the RSSM observe loop alone, eager and compiled (runs inside the child process)."""
+    device = torch.device(spec["device"])
+    B, T = spec["batch"], spec["length"]
+    eager = _build({**spec, "overrides": ["world_model.rssm.compile=false"]}).rssm
+    compiled = _build({**spec, "overrides": ["world_model.rssm.compile=true"]}).rssm
+    compiled.load_state_dict(eager.state_dict())
+    g = torch.Generator().manual_seed(1)
+    embed = torch.randn(B, T, eager.post_embed.in_features, generator=g).to(device)
+    action = torch.rand(B, T, 6, generator=g).to(device)
+    is_first = torch.zeros(B, T, dtype=torch.bool, device=device)
+    is_first[:, 0] = True
+    result: dict[str, Any] = {**spec, "rssm_params": sum(p.numel() for p in eager.parameters()),
+                              "torch_threads": torch.get_num_threads()}
+
+    def forward(rssm):
+        with torch.no_grad():
+            return rssm.observe(embed, action, is_first, sample=False)
+
+    def train(rssm):
+        post, prior = rssm.observe(embed, action, is_first)
+        (rssm.features(post).square().mean() + prior["logits"].mean()).backward()
+
+    start = time.perf_counter()
+    forward(compiled)
+    train(compiled)
+    result["compile_s"] = time.perf_counter() - start  # first calls: tracing and code generation
+    a, c = forward(eager)[0], forward(compiled)[0]
+    result["max_abs_diff_deter"] = (a["deter"] - c["deter"]).abs().max().item()
+    result["same_mode_samples"] = bool(torch.equal(a["stoch"].argmax(-1), c["stoch"].argmax(-1)))
+    for name, rssm in (("eager", eager), ("compiled", compiled)):
+        result[f"{name}_forward"] = _time(lambda r=rssm: forward(r), device, 1, spec["repeats"])
+        result[f"{name}_forward_backward"] = _time(lambda r=rssm: train(r), device, 1, spec["repeats"])
+    result["peak_rss_mb"] = _rss_mb()
+    return result
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one spec in a fresh interpreter; its last stdout line is the JSON result."""
+    cmd = [sys.executable, "-m", "benchmarks.wm_throughput", "--child", json.dumps(spec)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        return {**spec, "error": f"child exited with {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _shapes(items: list[str]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for item in items:
+        name, shape = item.split("=")
+        B, T = shape.lower().split("x")
+        out[name] = (int(B), int(T))
+    return out
+
+
+def _summary(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return r["error"]
+    if "update" in r:
+        mem = r.get("peak_cuda_mem_mb", r["peak_rss_mb"])
+        return (f"update {r['update']['median_s'] * 1e3:8.1f} ms  "
+                f"forward {r['forward']['median_s'] * 1e3:8.1f} ms  "
+                f"params {r['param_counts']['total'] / 1e6:6.2f}M  peak {mem:7.0f} MB")
+    return (f"eager fwd {r['eager_forward']['median_s'] * 1e3:7.1f} ms, fwd+bwd "
+            f"{r['eager_forward_backward']['median_s'] * 1e3:7.1f} ms | compiled fwd "
+            f"{r['compiled_forward']['median_s'] * 1e3:7.1f} ms, fwd+bwd "
+            f"{r['compiled_forward_backward']['median_s'] * 1e3:7.1f} ms (compile {r['compile_s']:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point; see the module docstring."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["debug", "small"])
+    p.add_argument("--encoders", nargs="+", default=["patch", "cnn"], choices=["patch", "cnn"])
+    p.add_argument("--decoders", nargs="+", default=["cnn"], choices=["cnn", "patch"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--shape", nargs="*", default=[], help="per-preset batch, e.g. 12m=4x16")
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each run")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rssm-loop", action="store_true", help="time the RSSM observe loop, eager vs compile")
+    p.add_argument("--params-only", action="store_true", help="only count parameters (no timing)")
+    p.add_argument("--out", default=None, help="JSON file to write (rewritten after every configuration)")
+    p.add_argument("--append", action="store_true", help="add to the results already in --out")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        spec = json.loads(args.child)
+        if spec.get("threads"):
+            torch.set_num_threads(spec["threads"])
+        result = run_rssm_loop(spec) if spec["mode"] == "rssm_loop" else run_update(spec)
+        print(json.dumps(result))
+        return
+
+    if args.params_only:
+        counts = {f"{name}/{enc}": _build({"preset": name, "device": "cpu", "encoder": enc}).param_counts()
+                  for name in args.presets for enc in args.encoders}
+        for key, c in counts.items():
+            print(f"{key:12} " + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in c.items()), flush=True)
+        if args.out:
+            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+            with open(args.out, "w") as f:
+                report = {"machine": {"cpu": _machine("cpu")}, "argv": [sys.argv[1:]],
+                          "obs": "image 64x64x3", "action_dim": 6, "param_counts": counts}
+                json.dump(report, f, indent=1)
+        return
+
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    shapes = _shapes(args.shape)
+    specs = []
+    for device in devices:
+        for name in args.presets:
+            B, T = shapes.get(name, (args.batch, args.length))
+            base = {"preset": name, "device": device, "batch": B, "length": T, "warmup": args.warmup,
+                    "repeats": args.repeats, "threads": args.threads}
+            if args.rssm_loop:
+                specs.append({**base, "mode": "rssm_loop"})
+                continue
+            for enc in args.encoders:
+                for dec in args.decoders:
+                    specs.append({**base, "mode": "update", "encoder": enc, "decoder": dec})
+    report = {"machine": {d: _machine(d) for d in devices}, "argv": [sys.argv[1:]], "results": []}
+    if args.append and args.out and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        report = {"machine": {**old["machine"], **report["machine"]}, "argv": old["argv"] + report["argv"],
+                  "results": old["results"]}
+    for i, spec in enumerate(specs):
+        keys = ("device", "preset", "encoder", "decoder", "batch", "length", "threads")
+        label = " ".join(f"{k}={spec[k]}" for k in keys if k in spec)
+        print(f"[{i + 1}/{len(specs)}] {label} ...", flush=True)
+        start = time.perf_counter()
+        result = _child(spec)
+        result["wall_s"] = time.perf_counter() - start
+        print(f"    {_summary(result)}  ({result['wall_s']:.0f} s)", flush=True)
+        report["results"].append(result)
+        if args.out:
+            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
