@@ -130,13 +130,30 @@ class WorldModelConfig:
     norm: Literal["layer", "rms"] = _f("layer", "normalisation in MLPs and conv layers")
 
 
-# ---------------------------------------------------------------------------------------------
-# ACTOR-CRITIC: owned by the actor-critic work, not by the world model. Add its fields here
-# (horizon, lambda_, discount, entropy, slow critic, ...). The world model never reads them.
-# ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ActorCriticConfig:
-    """Placeholder for the actor-critic section; intentionally empty until that component lands."""
+    """Actor-critic learning in imagination (DreamerV3's recipe)."""
+
+    horizon: int = _f(15, "H: imagination horizon in steps")
+    lambda_: float = _f(0.95, "lambda of the TD(lambda) returns")
+    discount: float = _f(1 - 1 / 333, "discount per step (DreamerV3: 1 - 1/333)")
+    entropy: float = _f(3e-4, "actor entropy bonus scale")
+    units: int = _f(256, "units of the actor and critic MLPs")
+    layers: int = _f(3, "hidden layers of the actor and critic MLPs")
+    bins: int = _f(255, "two-hot bins of the critic, uniform in symlog space")
+    bin_range: float = _f(20.0, "critic bins span [-bin_range, bin_range] in symlog space")
+    min_std: float = _f(0.1, "smallest std of the bounded normal (continuous actions)")
+    max_std: float = _f(1.0, "largest std of the bounded normal (continuous actions)")
+    unimix: float = _f(0.01, "uniform mixture in the categorical policy (discrete actions)")
+    actor_lr: float = _f(3e-5, "actor learning rate (DreamerV3 paper: 3e-5)")
+    critic_lr: float = _f(3e-5, "critic learning rate (DreamerV3 paper: 3e-5)")
+    eps: float = _f(1e-5, "Adam epsilon of actor and critic")
+    grad_clip: float = _f(100.0, "clip actor and critic grad norms to this value")
+    slow_rate: float = _f(0.02, "fraction the slow critic moves towards the critic per update")
+    slow_reg: float = _f(1.0, "scale of the critic's regulariser towards the slow critic")
+    return_decay: float = _f(0.99, "EMA decay of the return percentiles")
+    return_low: float = _f(5.0, "lower percentile of the return range")
+    return_high: float = _f(95.0, "upper percentile of the return range")
 
 
 @dataclass(frozen=True)
@@ -144,10 +161,67 @@ class AgentConfig:
     """Top-level config: what a run saves beside itself."""
 
     world_model: WorldModelConfig = _sub(WorldModelConfig, "world model")
-    actor_critic: ActorCriticConfig = _sub(ActorCriticConfig, "actor-critic (to be added)")
+    actor_critic: ActorCriticConfig = _sub(ActorCriticConfig, "actor-critic learning in imagination")
     device: str = _f("cpu", "torch device, e.g. cpu or cuda; nothing assumes CUDA")
     precision: Literal["float32", "bf16"] = _f("float32", "bf16 = torch.autocast to bfloat16, CUDA only")
     seed: int = _f(0, "seed of parameter initialisation and of the model's sampling generator")
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which task a run trains on and how it is observed (see envs.make)."""
+
+    spec: str = _f("dmc:cartpole-balance", "env spec: dmc:<domain>-<task> or gym:<id>")
+    obs: Literal["pixels", "state", "both"] = _f("state", "observation: image, state vector, or both")
+    size: int = _f(64, "image height and width")
+    action_repeat: int = _f(2, "simulator steps per agent step (DreamerV3 on DMC: 2)")
+    render_quality: Literal["fast", "full"] = _f("fast", "fast: no shadows or multisampling (much faster on CPU)")
+    camera: str = _f("", "camera id or name; empty: the task's default")
+    num_envs: int = _f(1, "parallel training envs (subprocesses when > 1)")
+    eval_envs: int = _f(1, "parallel evaluation envs")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Sequence replay (agent.replay)."""
+
+    capacity: int = _f(250_000, "steps held (images are uint8: 12 KB a step at 64x64)")
+    chunk: int = _f(256, "steps per stored chunk; must be >= train.batch_length")
+    policy: Literal["fifo", "reservoir", "mix"] = _f(
+        "fifo", "fifo ring buffer, reservoir over the whole run, or mix: recent FIFO + reservoir")
+    recent_capacity: int = _f(50_000, "mix only: steps held by the recent FIFO part")
+    recent_fraction: float = _f(0.5, "mix only: fraction of each batch drawn from the recent part")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Schedule of a run; env steps count simulator steps (action repeat included)."""
+
+    steps: int = _f(100_000, "env steps to train for")
+    prefill: int = _f(2_500, "env steps of uniformly random actions before training starts")
+    train_ratio: float = _f(512.0, "replayed steps per agent step (DreamerV3's knob)")
+    batch_size: int = _f(16, "B: sequences per batch")
+    batch_length: int = _f(64, "T: steps per sequence")
+    log_every: int = _f(1_000, "env steps between scalar logs")
+    eval_every: int = _f(10_000, "env steps between evaluations (0: only at the end)")
+    eval_episodes: int = _f(5, "episodes per evaluation with the deterministic policy (0: none)")
+    video_every: int = _f(25_000, "env steps between open-loop prediction videos (0: never)")
+    checkpoint_every: int = _f(10_000, "env steps between checkpoints (one more at the end)")
+    threads: int = _f(0, "torch CPU threads (0: all cores)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole training run: env, replay, schedule and agent. Saved as config.json beside the run."""
+
+    env: EnvConfig = _sub(EnvConfig, "environment")
+    replay: ReplayConfig = _sub(ReplayConfig, "replay buffer")
+    train: TrainConfig = _sub(TrainConfig, "schedule")
+    agent: AgentConfig = _sub(AgentConfig, "agent")
+
 
 
 # --------------------------------------------------------------------------------------------- presets
@@ -164,7 +238,8 @@ def _sized(
             decoder=DecoderConfig(cnn_depth=cnn_depth, mlp_units=units, patch_width=width // 2),
             rssm=RSSMConfig(deter=deter, hidden=hidden, classes=classes, blocks=blocks),
             heads=HeadsConfig(units=units),
-        )
+        ),
+        actor_critic=ActorCriticConfig(units=units),
     )
 
 
@@ -180,7 +255,7 @@ def _debug() -> AgentConfig:
         rssm=RSSMConfig(deter=64, hidden=32, stoch=4, classes=4, blocks=2, prior_layers=1),
         heads=HeadsConfig(units=32, layers=1),
     )
-    return AgentConfig(world_model=wm)
+    return AgentConfig(world_model=wm, actor_critic=ActorCriticConfig(units=32, layers=1))
 
 
 PRESETS: dict[str, AgentConfig] = {
@@ -379,4 +454,37 @@ def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None) 
             need(not uses or ok, name, f"{H}x{W} must be square and {res} * a power of two")
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def validate_run(cfg: RunConfig) -> RunConfig:
+    """Check a run config (ranges and cross-field constraints), then its agent; errors name the field."""
+    errors = []
+    positive = {"env.size": cfg.env.size, "env.action_repeat": cfg.env.action_repeat, "env.num_envs": cfg.env.num_envs,
+                "env.eval_envs": cfg.env.eval_envs, "replay.capacity": cfg.replay.capacity,
+                "replay.chunk": cfg.replay.chunk, "train.steps": cfg.train.steps,
+                "train.train_ratio": cfg.train.train_ratio, "train.batch_size": cfg.train.batch_size,
+                "train.batch_length": cfg.train.batch_length, "train.log_every": cfg.train.log_every,
+                "agent.actor_critic.horizon": cfg.agent.actor_critic.horizon}
+    errors += [f"{name}: must be positive, got {value}" for name, value in positive.items() if value <= 0]
+    non_negative = {"train.prefill": cfg.train.prefill, "train.eval_every": cfg.train.eval_every,
+                    "train.eval_episodes": cfg.train.eval_episodes, "train.video_every": cfg.train.video_every,
+                    "train.checkpoint_every": cfg.train.checkpoint_every, "train.threads": cfg.train.threads}
+    errors += [f"{name}: must be >= 0, got {value}" for name, value in non_negative.items() if value < 0]
+    if cfg.replay.chunk < cfg.train.batch_length:
+        errors.append(f"replay.chunk: must be >= train.batch_length={cfg.train.batch_length}, got {cfg.replay.chunk}")
+    if cfg.replay.capacity < 2 * cfg.replay.chunk:
+        errors.append(f"replay.capacity: must hold two chunks of {cfg.replay.chunk}, got {cfg.replay.capacity}")
+    if not 0 <= cfg.replay.recent_fraction <= 1:
+        errors.append(f"replay.recent_fraction: must be in [0, 1], got {cfg.replay.recent_fraction}")
+    ac = cfg.agent.actor_critic
+    if not 0 < ac.discount <= 1:
+        errors.append(f"agent.actor_critic.discount: must be in (0, 1], got {ac.discount}")
+    if not 0 <= ac.lambda_ <= 1:
+        errors.append(f"agent.actor_critic.lambda_: must be in [0, 1], got {ac.lambda_}")
+    if not 0 < ac.min_std <= ac.max_std:
+        errors.append(f"agent.actor_critic.min_std: need 0 < min_std <= max_std, got {ac.min_std}, {ac.max_std}")
+    if errors:
+        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+    validate(cfg.agent)
     return cfg

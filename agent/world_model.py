@@ -285,15 +285,21 @@ class WorldModel(nn.Module):
             zero = torch.zeros((), device=self.device)
             norms[name] = torch.nn.utils.get_total_norm(grads) if grads else zero
         total_norm = torch.linalg.vector_norm(torch.stack(list(norms.values())))
+        # A non-finite loss or gradient would poison the parameters and Adam's moments: skip the step.
+        skipped = not bool(torch.isfinite(total_norm) & torch.isfinite(total.detach()))
         clip = self.cfg.world_model.optim.grad_clip
-        if clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(self.parameters(), clip, total_norm)
-        self.optimizer.step()
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            if clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(self.parameters(), clip, total_norm)
+            self.optimizer.step()
 
         scalars = {"loss/total": total.detach()}
         scalars.update({f"loss/{k}": v.detach().mean() for k, v in losses.items()})
         scalars.update({f"grad_norm/{k}": v for k, v in norms.items()})
         scalars["grad_norm/total"] = total_norm
+        scalars["skipped"] = torch.tensor(float(skipped))
         scalars.update(metrics)
         values = torch.stack([v.float() for v in scalars.values()]).tolist()  # one device sync
         outputs = {"posterior": {k: v.detach() for k, v in posterior.items()},

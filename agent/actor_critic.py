@@ -1,0 +1,181 @@
+"""Learning to act inside the world model's imagination (DreamerV3's actor-critic).
+
+From posterior states of replayed sequences the model imagines ``horizon`` steps under the actor. The
+critic regresses lambda returns of those rollouts with a symlog two-hot output and is kept near a slow
+(EMA) copy of itself; the actor follows REINFORCE gradients of advantages scaled by a percentile return
+normaliser, plus an entropy bonus. Imagination runs without gradients into the world model, so neither
+loss can change it (``test_actor_critic`` checks).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from .config import ActorCriticConfig
+from .math_utils import (
+    ReturnNormalizer,
+    categorical_entropy,
+    lambda_return,
+    symlog_bins,
+    symlog_twohot_loss,
+    twohot_decode,
+    unimix_logits,
+)
+from .nets import MLP
+
+
+class ActionDist:
+    """The actor's distribution over one action per row, for Box (bounded normal) or Discrete spaces."""
+
+    def __init__(self, raw: Tensor, discrete: bool, cfg: ActorCriticConfig):
+        self.discrete = discrete
+        if discrete:
+            self.logits = unimix_logits(raw, cfg.unimix)  # (..., A)
+        else:
+            mean, std = raw.chunk(2, -1)
+            # DreamerV3's bounded normal: mean in [-1, 1], std in [min_std, max_std].
+            self.normal = torch.distributions.Normal(
+                torch.tanh(mean), (cfg.max_std - cfg.min_std) * torch.sigmoid(std + 2.0) + cfg.min_std)
+
+    def sample(self) -> Tensor:
+        if self.discrete:
+            index = torch.distributions.Categorical(logits=self.logits).sample()
+            return nn.functional.one_hot(index, self.logits.shape[-1]).float()
+        return self.normal.sample()
+
+    def mode(self) -> Tensor:
+        if self.discrete:
+            return nn.functional.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).float()
+        return self.normal.mean
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        if self.discrete:
+            return (torch.log_softmax(self.logits, -1) * action).sum(-1)
+        return self.normal.log_prob(action).sum(-1)
+
+    def entropy(self) -> Tensor:
+        if self.discrete:
+            return categorical_entropy(self.logits)
+        return self.normal.entropy().sum(-1)
+
+
+class Actor(nn.Module):
+    """Features -> action distribution."""
+
+    def __init__(self, feat_dim: int, act_space: spaces.Box | spaces.Discrete, cfg: ActorCriticConfig, norm: str):
+        super().__init__()
+        self.discrete = isinstance(act_space, spaces.Discrete)
+        self.act_dim = int(act_space.n) if self.discrete else int(act_space.shape[0])
+        self.cfg = cfg
+        self.body = MLP(feat_dim, cfg.units, cfg.layers, norm)
+        self.head = nn.Linear(cfg.units, self.act_dim if self.discrete else 2 * self.act_dim)
+
+    def forward(self, feat: Tensor) -> ActionDist:
+        return ActionDist(self.head(self.body(feat)), self.discrete, self.cfg)
+
+
+class Critic(nn.Module):
+    """Features -> logits over symlog two-hot bins of the return; output layer zero-initialised."""
+
+    def __init__(self, feat_dim: int, cfg: ActorCriticConfig, norm: str):
+        super().__init__()
+        self.body = MLP(feat_dim, cfg.units, cfg.layers, norm)
+        self.head = nn.Linear(cfg.units, cfg.bins)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        return self.head(self.body(feat))
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic, slow critic, return normaliser and their optimizers."""
+
+    def __init__(self, feat_dim: int, act_space: spaces.Box | spaces.Discrete, cfg: ActorCriticConfig,
+                 norm: str = "layer"):
+        super().__init__()
+        self.cfg = cfg
+        self.actor = Actor(feat_dim, act_space, cfg, norm)
+        self.critic = Critic(feat_dim, cfg, norm)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.normalizer = ReturnNormalizer(cfg.return_decay, cfg.return_low, cfg.return_high)
+        self.register_buffer("bins", symlog_bins(cfg.bins, cfg.bin_range))
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.eps)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.eps)
+
+    def value(self, feat: Tensor, slow: bool = False) -> Tensor:
+        """Expected return of each state (decoded from the two-hot bins)."""
+        return twohot_decode((self.slow_critic if slow else self.critic)(feat), self.bins)
+
+    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor
+               ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Unreduced (H, N) actor and critic losses of an imagined trajectory.
+
+        feat, action: (H+1, N, F) and (H+1, N, A), row 0 the start state and action[t] chosen at state t;
+        reward, continue_: (H+1, N), predicted on arriving at each state.
+        """
+        cfg = self.cfg
+        with torch.no_grad():
+            value = self.value(feat)  # (H+1, N)
+            ret = lambda_return(reward[1:], value[:-1], continue_[1:], value[-1], cfg.lambda_, cfg.discount)
+            # Weight of state t: the chance the imagined episode is still running there, discounted.
+            weight = torch.cumprod(torch.cat([torch.ones_like(continue_[:1]), cfg.discount * continue_[1:-1]]), 0)
+            self.normalizer.update(ret)
+            advantage = (ret - value[:-1]) / self.normalizer.scale()  # (H, N)
+            slow_value = self.value(feat[:-1], slow=True)
+
+        dist = self.actor(feat[:-1].detach())
+        entropy = dist.entropy()
+        # REINFORCE: the advantage is a fixed weight (no_grad above) on the log-likelihood of the action.
+        actor = -dist.log_prob(action[:-1].detach()) * advantage - cfg.entropy * entropy
+
+        logits = self.critic(feat[:-1].detach())
+        critic = symlog_twohot_loss(logits, ret, self.bins) + cfg.slow_reg * symlog_twohot_loss(
+            logits, slow_value, self.bins)
+        losses = {"actor": actor * weight, "critic": critic * weight}
+        metrics = {
+            "imagine/return": ret.mean().item(),
+            "imagine/value": value.mean().item(),
+            "imagine/reward": reward[1:].mean().item(),
+            "imagine/continue": continue_[1:].mean().item(),
+            "actor/entropy": entropy.mean().item(),
+            "actor/advantage_std": advantage.std().item(),
+            "actor/return_scale": self.normalizer.scale().item(),
+        }
+        return losses, metrics
+
+    def update(self, losses: dict[str, Tensor]) -> dict[str, float]:
+        """One optimizer step of actor and critic; returns their losses and gradient norms."""
+        metrics = {"skipped": 0.0}
+        for name, opt, module in (("actor", self.actor_opt, self.actor), ("critic", self.critic_opt, self.critic)):
+            opt.zero_grad(set_to_none=True)
+            loss = losses[name].mean()
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
+            if torch.isfinite(norm) and torch.isfinite(loss):
+                opt.step()
+            else:  # skip rather than poison parameters and Adam's moments
+                opt.zero_grad(set_to_none=True)
+                metrics["skipped"] = 1.0
+            metrics[f"train/loss/{name}"] = loss.item()
+            metrics[f"train/grad_norm/{name}"] = norm.item()
+        self.update_slow_critic()
+        return metrics
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """Move the slow critic a fraction ``slow_rate`` towards the critic."""
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+            slow.lerp_(fast, self.cfg.slow_rate)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict()}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        self.actor_opt.load_state_dict(state["actor"])
+        self.critic_opt.load_state_dict(state["critic"])

@@ -1,0 +1,179 @@
+"""Command line: ``python -m agent train|eval|presets`` (also installed as ``tubedreamer``).
+
+This is the entry point that wires concrete envs (``envs.make_vec``) to the agent and the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n if n > 0 else max(1, os.cpu_count() or 1))
+
+
+def env_factory(cfg: Any, num_envs: int, eval_env: bool = False):
+    """A function that builds the run's vector env (train or eval) from the env config section."""
+    import envs
+
+    e = cfg.env
+    options = dict(obs=e.obs, size=e.size, action_repeat=e.action_repeat, render_quality=e.render_quality,
+                   camera=None if e.camera == "" else (int(e.camera) if e.camera.isdigit() else e.camera))
+    seed = cfg.agent.seed + (1000 if eval_env else 0)
+    return functools.partial(envs.make_vec, e.spec, num_envs, seed=seed, **options)
+
+
+def build_config(args: argparse.Namespace):
+    """Preset + env flags + ``--set`` overrides, validated before any work starts."""
+    from .config import RunConfig, apply_overrides, config_from_dict, preset, validate_run
+
+    logdir = Path(args.logdir)
+    if args.resume:
+        path = logdir / "config.json"
+        if not path.exists():
+            raise ValueError(f"--resume: {path} does not exist; is {logdir} a run directory?")
+        cfg = config_from_dict(json.loads(path.read_text()), RunConfig)
+        # Only the schedule may change on resume (e.g. train longer); the rest must match the checkpoint.
+        bad = [o for o in args.set if not o.startswith("train.")]
+        if bad:
+            raise ValueError(f"--resume only accepts train.* overrides, got {bad}.")
+        return validate_run(apply_overrides(cfg, args.set))
+    cfg = RunConfig(agent=preset(args.preset))
+    flags = [f"env.spec={args.env}"] if args.env else []
+    flags += [f"agent.seed={args.seed}"] if args.seed is not None else []
+    flags += [f"train.steps={args.steps}"] if args.steps is not None else []
+    return validate_run(apply_overrides(cfg, [*flags, *args.set]))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import config_to_dict
+    from .loop import train
+
+    cfg = build_config(args)
+    logdir = Path(args.logdir)
+    if not args.resume and (logdir / "checkpoint.pt").exists():
+        raise ValueError(f"{logdir} already holds a run; pass --resume to continue it or choose another --logdir.")
+    logdir.mkdir(parents=True, exist_ok=True)
+    (logdir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1) + "\n")
+    _threads(cfg.train.threads)
+    make_env = env_factory(cfg, cfg.env.num_envs)
+    make_eval = env_factory(cfg, cfg.env.eval_envs, eval_env=True) if cfg.train.eval_episodes > 0 else None
+    summary = train(cfg, logdir, make_env, make_eval, resume=args.resume, progress=not args.no_progress)
+    counts = summary["param_counts"]
+    print(f"parameters: {counts['total']:,} ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != 'total')})")
+    if summary["evaluations"]:
+        last = summary["evaluations"][-1]
+        print(f"final eval return: {sum(last['returns']) / len(last['returns']):.1f} over "
+              f"{len(last['returns'])} episodes at {last['env_steps']} env steps")
+    print(f"logs and checkpoint in {logdir}; watch with: tensorboard --logdir {logdir.parent}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+    import numpy as np
+
+    from .agent import Agent
+    from .config import RunConfig, apply_overrides, config_from_dict
+    from .loop import CheckpointError, load_agent, load_checkpoint, space_signature
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = config_from_dict(state["config"], RunConfig)
+    if args.env:
+        cfg = apply_overrides(cfg, [f"env.spec={args.env}"])
+    _threads(cfg.train.threads)
+    if args.video and cfg.env.obs == "state":
+        cfg = apply_overrides(cfg, ["env.obs=both"])  # frames for the video; the agent still sees the state
+    keys = list(state["signature"]["obs"])
+    env = env_factory(cfg, 1, eval_env=True)()
+    try:
+        obs_space = gym.spaces.Dict({k: v for k, v in env.single_observation_space.spaces.items() if k in keys})
+        signature = space_signature(obs_space, env.single_action_space)
+        if signature != state["signature"]:
+            raise CheckpointError(f"checkpoint expects {state['signature']}, but {cfg.env.spec} gives {signature}.")
+        agent = Agent(obs_space, env.single_action_space, cfg.agent)
+        load_agent(agent, state["agent"], args.checkpoint)
+        discrete = hasattr(env.single_action_space, "n")
+        obs, _ = env.reset(seed=args.seed)
+        is_first, carry, returns, frames = np.ones(1, bool), None, [], []
+        while len(returns) < args.episodes:
+            if args.video and not returns:
+                frames.append(obs["image"][0])
+            action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=False)
+            obs, _, terminated, truncated, info = env.step(action.argmax(-1) if discrete else action)
+            is_first = np.logical_or(terminated, truncated)
+            if "episode" in info and info["_episode"][0]:
+                returns.append(float(info["episode"]["r"][0]))
+                print(f"episode {len(returns)}: return {returns[-1]:.1f}", flush=True)
+    finally:
+        env.close()
+    print(f"mean return over {len(returns)} episodes: {np.mean(returns):.1f} (std {np.std(returns):.1f})")
+    if args.video:
+        write_video(args.video, np.stack(frames))
+        print(f"wrote {args.video}")
+    return 0
+
+
+def write_video(path: str, frames: Any, fps: int = 25) -> None:
+    """Frames (T, H, W, 3) uint8 to .gif (always available) or .mp4 (needs imageio-ffmpeg)."""
+    import imageio.v3 as iio
+
+    if path.endswith(".gif"):
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+        return
+    try:
+        iio.imwrite(path, frames, fps=fps)
+    except Exception as error:
+        raise ValueError(f"could not write {path} ({error}); use a .gif path, or pip install imageio-ffmpeg "
+                         "for mp4.") from error
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import PRESETS
+
+    for name in PRESETS:
+        print(name)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agent", description="Train and evaluate Dreamer-style agents.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train an agent on one task")
+    t.add_argument("--env", help="env spec, e.g. dmc:cartpole-balance or gym:Pendulum-v1 (default: config's)")
+    t.add_argument("--preset", default="small", help="agent preset: debug, small, 12m, 25m, ... (default small)")
+    t.add_argument("--seed", type=int, help="seed of the agent, envs and replay")
+    t.add_argument("--steps", type=int, help="env steps to train for (action repeat included)")
+    t.add_argument("--logdir", required=True, help="run directory (config, TensorBoard events, checkpoint)")
+    t.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="override config fields, e.g. train.batch_size=8 agent.world_model.encoder.kind=cnn")
+    t.add_argument("--resume", action="store_true", help="continue the run in --logdir from its checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="path to checkpoint.pt")
+    e.add_argument("--episodes", type=int, default=5, help="episodes to run")
+    e.add_argument("--env", help="evaluate on another env spec with the same spaces")
+    e.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    e.add_argument("--video", help="write the first episode to this .gif (or .mp4 with imageio-ffmpeg)")
+    e.set_defaults(func=cmd_eval)
+    s = sub.add_parser("presets", help="list agent presets")
+    s.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as error:  # bad config, spec, checkpoint: one clear line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,332 @@
+"""The training loop: envs, replay, train ratio, evaluation, logging and checkpoints.
+
+The loop owns everything around the agent; the agent only acts, trains on batches and saves its state.
+It receives vector envs (``gymnasium.vector`` with the NEXT_STEP autoreset of ``envs.make_vec``) from
+an entry point, never building them itself.
+
+Step records follow DreamerV3's convention: the record for observation t holds that observation, the
+reward received on arriving at it (0 at an episode's first step), ``is_first``/``is_last``/
+``is_terminal`` of it, and the action the agent chose at it. Gymnasium's ``terminated``/``truncated``
+become these flags here and nowhere else: ``is_last = terminated or truncated``, ``is_terminal =
+terminated``, and with NEXT_STEP autoreset the step after an ``is_last`` is the next episode's first.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .agent import Agent
+from .config import RunConfig, config_to_dict
+from .logger import Logger, dump_json
+from .replay import MixedReplay, Replay
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, truncated, or made for another model or env."""
+
+
+def make_replay(cfg: RunConfig, directory: Path | None) -> Replay | MixedReplay:
+    """The replay the config asks for: ``fifo``, ``reservoir``, or ``mix`` (recent FIFO + reservoir)."""
+    r, seed = cfg.replay, cfg.agent.seed
+    if r.policy == "mix":
+        sub = [None, None] if directory is None else [directory / "recent", directory / "reservoir"]
+        return MixedReplay([Replay(r.recent_capacity, r.chunk, "fifo", sub[0], seed),
+                            Replay(r.capacity, r.chunk, "reservoir", sub[1], seed + 1)],
+                           [r.recent_fraction, 1.0 - r.recent_fraction])
+    return Replay(r.capacity, r.chunk, r.policy, directory, seed)
+
+
+def space_signature(obs_space: gym.spaces.Dict, act_space: gym.Space) -> dict[str, Any]:
+    """What a checkpoint must agree on with an env: observation keys and shapes, action space."""
+    obs = {k: [list(v.shape), str(v.dtype)] for k, v in obs_space.spaces.items()}
+    act = {"discrete": int(act_space.n)} if isinstance(act_space, gym.spaces.Discrete) else \
+        {"box": list(act_space.shape)}
+    return {"obs": obs, "action": act}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint, turning unreadable files into a ``CheckpointError`` that says so."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated zip, bad pickle, ... all mean the same to the user
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error}).") \
+            from error
+
+
+class Trainer:
+    """Agent, replay, logger and counters of one run; steps envs and trains at the configured ratio."""
+
+    def __init__(self, cfg: RunConfig, obs_space: gym.spaces.Dict, act_space: gym.Space, logdir: str | Path,
+                 resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.obs_space, self.act_space = obs_space, act_space
+        self.discrete = isinstance(act_space, gym.spaces.Discrete)
+        self.signature = space_signature(obs_space, act_space)
+        torch.manual_seed(cfg.agent.seed)
+        np.random.seed(cfg.agent.seed)
+        random.seed(cfg.agent.seed)
+        self.rng = np.random.default_rng(cfg.agent.seed)
+        self.agent = Agent(obs_space, act_space, cfg.agent)
+        self.replay = make_replay(cfg, self.logdir / "replay")
+        self.counters = {"env_steps": 0, "agent_steps": 0, "updates": 0, "episodes": 0, "sim_failures": 0,
+                         "train_credit": 0.0, "last_log": 0, "last_eval": 0, "last_video": 0, "last_checkpoint": 0}
+        purge = None
+        if resume:
+            self.restore(self.logdir / CHECKPOINT)
+            purge = self.counters["env_steps"]
+        self.logger = Logger(self.logdir, purge_step=purge)
+        self.progress = progress
+        self.eval_hook: Callable[[], None] | None = None  # set by the caller: what "evaluate" means for the run
+        self._bar = None
+        self._train_metrics: dict[str, list[float]] = defaultdict(list)
+        self._recent_returns: list[float] = []
+        self._timer = {"time": time.perf_counter(), "env_steps": self.env_steps, "updates": self.updates}
+        if not resume:
+            self.logger.text("config", "```\n" + dump_json(config_to_dict(cfg)) + "\n```")
+            counts = self.agent.param_counts()
+            self.logger.text("parameters", "\n".join(f"{k}: {v:,}" for k, v in counts.items()))
+
+    # ----- counters
+
+    @property
+    def env_steps(self) -> int:
+        return self.counters["env_steps"]
+
+    @property
+    def updates(self) -> int:
+        return self.counters["updates"]
+
+    # ----- acting in envs
+
+    def random_action(self, N: int) -> np.ndarray:
+        if self.discrete:
+            return np.eye(self.act_space.n, dtype=np.float32)[self.rng.integers(self.act_space.n, size=N)]
+        return self.rng.uniform(-1, 1, (N, *self.act_space.shape)).astype(np.float32)
+
+    def env_action(self, action: np.ndarray) -> np.ndarray:
+        return action.argmax(-1) if self.discrete else action
+
+    def collect(self, env: gym.vector.VectorEnv, until_env_steps: int, seed: int | None = None,
+                on_step: Callable[[], None] | None = None) -> None:
+        """Step ``env`` (resetting it first) until the run has ``until_env_steps`` env steps, storing every
+        step, training at the train ratio and doing the periodic work (logs, eval, video, checkpoint)."""
+        t = self.cfg.train
+        N = env.num_envs
+        repeat = self.cfg.env.action_repeat
+        obs, _ = env.reset(seed=seed)
+        is_first = np.ones(N, bool)
+        reward = np.zeros(N, np.float32)
+        is_last = np.zeros(N, bool)
+        is_terminal = np.zeros(N, bool)
+        carry = None
+        batch_steps = t.batch_size * t.batch_length
+        while self.env_steps < until_env_steps:
+            prefill = self.env_steps < t.prefill
+            if prefill:
+                action = self.random_action(N)
+            else:
+                action, carry = self.agent.act(obs, is_first, carry, explore=True)
+            self.replay.add({**obs, "action": action, "reward": reward, "is_first": is_first,
+                             "is_last": is_last, "is_terminal": is_terminal})
+            obs, reward, terminated, truncated, info = env.step(self.env_action(action))
+            reward = np.asarray(reward, np.float32)
+            is_first = is_last  # NEXT_STEP autoreset: the step after an end starts a new episode
+            is_last = np.logical_or(terminated, truncated)
+            is_terminal = np.asarray(terminated, bool)
+            self.counters["env_steps"] += N * repeat
+            self.counters["agent_steps"] += N
+            self._episodes(info)
+            if not prefill and self.replay.can_sample(t.batch_length):
+                self.counters["train_credit"] += N * t.train_ratio / batch_steps
+                while self.counters["train_credit"] >= 1.0:
+                    self.counters["train_credit"] -= 1.0
+                    self.train_once()
+            self.periodic()
+            if on_step is not None:
+                on_step()
+            if self._bar is not None:
+                self._bar.update(N * repeat)
+
+    def _episodes(self, info: dict[str, Any]) -> None:
+        if "episode" in info:
+            for i in np.flatnonzero(info["_episode"]):
+                ret, length = float(info["episode"]["r"][i]), int(info["episode"]["l"][i])
+                self.counters["episodes"] += 1
+                self._recent_returns = (self._recent_returns + [ret])[-10:]
+                self.logger.scalars({"episode/return": ret, "episode/length": length}, self.env_steps)
+        if "simulator_failure" in info:
+            failures = int(np.sum(info["_simulator_failure"]))
+            self.counters["sim_failures"] += failures
+            self.logger.scalars({"env/simulator_failures": self.counters["sim_failures"]}, self.env_steps)
+
+    def train_once(self) -> None:
+        t = self.cfg.train
+        batch = self.replay.sample(t.batch_size, t.batch_length)
+        metrics = self.agent.train_step(batch)
+        self.counters["updates"] += 1
+        for key, value in metrics.items():
+            self._train_metrics[key].append(value)
+
+    def evaluate(self, env: gym.vector.VectorEnv, episodes: int, seed: int = 10_000) -> list[float]:
+        """Returns of ``episodes`` episodes with the deterministic policy (the actor's mode)."""
+        obs, _ = env.reset(seed=seed)
+        is_first = np.ones(env.num_envs, bool)
+        carry, returns = None, []
+        while len(returns) < episodes:
+            action, carry = self.agent.act(obs, is_first, carry, explore=False)
+            obs, _, terminated, truncated, info = env.step(self.env_action(action))
+            is_first = np.logical_or(terminated, truncated)
+            if "episode" in info:
+                returns += [float(r) for r in info["episode"]["r"][info["_episode"]]]
+        return returns[:episodes]
+
+    # ----- periodic work
+
+    def periodic(self) -> None:
+        t, c = self.cfg.train, self.counters
+        if self.env_steps - c["last_log"] >= t.log_every:
+            self.log_now()
+        if self.eval_hook is not None and t.eval_every > 0 and self.env_steps - c["last_eval"] >= t.eval_every:
+            c["last_eval"] = self.env_steps
+            self.eval_hook()
+        if t.video_every > 0 and self.env_steps - c["last_video"] >= t.video_every and self.updates > 0:
+            c["last_video"] = self.env_steps
+            self.video_now()
+        if t.checkpoint_every > 0 and self.env_steps - c["last_checkpoint"] >= t.checkpoint_every:
+            self.save()
+
+    def log_now(self) -> None:
+        now = time.perf_counter()
+        elapsed = max(now - self._timer["time"], 1e-9)
+        t = self.cfg.train
+        values = {k: float(np.mean(v)) for k, v in self._train_metrics.items()}
+        values["fps/env"] = (self.env_steps - self._timer["env_steps"]) / elapsed
+        values["fps/train"] = (self.updates - self._timer["updates"]) * t.batch_size * t.batch_length / elapsed
+        values["replay/size"] = len(self.replay)
+        values["train/updates"] = self.updates
+        self.logger.scalars(values, self.env_steps)
+        self._train_metrics.clear()
+        self._timer = {"time": now, "env_steps": self.env_steps, "updates": self.updates}
+        self.counters["last_log"] = self.env_steps
+        if self._bar is not None:
+            recent = f"{np.mean(self._recent_returns):.1f}" if self._recent_returns else "-"
+            self._bar.set_postfix(ret=recent, env_fps=f"{values['fps/env']:.0f}", updates=self.updates,
+                                  refresh=False)
+
+    def video_now(self) -> None:
+        batch = self.replay.sample(min(4, self.cfg.train.batch_size), self.cfg.train.batch_length)
+        report = self.agent.report(batch)
+        self.logger.scalars({"report/openloop_reward_error": report["openloop_reward_error"]}, self.env_steps)
+        if "openloop" in report:
+            self.logger.video("report/openloop", report["openloop"], self.env_steps)
+
+    # ----- checkpoints
+
+    def save(self) -> Path:
+        """Write the checkpoint atomically; only then drop replay files it no longer names."""
+        self.counters["last_checkpoint"] = self.env_steps
+        replay_state = self.replay.state_dict()
+        state = {
+            "format": 1, "config": config_to_dict(self.cfg), "signature": self.signature,
+            "agent": self.agent.state_dict(), "replay": replay_state, "counters": dict(self.counters),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "loop": self.rng.bit_generator.state},
+        }
+        path = self.logdir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        self.replay.collect_garbage(replay_state)
+        self.logger.flush()
+        return path
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state.get("signature") != self.signature:
+            raise CheckpointError(f"checkpoint {path} was made for observations/actions {state.get('signature')}, "
+                                  f"but this env has {self.signature}.")
+        if state["config"] != config_to_dict(self.cfg):
+            raise CheckpointError(f"checkpoint {path} was made with a different config; resume with the run's "
+                                  "own config.json.")
+        load_agent(self.agent, state["agent"], path)
+        self.replay.load_state_dict(state["replay"])
+        self.counters.update(state["counters"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["loop"]
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self.logger.close()
+
+
+def load_agent(agent: Agent, state: dict[str, Any], path: str | Path) -> None:
+    """Load agent state, explaining a mismatch instead of dumping a key list."""
+    try:
+        agent.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} does not match this agent's architecture: {error}") from error
+
+
+def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.VectorEnv],
+          make_eval_env: Callable[[], gym.vector.VectorEnv] | None = None, resume: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Train one agent on one task for ``cfg.train.steps`` env steps; returns the final counters and the
+    last evaluation. Writes config.json, TensorBoard events, metrics.jsonl and checkpoint.pt to logdir."""
+    logdir = Path(logdir)
+    env = make_env()
+    eval_env = make_eval_env() if make_eval_env is not None else None
+    trainer = None
+    try:
+        trainer = Trainer(cfg, env.single_observation_space, env.single_action_space, logdir, resume, progress)
+        evaluations: list[dict[str, Any]] = []
+
+        def run_eval() -> None:
+            if eval_env is None:
+                return
+            returns = trainer.evaluate(eval_env, cfg.train.eval_episodes)
+            evaluations.append({"env_steps": trainer.env_steps, "returns": returns})
+            trainer.logger.scalars({"eval/return": float(np.mean(returns))}, trainer.env_steps)
+
+        trainer.eval_hook = run_eval
+        if progress:
+            from tqdm import tqdm
+
+            # Redraw at most every 2 s; when stderr is a file (CI, nohup) tqdm prints one line per redraw.
+            trainer._bar = tqdm(total=cfg.train.steps, initial=trainer.env_steps, unit="step", dynamic_ncols=True,
+                                desc=cfg.env.spec, mininterval=2.0 if sys.stderr.isatty() else 30.0)
+        trainer.collect(env, cfg.train.steps, seed=cfg.agent.seed + trainer.counters["episodes"])
+        trainer.log_now()
+        if eval_env is not None:
+            run_eval()
+        trainer.save()
+        return {"counters": dict(trainer.counters), "evaluations": evaluations,
+                "param_counts": trainer.agent.param_counts()}
+    finally:
+        if trainer is not None:
+            trainer.close()
+        env.close()
+        if eval_env is not None:
+            eval_env.close()
