@@ -10,7 +10,7 @@ VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 export MUJOCO_GL ?= egl
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint train bench-envs bench-wm bench-learning bench-continual clean
+.PHONY: install test lint train bench-envs bench-wm bench-learning bench-continual readme clean
 
 install: $(STAMP)
 
@@ -28,3 +28,20 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+
+# The main job: a short real training run (see README), logs under runs/.
+train: $(STAMP)
+	$(BIN)/python -m agent train --logdir runs/train-$$(date +%Y%m%d-%H%M%S)
+
+bench-envs: $(STAMP)
+	$(BIN)/python -m benchmarks.env_throughput --out results/env_throughput.json
+
+bench-wm: $(STAMP)
+	$(BIN)/python -m benchmarks.wm_throughput --presets debug cpu small 12m --encoders patch cnn --out results/wm_throughput_cpu.json
+	$(BIN)/python -m benchmarks.param_counts --out results/param_counts.json
+
+bench-learning: $(STAMP)
+	$(BIN)/python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
+
+readme: $(STAMP)
+	$(BIN)/python -m benchmarks.readme

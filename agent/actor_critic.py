@@ -124,7 +124,7 @@ class ActorCritic(nn.Module):
             value = self.value(feat)  # (H+1, N)
             ret = lambda_return(reward[1:], value[:-1], continue_[1:], value[-1], cfg.lambda_, cfg.discount)
             # Weight of state t: the chance the imagined episode is still running there, discounted.
-            weight = torch.cumprod(torch.cat([torch.ones_like(continue_[:1]), cfg.discount * continue_[1:-1]]), 0)
+            weight = torch.cumprod(torch.cat([continue_[:1], cfg.discount * continue_[1:-1]]), 0)
             self.normalizer.update(ret)
             advantage = (ret - value[:-1]) / self.normalizer.scale()  # (H, N)
             slow_value = self.value(feat[:-1], slow=True)

@@ -52,7 +52,8 @@ class Agent(nn.Module):
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], is_first: np.ndarray, carry: Carry | None,
             explore: bool = True) -> tuple[np.ndarray, Carry]:
-        """Actions (N, A) float32 for N observations: sampled when ``explore``, else the mode.
+        """Actions (N, A) float32 for N observations: sampled when ``explore``, else the mode (of the
+        latent state too).
 
         Box actions are clipped to [-1, 1]; Discrete actions are one-hot (the env takes ``argmax``).
         """
@@ -60,7 +61,8 @@ class Agent(nn.Module):
         carry = self.initial(N) if carry is None else carry
         obs_t = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items() if k in ("image", "state")}
         first = torch.as_tensor(is_first, dtype=torch.bool, device=self.device)
-        feat, carry = self.wm.obs_step(carry, obs_t, None, first)
+        # Evaluation is deterministic end to end: the latent's mode as well as the action's.
+        feat, carry = self.wm.obs_step(carry, obs_t, None, first, sample=explore)
         dist = self.ac.actor(feat)
         action = dist.sample() if explore else dist.mode()
         if not self.discrete:
@@ -88,6 +90,11 @@ class Agent(nn.Module):
         # Every replayed state starts an imagined rollout: (B, T, ...) -> (B*T, ...).
         start = {k: v.reshape(-1, *v.shape[2:]) for k, v in posterior.items() if k in ("deter", "stoch")}
         start_continue = 1.0 - data["is_terminal"].float().reshape(-1)  # (B*T,)
+        starts = self.cfg.actor_critic.starts
+        if 0 < starts < len(start_continue):  # a random subset of the replayed states, to save compute
+            pick = torch.randperm(len(start_continue), generator=self.wm.generator, device=self.device)[:starts]
+            start = {k: v[pick] for k, v in start.items()}
+            start_continue = start_continue[pick]
         feat, action, reward, continue_ = self.imagine(start, start_continue)
         losses, ac_metrics = self.ac.losses(feat, action, reward, continue_)
         update = self.ac.update(losses)

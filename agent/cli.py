@@ -33,7 +33,7 @@ def env_factory(cfg: Any, num_envs: int, eval_env: bool = False):
 
 def build_config(args: argparse.Namespace):
     """Preset + env flags + ``--set`` overrides, validated before any work starts."""
-    from .config import RunConfig, apply_overrides, config_from_dict, preset, validate_run
+    from .config import RunConfig, apply_overrides, config_from_dict, default_job, preset, validate_run
 
     logdir = Path(args.logdir)
     if args.resume:
@@ -43,10 +43,16 @@ def build_config(args: argparse.Namespace):
         cfg = config_from_dict(json.loads(path.read_text()), RunConfig)
         # Only the schedule may change on resume (e.g. train longer); the rest must match the checkpoint.
         bad = [o for o in args.set if not o.startswith("train.")]
-        if bad:
-            raise ValueError(f"--resume only accepts train.* overrides, got {bad}.")
-        return validate_run(apply_overrides(cfg, args.set))
-    cfg = RunConfig(agent=preset(args.preset))
+        if bad or args.env or args.seed is not None:
+            raise ValueError(f"--resume only accepts --steps and train.* overrides, got {bad or '--env/--seed'}.")
+        flags = [f"train.steps={args.steps}"] if args.steps is not None else []
+        return validate_run(apply_overrides(cfg, [*flags, *args.set]))
+    if args.preset is None and args.env is None:
+        import torch
+
+        cfg = default_job(cuda=torch.cuda.is_available())
+    else:
+        cfg = RunConfig(agent=preset(args.preset or "cpu"))
     flags = [f"env.spec={args.env}"] if args.env else []
     flags += [f"agent.seed={args.seed}"] if args.seed is not None else []
     flags += [f"train.steps={args.steps}"] if args.steps is not None else []
@@ -67,8 +73,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     make_env = env_factory(cfg, cfg.env.num_envs)
     make_eval = env_factory(cfg, cfg.env.eval_envs, eval_env=True) if cfg.train.eval_episodes > 0 else None
     summary = train(cfg, logdir, make_env, make_eval, resume=args.resume, progress=not args.no_progress)
-    counts = summary["param_counts"]
-    print(f"parameters: {counts['total']:,} ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != 'total')})")
     if summary["evaluations"]:
         last = summary["evaluations"][-1]
         print(f"final eval return: {sum(last['returns']) / len(last['returns']):.1f} over "
@@ -148,8 +152,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agent", description="Train and evaluate Dreamer-style agents.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an agent on one task")
-    t.add_argument("--env", help="env spec, e.g. dmc:cartpole-balance or gym:Pendulum-v1 (default: config's)")
-    t.add_argument("--preset", default="small", help="agent preset: debug, small, 12m, 25m, ... (default small)")
+    t.add_argument("--env", help="env spec, e.g. dmc:cartpole-balance or gym:Pendulum-v1")
+    t.add_argument("--preset", help="agent preset: debug, cpu, small, 12m, 25m, 50m, 100m, 200m (default cpu); "
+                   "with neither --env nor --preset: the default job (see README)")
     t.add_argument("--seed", type=int, help="seed of the agent, envs and replay")
     t.add_argument("--steps", type=int, help="env steps to train for (action repeat included)")
     t.add_argument("--logdir", required=True, help="run directory (config, TensorBoard events, checkpoint)")

@@ -135,6 +135,7 @@ class ActorCriticConfig:
     """Actor-critic learning in imagination (DreamerV3's recipe)."""
 
     horizon: int = _f(15, "H: imagination horizon in steps")
+    starts: int = _f(0, "replayed states that start imagined rollouts, a random subset (0: all B*T)")
     lambda_: float = _f(0.95, "lambda of the TD(lambda) returns")
     discount: float = _f(1 - 1 / 333, "discount per step (DreamerV3: 1 - 1/333)")
     entropy: float = _f(3e-4, "actor entropy bonus scale")
@@ -258,8 +259,20 @@ def _debug() -> AgentConfig:
     return AgentConfig(world_model=wm, actor_critic=ActorCriticConfig(units=32, layers=1))
 
 
+def _cpu() -> AgentConfig:
+    """Lean, for learning runs on a few CPU cores: a ~0.15 s update at B=16, T=32 on state inputs."""
+    wm = WorldModelConfig(
+        encoder=EncoderConfig(width=64, heads=2, cnn_depth=16, mlp_units=128, mlp_layers=2),
+        decoder=DecoderConfig(cnn_depth=16, patch_width=32, mlp_units=128, mlp_layers=2),
+        rssm=RSSMConfig(deter=256, hidden=128, stoch=16, classes=16, blocks=4),
+        heads=HeadsConfig(units=128),
+    )
+    return AgentConfig(world_model=wm, actor_critic=ActorCriticConfig(units=128, layers=2, starts=256))
+
+
 PRESETS: dict[str, AgentConfig] = {
     "debug": _debug(),
+    "cpu": _cpu(),
     "small": _sized(deter=512, hidden=128, classes=16, cnn_depth=16, units=128, width=64, blocks=4),
     "12m": _sized(2048, 256, 16, 16, 256, width=128),
     "25m": _sized(3072, 384, 24, 24, 384, width=192),
@@ -457,6 +470,20 @@ def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None) 
     return cfg
 
 
+def default_job(cuda: bool) -> RunConfig:
+    """The main job (``make train``): a short real run that shows learning within minutes.
+
+    CPU: state-based ``gym:Pendulum-v1`` with the lean ``cpu`` preset (about 10 minutes on 2 cores).
+    CUDA: pixel ``dmc:cartpole-swingup`` through the patch encoder with the ``small`` preset.
+    """
+    if cuda:
+        agent = dataclasses.replace(preset("small"), device="cuda")
+        return RunConfig(env=EnvConfig(spec="dmc:cartpole-swingup", obs="pixels"), agent=agent,
+                         train=TrainConfig(steps=100_000, eval_every=10_000))
+    return RunConfig(env=EnvConfig(spec="gym:Pendulum-v1", obs="state"), agent=preset("cpu"),
+                     train=TrainConfig(steps=15_000, prefill=2_000, train_ratio=256, batch_length=32,
+                                       eval_every=2_500, eval_episodes=3, checkpoint_every=5_000, video_every=5_000))
+
 def validate_run(cfg: RunConfig) -> RunConfig:
     """Check a run config (ranges and cross-field constraints), then its agent; errors name the field."""
     errors = []
@@ -466,6 +493,8 @@ def validate_run(cfg: RunConfig) -> RunConfig:
                 "train.train_ratio": cfg.train.train_ratio, "train.batch_size": cfg.train.batch_size,
                 "train.batch_length": cfg.train.batch_length, "train.log_every": cfg.train.log_every,
                 "agent.actor_critic.horizon": cfg.agent.actor_critic.horizon}
+    if cfg.agent.actor_critic.starts < 0:
+        errors.append(f"agent.actor_critic.starts: must be >= 0, got {cfg.agent.actor_critic.starts}")
     errors += [f"{name}: must be positive, got {value}" for name, value in positive.items() if value <= 0]
     non_negative = {"train.prefill": cfg.train.prefill, "train.eval_every": cfg.train.eval_every,
                     "train.eval_episodes": cfg.train.eval_episodes, "train.video_every": cfg.train.video_every,

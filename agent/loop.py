@@ -99,9 +99,11 @@ class Trainer:
         self._train_metrics: dict[str, list[float]] = defaultdict(list)
         self._recent_returns: list[float] = []
         self._timer = {"time": time.perf_counter(), "env_steps": self.env_steps, "updates": self.updates}
+        counts = self.agent.param_counts()
+        print(f"parameters: {counts['total']:,} ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != 'total')})",
+              flush=True)
         if not resume:
             self.logger.text("config", "```\n" + dump_json(config_to_dict(cfg)) + "\n```")
-            counts = self.agent.param_counts()
             self.logger.text("parameters", "\n".join(f"{k}: {v:,}" for k, v in counts.items()))
 
     # ----- counters
@@ -221,6 +223,7 @@ class Trainer:
         values["fps/env"] = (self.env_steps - self._timer["env_steps"]) / elapsed
         values["fps/train"] = (self.updates - self._timer["updates"]) * t.batch_size * t.batch_length / elapsed
         values["replay/size"] = len(self.replay)
+        values["replay/bytes_per_step"] = self.replay.bytes_per_step() if len(self.replay) else None
         values["train/updates"] = self.updates
         self.logger.scalars(values, self.env_steps)
         self._train_metrics.clear()
@@ -265,7 +268,9 @@ class Trainer:
         if state.get("signature") != self.signature:
             raise CheckpointError(f"checkpoint {path} was made for observations/actions {state.get('signature')}, "
                                   f"but this env has {self.signature}.")
-        if state["config"] != config_to_dict(self.cfg):
+        saved, current = dict(state["config"]), config_to_dict(self.cfg)
+        saved.pop("train"), current.pop("train")  # the schedule may change on resume, nothing else
+        if saved != current:
             raise CheckpointError(f"checkpoint {path} was made with a different config; resume with the run's "
                                   "own config.json.")
         load_agent(self.agent, state["agent"], path)
@@ -318,8 +323,9 @@ def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.
             trainer._bar = tqdm(total=cfg.train.steps, initial=trainer.env_steps, unit="step", dynamic_ncols=True,
                                 desc=cfg.env.spec, mininterval=2.0 if sys.stderr.isatty() else 30.0)
         trainer.collect(env, cfg.train.steps, seed=cfg.agent.seed + trainer.counters["episodes"])
-        trainer.log_now()
-        if eval_env is not None:
+        if trainer.counters["last_log"] != trainer.env_steps:
+            trainer.log_now()
+        if eval_env is not None and (not evaluations or evaluations[-1]["env_steps"] != trainer.env_steps):
             run_eval()
         trainer.save()
         return {"counters": dict(trainer.counters), "evaluations": evaluations,

@@ -136,7 +136,7 @@ class Replay:
         return {key: array[rows[:, None], steps] for key, array in self.data.items()}
 
     def bytes_per_step(self) -> int:
-        """Memory one stored step takes, all keys together."""
+        """Memory one stored step takes, all keys together (64x64 pixels: about 12 KB)."""
         return int(sum(array.itemsize * int(np.prod(array.shape[2:])) for array in self.data.values()))
 
     # ----- persistence

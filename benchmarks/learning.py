@@ -1,0 +1,178 @@
+"""Learning evidence: train on a small suite of tasks and check each against a threshold.
+
+    python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
+    python -m benchmarks.learning --suite gpu --out results/learning_gpu.json   # a CUDA machine
+
+Each task is a real ``python -m agent train`` run in its own process (runs go in parallel, one torch
+thread each, up to ``--parallel``). The eval returns it logs (deterministic policy) are read back from
+its ``metrics.jsonl`` and written, with the wall time and DreamerV3's published score where one
+exists, to the results JSON; the curves also go to a PNG next to it. A run directory that already
+holds a finished run is reused, so an interrupted benchmark picks up where it stopped
+(``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .common import machine_info, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference" / "dreamerv3_dmc.json"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One learning run and the bar it must clear."""
+
+    name: str
+    spec: str
+    obs: str
+    preset: str
+    steps: int
+    threshold: float  # mean of the last evaluations must reach this
+    why: str  # where the threshold comes from
+    overrides: list[str] = field(default_factory=list)
+
+
+CPU_SCHEDULE = ["train.batch_length=32", "train.prefill=2000", "train.eval_episodes=3", "train.video_every=0",
+                "train.checkpoint_every=5000", "train.threads=1"]
+
+SUITES = {
+    "cpu": [
+        Task("pendulum", "gym:Pendulum-v1", "state", "cpu", 15_000, -300.0,
+             "random policy about -1200; Dreamer-class agents solve it near -150",
+             [*CPU_SCHEDULE, "train.train_ratio=256", "train.eval_every=1000"]),
+        Task("cartpole_balance", "dmc:cartpole-balance", "state", "cpu", 40_000, 800.0,
+             "random policy about 200-400; DreamerV3 reaches 988 (proprio, 500K steps)",
+             [*CPU_SCHEDULE, "train.train_ratio=256", "train.eval_every=4000"]),
+    ],
+    "gpu": [
+        Task("cartpole_swingup_pixels", "dmc:cartpole-swingup", "pixels", "small", 100_000, 600.0,
+             "DreamerV3 vision: 844 at 500K steps; 600 at 100K marks clear learning",
+             ["agent.device=cuda", "train.eval_every=10000", "train.video_every=20000", "env.num_envs=4"]),
+    ],
+}
+
+
+def run_task(task: Task, rundir: Path, fresh: bool) -> subprocess.Popen | None:
+    """Start the training run (None when a finished run is already there)."""
+    if not fresh and (rundir / "done.json").exists():
+        return None
+    if fresh and rundir.exists():
+        import shutil
+
+        shutil.rmtree(rundir)
+    resume = (rundir / "checkpoint.pt").exists()
+    cmd = [sys.executable, "-m", "agent", "train", "--logdir", str(rundir), "--no-progress"]
+    if resume:
+        cmd += ["--resume", "--steps", str(task.steps)]
+    else:
+        cmd += ["--env", task.spec, "--preset", task.preset, "--steps", str(task.steps),
+                "--set", f"env.obs={task.obs}", *task.overrides]
+    rundir.mkdir(parents=True, exist_ok=True)
+    log = open(rundir / "stdout.log", "a")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def eval_curve(rundir: Path) -> list[dict[str, float]]:
+    curve = []
+    for line in (rundir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "eval/return" in row:
+            curve.append({"env_steps": row["step"], "return": row["eval/return"]})
+    return curve
+
+
+def reference_score(task: Task) -> dict | None:
+    if not task.spec.startswith("dmc:") or not REFERENCE.exists():
+        return None
+    key = task.spec[4:].replace("-", "_")
+    return json.loads(REFERENCE.read_text())["tasks"].get(key)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        steps = [p["env_steps"] for p in run["curve"]]
+        ax.plot(steps, [p["return"] for p in run["curve"]], marker="o", label="eval return (ours)")
+        ax.axhline(run["threshold"], color="gray", linestyle="--", label=f"threshold {run['threshold']:g}")
+        ref = run.get("dreamerv3")
+        if ref:
+            key = "vision_500k" if run["obs"] == "pixels" else "proprio_500k"
+            ax.axhline(ref[key], color="green", linestyle=":", label=f"DreamerV3 {key}: {ref[key]}")
+        ax.set_title(f"{run['spec']} ({run['obs']}, {run['preset']})")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("return")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=list(SUITES), default="cpu", help="which tasks to run")
+    parser.add_argument("--tasks", nargs="*", help="run only these task names of the suite")
+    parser.add_argument("--rundir", default="runs/learning", help="where the training runs go")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at a time")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
+    parser.add_argument("--out", default=None, help="results JSON (default results/learning_<suite>.json)")
+    args = parser.parse_args(argv)
+    tasks = [t for t in SUITES[args.suite] if not args.tasks or t.name in args.tasks]
+    out = Path(args.out or f"results/learning_{args.suite}.json")
+    root = Path(args.rundir)
+
+    pending, running = list(tasks), {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            task = pending.pop(0)
+            proc = run_task(task, root / task.name, args.fresh)
+            if proc is not None:
+                running[task.name] = (task, proc, time.time())
+                print(f"started {task.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
+        time.sleep(5)
+        for name, (_task, proc, start) in list(running.items()):
+            rundir = root / name
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode != 0:
+                print(f"{name} failed (exit {proc.returncode}); see {rundir / 'stdout.log'}", flush=True)
+                return 1
+            (rundir / "done.json").write_text(json.dumps({"wall_s": time.time() - start}))
+            print(f"finished {name} in {(time.time() - start) / 60:.1f} min", flush=True)
+
+    runs = []
+    for task in tasks:
+        rundir = root / task.name
+        curve = eval_curve(rundir)
+        final = sum(p["return"] for p in curve[-2:]) / len(curve[-2:])
+        runs.append({"name": task.name, "spec": task.spec, "obs": task.obs, "preset": task.preset,
+                     "steps": task.steps, "overrides": task.overrides, "threshold": task.threshold,
+                     "threshold_why": task.why, "final_return": final, "passed": final >= task.threshold,
+                     "wall_s": json.loads((rundir / "done.json").read_text())["wall_s"], "curve": curve,
+                     "dreamerv3": reference_score(task), "rundir": str(rundir)})
+        print(f"{task.name:24s} final {final:8.1f}  threshold {task.threshold:8.1f}  "
+              f"{'PASS' if final >= task.threshold else 'FAIL'}")
+    write_json(out, {"benchmark": "learning", "suite": args.suite, "machine": machine_info(),
+                     "final_return": "mean of the last two evaluations", "runs": runs})
+    plot(runs, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0 if all(r["passed"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Fill README.md's result tables from the results files, so every number there has a source.
+
+    python -m benchmarks.readme            # rewrite the tables in place
+    python -m benchmarks.readme --check    # exit 1 if README.md differs from what the results say
+
+A table lives between ``<!-- table:NAME -->`` and ``<!-- end -->``; NAME picks the renderer below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def env_throughput() -> str:
+    data = _load("env_throughput.json")
+    rows = [[r["spec"], r["obs"], str(r["num_envs"]), r["render_quality"] or "-", f"{r['env_steps_per_s']:,.0f}"]
+            for r in data["results"]]
+    m = data["machine"]
+    return (_table(["spec", "obs", "processes", "render", "env steps/s"], rows)
+            + f"\n\nMachine: {m['processor']}, {m['cpu_count']} cores; action repeat "
+            f"{data['results'][0]['action_repeat']}; source `results/env_throughput.json`.")
+
+
+def param_counts() -> str:
+    data = _load("param_counts.json")
+    presets = list(dict.fromkeys(key.split("/")[0] for key in data["counts"]))
+    rows = []
+    for name in presets:
+        row = [name]
+        for obs in ("pixels/patch", "pixels/cnn", "state"):
+            row.append(f"{data['counts'][f'{name}/{obs}']['total'] / 1e6:.2f}M")
+        rows.append(row)
+    return (_table(["preset", "pixels, patch encoder", "pixels, CNN encoder", "state (24-dim)"], rows)
+            + "\n\nWhole agent (world model, actor, critic), 6-dim actions; source `results/param_counts.json`.")
+
+
+def wm_throughput() -> str:
+    data = _load("wm_throughput_cpu.json")
+    rows = []
+    for r in data["results"]:
+        if "update" not in r:
+            continue
+        rows.append([r["preset"], f"{r['batch']}x{r['length']}", r["encoder"], r["decoder"],
+                     f"{r['update']['median_s'] * 1e3:,.0f}", f"{r['forward']['median_s'] * 1e3:,.0f}",
+                     f"{r['forward_parts']['encoder']['median_s'] * 1e3:,.0f}",
+                     f"{r['peak_rss_mb'] / 1024:.1f}"])
+    m = next(iter(data["machine"].values()))
+    return (_table(["preset", "B x T", "encoder", "decoder", "update ms", "forward ms", "encoder fwd ms",
+                    "peak RSS GB"], rows)
+            + f"\n\nWorld model only, 64x64 pixels, {m['cpu_model']} ({m['cpu_affinity']} cores, torch "
+            f"{m['torch']}); source `results/wm_throughput_cpu.json`.")
+
+
+def learning() -> str:
+    data = _load("learning_cpu.json")
+    rows = []
+    for r in data["runs"]:
+        first, last = r["curve"][0], r["curve"][-1]
+        rows.append([r["spec"], r["obs"], r["preset"], f"{r['steps']:,}", f"{first['return']:.0f}",
+                     f"{last['return']:.0f}", f"{r['threshold']:g}", "yes" if r["passed"] else "no",
+                     f"{r['wall_s'] / 60:.0f}"])
+    return (_table(["task", "obs", "preset", "env steps", "first eval", "final eval", "threshold", "passed",
+                    "wall min"], rows)
+            + "\n\nFinal eval: mean of the last evaluations (see `results/learning_cpu.json`); "
+            "plot: `results/learning_cpu.png`.")
+
+
+RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
+             "learning": learning}
+
+
+def render(text: str) -> str:
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        return f"<!-- table:{name} -->\n{RENDERERS[name]()}\n<!-- end -->"
+
+    return re.sub(r"<!-- table:(\w+) -->.*?<!-- end -->", fill, text, flags=re.S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = parser.parse_args(argv)
+    path = ROOT / "README.md"
+    old = path.read_text()
+    new = render(old)
+    if args.check:
+        if old != new:
+            print("README.md tables differ from results/: run python -m benchmarks.readme", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    print("README.md tables updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The agent seam: acting, gradient isolation, skipped non-finite updates, determinism, the actor-critic math."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agent.actor_critic import ActorCritic
+from agent.agent import Agent
+from agent.config import apply_overrides, preset
+
+STATE = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)})
+PIXELS = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+BOX = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+
+def debug_cfg(*overrides):
+    return apply_overrides(preset("debug"), ["actor_critic.horizon=5", *overrides])
+
+
+def random_batch(obs_space, act_dim, B=3, T=8, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = {"action": rng.uniform(-1, 1, (B, T, act_dim)).astype(np.float32),
+             "reward": rng.uniform(0, 1, (B, T)).astype(np.float32),
+             "is_first": np.zeros((B, T), bool), "is_last": np.zeros((B, T), bool),
+             "is_terminal": np.zeros((B, T), bool)}
+    batch["is_first"][:, 0] = True
+    if "state" in obs_space.spaces:
+        batch["state"] = rng.normal(size=(B, T, *obs_space["state"].shape)).astype(np.float32)
+    if "image" in obs_space.spaces:
+        batch["image"] = rng.integers(0, 256, (B, T, *obs_space["image"].shape), dtype=np.uint8)
+    return batch
+
+
+@pytest.mark.parametrize("obs_space", [STATE, PIXELS], ids=["state", "pixels"])
+def test_act_shapes_bounds_and_carry(obs_space):
+    agent = Agent(obs_space, BOX, debug_cfg())
+    obs = {k: v[:, 0] for k, v in random_batch(obs_space, 2, B=4).items() if k in obs_space.spaces}
+    action, carry = agent.act(obs, np.ones(4, bool), None)
+    assert action.shape == (4, 2) and action.dtype == np.float32 and np.abs(action).max() <= 1
+    action2, carry2 = agent.act(obs, np.zeros(4, bool), carry)
+    assert carry2["deter"].shape == carry["deter"].shape
+    mode1, _ = agent.act(obs, np.ones(4, bool), None, explore=False)
+    mode2, _ = agent.act(obs, np.ones(4, bool), None, explore=False)
+    np.testing.assert_array_equal(mode1, mode2)  # the deterministic policy is deterministic
+
+
+def test_discrete_actions_are_one_hot():
+    agent = Agent(STATE, gym.spaces.Discrete(3), debug_cfg())
+    obs = {"state": np.zeros((5, 5), np.float32)}
+    action, _ = agent.act(obs, np.ones(5, bool), None)
+    assert action.shape == (5, 3) and np.all(action.sum(-1) == 1) and set(np.unique(action)) <= {0.0, 1.0}
+    metrics = agent.train_step(random_batch(STATE, 3))
+    assert np.isfinite(metrics["train/loss/actor"])
+
+
+def params(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def test_actor_critic_update_leaves_the_world_model_untouched():
+    agent = Agent(STATE, BOX, debug_cfg())
+    batch = agent.to_torch(random_batch(STATE, 2))
+    _, outputs = agent.wm.train_step(batch)
+    before, actor_before = params(agent.wm), params(agent.ac.actor)
+    agent.wm.zero_grad(set_to_none=True)
+    start = {k: v.reshape(-1, *v.shape[2:]) for k, v in outputs["posterior"].items() if k in ("deter", "stoch")}
+    feat, action, reward, continue_ = agent.imagine(start, torch.ones(start["deter"].shape[0]))
+    losses, _ = agent.ac.losses(feat, action, reward, continue_)
+    agent.ac.update(losses)
+    assert all(p.grad is None for p in agent.wm.parameters())
+    for name, value in params(agent.wm).items():
+        assert torch.equal(value, before[name]), name
+    assert any(not torch.equal(v, actor_before[k]) for k, v in params(agent.ac.actor).items())
+
+
+def test_non_finite_batches_are_skipped_and_counted():
+    agent = Agent(STATE, BOX, debug_cfg())
+    batch = random_batch(STATE, 2)
+    agent.train_step(batch)
+    before = params(agent)
+    batch["reward"][0, 3] = np.nan
+    metrics = agent.train_step(batch)
+    assert metrics["train/skipped_updates"] == 1.0 and agent.skipped_updates == 1
+    for name, value in params(agent).items():
+        assert torch.equal(value, before[name]), name
+    metrics = agent.train_step(random_batch(STATE, 2, seed=1))  # training goes on
+    assert metrics["train/skipped"] == 0.0 and np.isfinite(metrics["train/loss/total"])
+
+
+def test_same_seed_same_parameters_after_updates():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        agent = Agent(STATE, BOX, debug_cfg("seed=3"))
+        for i in range(3):
+            agent.train_step(random_batch(STATE, 2, seed=i))
+        runs.append(params(agent))
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+    torch.manual_seed(0)
+    other = Agent(STATE, BOX, debug_cfg("seed=4"))
+    assert any(not torch.equal(v, runs[0][k]) for k, v in params(other).items())
+
+
+def test_state_dict_round_trip_restores_optimizers_and_normaliser():
+    agent = Agent(STATE, BOX, debug_cfg())
+    for i in range(2):
+        agent.train_step(random_batch(STATE, 2, seed=i))
+    state = agent.state_dict()
+    clone = Agent(STATE, BOX, debug_cfg())
+    clone.load_state_dict(state)
+    assert clone.ac.normalizer.high.item() == agent.ac.normalizer.high.item() != 0
+    torch.manual_seed(5)
+    a = agent.train_step(random_batch(STATE, 2, seed=9))
+    torch.manual_seed(5)
+    b = clone.train_step(random_batch(STATE, 2, seed=9))
+    assert a["train/loss/actor"] == b["train/loss/actor"] and a["train/loss/total"] == b["train/loss/total"]
+
+
+def test_critic_regresses_lambda_returns_worked_by_hand():
+    """Constant reward 1, continue 1, a zero-initialised critic (value 0), H=2, lambda=0.5, discount 0.9:
+    R_1 = r_2 + 0.9 * (0.5 * v_2 + 0.5 * v_2) = 1 (bootstrap v_2 = 0), R_0 = r_1 + 0.9 * (0.5 * v_1 + 0.5 * R_1)
+    = 1 + 0.45 = 1.45. The imagined return metric is their mean, 1.225."""
+    cfg = apply_overrides(preset("debug"), ["actor_critic.lambda_=0.5", "actor_critic.discount=0.9"]).actor_critic
+    ac = ActorCritic(4, BOX, cfg)
+    feat = torch.randn(3, 6, 4)
+    _, metrics = ac.losses(feat, torch.zeros(3, 6, 2), torch.ones(3, 6), torch.ones(3, 6))
+    assert metrics["imagine/return"] == pytest.approx(1.225, abs=1e-5)
+    assert metrics["imagine/value"] == 0.0  # zero-initialised output layer
+
+
+def test_terminal_start_weights_nothing():
+    cfg = preset("debug").actor_critic
+    ac = ActorCritic(4, BOX, cfg)
+    feat = torch.randn(4, 2, 4)
+    continue_ = torch.ones(4, 2)
+    continue_[0, 1] = 0.0  # the second start state is terminal
+    losses, _ = ac.losses(feat, torch.zeros(4, 2, 2), torch.ones(4, 2), continue_)
+    assert torch.all(losses["critic"][:, 1] == 0) and torch.all(losses["critic"][:, 0] > 0)
