@@ -86,6 +86,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.agent.seed)
         self.agent = Agent(obs_space, act_space, cfg.agent)
         self.replay = make_replay(cfg, self.logdir / "replay")
+        self.extra: dict[str, Any] = {}  # a caller's own progress (e.g. a task sequence), saved in checkpoints
         self.counters = {"env_steps": 0, "agent_steps": 0, "updates": 0, "episodes": 0, "sim_failures": 0,
                          "train_credit": 0.0, "last_log": 0, "last_eval": 0, "last_video": 0, "last_checkpoint": 0}
         purge = None
@@ -250,6 +251,7 @@ class Trainer:
         state = {
             "format": 1, "config": config_to_dict(self.cfg), "signature": self.signature,
             "agent": self.agent.state_dict(), "replay": replay_state, "counters": dict(self.counters),
+            "extra": self.extra,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "loop": self.rng.bit_generator.state},
         }
@@ -276,6 +278,7 @@ class Trainer:
         load_agent(self.agent, state["agent"], path)
         self.replay.load_state_dict(state["replay"])
         self.counters.update(state["counters"])
+        self.extra = state.get("extra", {})
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
