@@ -3,6 +3,7 @@
     python -m benchmarks.wm_throughput --presets debug small 12m --encoders patch cnn \\
         --batch 16 --length 64 --out results/wm_throughput_cpu.json
     python -m benchmarks.wm_throughput --rssm-loop --presets debug small --out results/wm_rssm_loop_cpu.json
+    python -m benchmarks.wm_throughput --agent --presets 12m --out results/agent_update_cpu.json
 
 Update = forward + backward + optimizer step (`WorldModel.train_step`), timed after warm-up, median of
 `--repeats`. Forward = `WorldModel.loss` under no_grad, plus its parts (encoder, RSSM observe loop,
@@ -11,9 +12,11 @@ on CPU the peak resident set (ru_maxrss) and the RSS before the model was built;
 torch.cuda.max_memory_allocated. Observations are 64x64x3 uint8 images with a 6-dim Box action.
 
 `--params-only` writes parameter counts per module for every preset and encoder, without timing.
-`--rssm-loop` times the RSSM observe loop alone (random embeddings), eager against torch.compile of the
-step cell (`world_model.rssm.compile=true`), forward and forward + backward, and checks that both
-give the same numbers. `--shape PRESET=BxT` gives one preset a smaller batch (the JSON records it).
+`--agent` times the whole update instead: world model plus actor-critic in imagination
+(`Agent.train_step`), the unit of the issue's speed target. `--rssm-loop` times the RSSM observe loop
+alone (random embeddings), eager against torch.compile of the step cell
+(`world_model.rssm.compile=true`), forward and forward + backward, and checks that both give the same
+numbers. `--shape PRESET=BxT` gives one preset a smaller batch (the JSON records it).
 """
 
 from __future__ import annotations
@@ -99,6 +102,29 @@ def _build(spec: dict[str, Any]):
     cfg = apply_overrides(preset(spec["preset"]), overrides)
     obs_space = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
     return WorldModel(obs_space, spaces.Box(-1, 1, (6,), np.float32), cfg)
+
+
+def run_agent_update(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time the whole update, world model plus actor-critic in imagination (`Agent.train_step`)."""
+    import gymnasium.spaces as spaces
+
+    from agent.agent import Agent
+
+    device = torch.device(spec["device"])
+    B, T = spec["batch"], spec["length"]
+    batch = _batch(B, T, 6, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    wm = _build(spec)  # only for its resolved config
+    obs_space = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+    agent = Agent(obs_space, spaces.Box(-1, 1, (6,), np.float32), wm.cfg)
+    del wm
+    result: dict[str, Any] = {**spec, "param_counts": agent.param_counts(), "torch_threads": torch.get_num_threads()}
+    result["agent_update"] = _time(lambda: agent.train_step(batch), device, spec["warmup"], spec["repeats"])
+    if device.type == "cuda":
+        result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["peak_rss_mb"] = _rss_mb()
+    return result
 
 
 def run_update(spec: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +215,10 @@ def _shapes(items: list[str]) -> dict[str, tuple[int, int]]:
 def _summary(r: dict[str, Any]) -> str:
     if "error" in r:
         return r["error"]
+    if "agent_update" in r:
+        mem = r.get("peak_cuda_mem_mb", r["peak_rss_mb"])
+        return (f"agent update {r['agent_update']['median_s'] * 1e3:8.1f} ms  "
+                f"params {r['param_counts']['total'] / 1e6:6.2f}M  peak {mem:7.0f} MB")
     if "update" in r:
         mem = r.get("peak_cuda_mem_mb", r["peak_rss_mb"])
         return (f"update {r['update']['median_s'] * 1e3:8.1f} ms  "
@@ -214,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rssm-loop", action="store_true", help="time the RSSM observe loop, eager vs compile")
+    p.add_argument("--agent", action="store_true",
+                   help="time the whole update (world model + actor-critic in imagination) instead")
     p.add_argument("--params-only", action="store_true", help="only count parameters (no timing)")
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every configuration)")
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
@@ -224,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         spec = json.loads(args.child)
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
-        result = run_rssm_loop(spec) if spec["mode"] == "rssm_loop" else run_update(spec)
+        runner = {"rssm_loop": run_rssm_loop, "agent_update": run_agent_update, "update": run_update}[spec["mode"]]
+        result = runner(spec)
         print(json.dumps(result))
         return
 
@@ -254,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for enc in args.encoders:
                 for dec in args.decoders:
-                    specs.append({**base, "mode": "update", "encoder": enc, "decoder": dec})
+                    mode = "agent_update" if args.agent else "update"
+                    specs.append({**base, "mode": mode, "encoder": enc, "decoder": dec})
     report = {"machine": {d: _machine(d) for d in devices}, "argv": [sys.argv[1:]], "results": []}
     if args.append and args.out and os.path.exists(args.out):
         with open(args.out) as f:
