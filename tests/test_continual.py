@@ -183,7 +183,8 @@ def test_shipped_sequences_load_and_share_spaces(name):
         cfg = continual.run_config(seq, continual.parse_strategy(strategy), seed=0)
         held = cfg.replay.capacity + (cfg.replay.recent_capacity if strategy == "mix" else 0)
         assert held == seq.replay_capacity and cfg.train.steps == seq.boundaries[-1]
-    assert continual.load_sequence("cartpole-shift").obs == "state"
+    assert seq.replay_capacity == seq.tasks[0].steps // seq.action_repeat  # one task's budget in agent steps
+    assert continual.load_sequence(name, check=False, steps_per_task=10_000).replay_capacity == 5000
     assert continual.load_sequence(name, check=False, steps_per_task=100).boundaries == [0, 100, 200, 300, 400]
 
 
