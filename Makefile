@@ -43,5 +43,13 @@ bench-wm: $(STAMP)
 bench-learning: $(STAMP)
 	$(BIN)/python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
 
+# The continual benchmark on the CPU sequence: three replay strategies x CONTINUAL_SEEDS seeds, plus one
+# single-task reference run per task and seed (cached). Hours on 2 cores; see README. Rerun to resume.
+CONTINUAL_SEEDS ?= 3
+CONTINUAL_PARALLEL ?= 2
+bench-continual: $(STAMP)
+	$(BIN)/python -m benchmarks.continual --sequence cartpole-shift --strategy fifo reservoir mix \
+		--seeds $(CONTINUAL_SEEDS) --parallel $(CONTINUAL_PARALLEL) --out results/continual_cartpole-shift.json
+
 readme: $(STAMP)
 	$(BIN)/python -m benchmarks.readme

@@ -83,8 +83,17 @@ def learning() -> str:
             "plot: `results/learning_cpu.png`.")
 
 
+def continual() -> str:
+    data = _load("continual_cartpole-shift.json")
+    if data is None:
+        return "Not run yet: `make bench-continual` writes `results/continual_cartpole-shift.json` and its plots."
+    from .continual_report import readme_section
+
+    return readme_section(data, "results/continual_cartpole-shift.json")
+
+
 RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
-             "learning": learning}
+             "learning": learning, "continual": continual}
 
 
 def render(text: str) -> str:

@@ -1,0 +1,819 @@
+"""The continual task-sequence benchmark: one agent learns task after task; what does it forget, what
+carries over, and does it stay able to learn?
+
+    python -m benchmarks.continual --sequence cartpole-shift --strategy reservoir --seeds 3
+    python -m benchmarks.continual --sequence cartpole-shift --strategy fifo reservoir mix --seeds 3 \\
+        --out results/continual_cartpole-shift.json            # what `make bench-continual` runs
+    python -m benchmarks.continual --sequence my_sequence.json --strategy mix --seeds 1
+    python -m benchmarks.continual --list                       # shipped sequences
+
+Protocol (``../shared/DESIGN.md``, after Continual World): the agent trains on each task of the sequence
+for its budget in turn (stages); every ``eval_every`` env steps, and at every stage boundary, it is
+evaluated on every task of the sequence, past and future, with ``eval_episodes`` deterministic episodes.
+At the end of each stage it records held-out episodes of that task (never put in the replay) and measures
+the world model's loss on the held-out data of every task trained so far; with every evaluation it
+measures dormant units and feature rank per module (``benchmarks.plasticity``). Single-task reference runs
+from scratch with the same budget, one per (task, seed, agent config), are cached under
+``<root>/references/`` and reused by every strategy; forward transfer compares against them.
+
+Strategies (``--strategy``) choose the replay: ``fifo`` (plain ring buffer, the fine-tuning baseline),
+``reservoir`` (a uniform sample of the whole run) and ``mix`` (half the batch from a recent FIFO, half
+from a reservoir). All three hold the same number of steps, the sequence's ``replay_capacity`` (``mix``:
+half recent, half reservoir), which must be smaller than the run for FIFO to forget. ``+taskid``
+(e.g. ``reservoir+taskid``) also appends a one-hot task id to the state observation.
+
+Run directories: ``<root>/<sequence>/<strategy>/seed_<s>/`` hold ``job.json`` (the sequence, strategy and
+resolved run config), the Trainer's ``config.json``, TensorBoard events and ``metrics.jsonl``
+(``eval/<task>/return``, ``continual/*``), ``checkpoint.pt``, ``replay/``, ``heldout/``, ``run.json`` (the
+raw record), ``results.json`` (curves, matrix, metrics), ``curves.png`` and ``matrix.png``.
+``<root>/<sequence>/summary.{md,json}`` and ``summary_*.png`` aggregate every strategy and seed found
+there. Interrupted runs resume from their checkpoints when the same command is run again; finished runs
+are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .common import write_json
+
+SEQUENCES_DIR = Path(__file__).resolve().parent / "sequences"
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line help string."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------------------------- sequences
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a sequence: an env spec plus a variant, and its training budget."""
+
+    name: str = _f("", "label used in TensorBoard tags, tables and plots; unique within a sequence")
+    spec: str = _f("", "env spec, e.g. dmc:cartpole-swingup (see envs.make)")
+    variant: dict = _f({}, "physics/reward variant, e.g. {'gravity': 0.5} (see envs.variants)")
+    steps: int = _f(0, "env steps of training on this task (0: the sequence's steps_per_task)")
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A task sequence and how it is run. Loaded from JSON: every field below is a key of that file."""
+
+    name: str = _f("", "sequence name (default: the file name without .json)")
+    description: str = _f("", "one line for humans")
+    tasks: tuple[Task, ...] = _f((), "tasks in training order; all must share observation and action spaces")
+    obs: str = _f("state", "observation: state, pixels or both (envs.make)")
+    size: int = _f(64, "image height and width for pixels")
+    action_repeat: int = _f(2, "simulator steps per agent step")
+    steps_per_task: int = _f(20_000, "env steps of training per task unless a task sets its own")
+    cycles: int = _f(1, "train on the task list this many times in a row (2: a second cycle)")
+    preset: str = _f("cpu", "agent preset (agent.config.PRESETS)")
+    overrides: tuple[str, ...] = _f((), "run-config overrides, e.g. train.train_ratio=128 (agent.config)")
+    replay_capacity: int = _f(0, "replay steps for every strategy (0: one task's budget in agent steps)")
+    eval_every: int = _f(0, "env steps between evaluations of every task (0: a tenth of the smallest budget)")
+    eval_episodes: int = _f(3, "deterministic episodes per task and evaluation")
+    end_evaluations: int = _f(3, "evaluations averaged for a task's value at the end of a stage")
+    heldout_episodes: int = _f(2, "episodes of held-out data recorded at the end of each stage")
+    max_return: float = _f(1000.0, "return of a perfect episode; normalised performance = return / this")
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """The task index trained in each stage: the task list repeated ``cycles`` times."""
+        return tuple(range(len(self.tasks))) * self.cycles
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Env steps where stages start and end: [0, end of stage 0, ..., end of the run]."""
+        return [0, *np.cumsum([self.tasks[i].steps for i in self.stages]).tolist()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict; ``sequence_from_dict`` reads it back."""
+        d = dataclasses.asdict(self)
+        d["tasks"], d["overrides"] = [dataclasses.asdict(t) for t in self.tasks], list(self.overrides)
+        return d
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    return {f.name: type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
+            for f in dataclasses.fields(cls)}
+
+
+def _check_keys(d: Any, cls: type, where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {d!r}.")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        import difflib
+
+        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, known, n=1)[0]!r}?)"
+                 if difflib.get_close_matches(k, known, n=1) else repr(k) for k in unknown]
+        raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(known)}.")
+
+
+def _typed(value: Any, typ: type, where: str) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is tuple and isinstance(value, list):
+        value = tuple(value)
+    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+        raise ValueError(f"{where}: expected {typ.__name__}, got {value!r}.")
+    return value
+
+
+def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "sequence") -> Sequence:
+    """Build and check a ``Sequence`` from a plain dict (a parsed JSON file); errors name the bad key.
+
+    Checks keys, types and ranges, task names (unique) and budgets. It does not build envs; see
+    ``check_spaces`` for the observation/action-space check.
+    """
+    _check_keys(d, Sequence, where)
+    types = _field_types(Sequence)
+    kwargs = {k: _typed(v, types[k], f"{where}.{k}") for k, v in d.items() if k != "tasks"}
+    kwargs.setdefault("name", default_name)
+    raw_tasks = d.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise ValueError(f"{where}.tasks: need a non-empty list of tasks such as "
+                         "{\"name\": \"default\", \"spec\": \"dmc:cartpole-swingup\"}.")
+    steps_per_task = kwargs.get("steps_per_task", Sequence.steps_per_task)
+    tasks = []
+    for i, raw in enumerate(raw_tasks):
+        at = f"{where}.tasks[{i}]"
+        _check_keys(raw, Task, at)
+        task_types = _field_types(Task)
+        t = Task(**{k: _typed(v, task_types[k], f"{at}.{k}") for k, v in raw.items()})
+        if not t.spec:
+            raise ValueError(f"{at}: needs a spec, e.g. \"dmc:cartpole-swingup\".")
+        if not t.name:
+            t = dataclasses.replace(t, name=t.spec.split(":", 1)[1] + (f"-{i}" if t.variant else ""))
+        tasks.append(dataclasses.replace(t, steps=t.steps or steps_per_task))
+    seq = Sequence(**{**kwargs, "tasks": tuple(tasks)})
+    names = [t.name for t in seq.tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{where}.tasks: task names must be unique, {duplicates} appear more than once "
+                         "(to train a task again, use cycles).")
+    for t in seq.tasks:
+        if t.steps <= 0:
+            raise ValueError(f"{where}: task {t.name!r} has a budget of {t.steps} env steps; it must be positive.")
+        if not all(c.isalnum() or c in "-_.=" for c in t.name):
+            raise ValueError(f"{where}: task name {t.name!r} may only hold letters, digits and - _ . = "
+                             "(it becomes a TensorBoard tag and a file name).")
+    for key in ("size", "action_repeat", "steps_per_task", "cycles", "eval_episodes", "end_evaluations"):
+        if getattr(seq, key) < 1:
+            raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(seq, key)}.")
+    for key in ("replay_capacity", "eval_every", "heldout_episodes"):
+        if getattr(seq, key) < 0:
+            raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(seq, key)}.")
+    if seq.obs not in ("state", "pixels", "both"):
+        raise ValueError(f"{where}.obs: must be state, pixels or both, got {seq.obs!r}.")
+    if seq.max_return <= 0:
+        raise ValueError(f"{where}.max_return: must be positive, got {seq.max_return}.")
+    smallest = min(t.steps for t in seq.tasks)
+    capacity = seq.replay_capacity or max(t.steps for t in seq.tasks) // seq.action_repeat
+    return dataclasses.replace(seq, eval_every=seq.eval_every or max(seq.action_repeat, smallest // 10),
+                               replay_capacity=capacity)
+
+
+def shipped_sequences() -> list[str]:
+    """Names of the sequences in ``benchmarks/sequences/``."""
+    return sorted(p.stem for p in SEQUENCES_DIR.glob("*.json"))
+
+
+def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | None = None) -> Sequence:
+    """A sequence by shipped name (``cartpole-shift``) or from a JSON file path.
+
+    ``steps_per_task`` replaces every task's budget (for quick runs); ``check`` also builds every task's
+    env once and checks that all share observation and action spaces (``check_spaces``).
+    """
+    path = Path(source)
+    if not path.suffix and not path.exists():
+        path = SEQUENCES_DIR / f"{source}.json"
+        if not path.exists():
+            raise ValueError(f"no shipped sequence {str(source)!r}; shipped: {', '.join(shipped_sequences())}; "
+                             "or pass the path of a .json file.")
+    if not path.exists():
+        raise ValueError(f"sequence file {path} does not exist.")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"sequence file {path} is not valid JSON: {error}") from error
+    if steps_per_task is not None:
+        raw = {**raw, "steps_per_task": steps_per_task,
+               "tasks": [{k: v for k, v in t.items() if k != "steps"} if isinstance(t, dict) else t
+                         for t in raw.get("tasks", [])]}
+    seq = sequence_from_dict(raw, default_name=path.stem, where=str(path))
+    if check:
+        check_spaces(seq)
+    return seq
+
+
+def _env_options(seq: Sequence, task: Task) -> dict[str, Any]:
+    return dict(obs=seq.obs, size=seq.size, action_repeat=seq.action_repeat, variant=task.variant or None)
+
+
+def check_spaces(seq: Sequence) -> None:
+    """Build each task's env once; raise ``ValueError`` naming the task when a spec or variant is bad or
+    when its observation or action space differs from the first task's."""
+    import envs
+
+    first = None
+    for task in seq.tasks:
+        try:
+            env = envs.make(task.spec, **_env_options(seq, task))
+        except ValueError as error:
+            raise ValueError(f"sequence {seq.name!r}, task {task.name!r}: {error}") from error
+        spaces = (env.observation_space, env.action_space)
+        env.close()
+        if first is None:
+            first = (task, spaces)
+        elif spaces != first[1]:
+            raise ValueError(
+                f"sequence {seq.name!r}: task {task.name!r} ({task.spec}) has observation space {spaces[0]} and "
+                f"action space {spaces[1]}, but task {first[0].name!r} ({first[0].spec}) has {first[1][0]} and "
+                f"{first[1][1]}; all tasks of a sequence must share observation and action spaces.")
+
+
+# --------------------------------------------------------------------------------------------- strategies
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How the agent meets a sequence: the replay's insertion/sampling policy and an optional task id."""
+
+    name: str = _f("fifo", "fifo | reservoir | mix, optionally with +taskid")
+    replay: str = _f("fifo", "agent replay policy (agent.config.ReplayConfig.policy)")
+    task_id: bool = _f(False, "append a one-hot task id to the state observation")
+
+
+STRATEGIES = ("fifo", "reservoir", "mix")
+
+
+def parse_strategy(name: str) -> Strategy:
+    """``fifo``, ``reservoir``, ``mix``, each optionally with ``+taskid``."""
+    base, _, suffix = name.partition("+")
+    if base not in STRATEGIES or suffix not in ("", "taskid"):
+        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}, optionally with +taskid.")
+    return Strategy(name, base, suffix == "taskid")
+
+
+RESERVED = ("replay.policy", "replay.capacity", "replay.recent_capacity", "replay.recent_fraction", "env.spec",
+            "env.obs", "env.size", "env.action_repeat", "agent.seed", "train.steps", "train.eval_every",
+            "train.eval_episodes")
+
+
+def run_config(seq: Sequence, strategy: Strategy, seed: int, overrides: tuple[str, ...] = (),
+               steps: int | None = None) -> Any:
+    """The agent's ``RunConfig`` for one run: the sequence's preset and overrides, then ``overrides``, then
+    what the sequence and strategy fix (env, schedule, replay). ``steps`` defaults to the whole sequence.
+
+    The replay holds ``seq.replay_capacity`` steps for every strategy; ``mix`` splits it evenly into a
+    recent FIFO and a reservoir, each half of every batch.
+    """
+    from agent.config import RunConfig, apply_overrides, preset, validate_run
+
+    for item in (*seq.overrides, *overrides):
+        if item.split("=", 1)[0].strip() in RESERVED:
+            raise ValueError(f"override {item!r}: this field is set by the sequence or the strategy "
+                             f"(fields set there: {', '.join(RESERVED)}).")
+    C = seq.replay_capacity
+    replay = [f"replay.policy={strategy.replay}", f"replay.capacity={C}"]
+    if strategy.replay == "mix":
+        replay = ["replay.policy=mix", f"replay.capacity={C - C // 2}", f"replay.recent_capacity={C // 2}",
+                  "replay.recent_fraction=0.5"]
+    fixed = [f"env.spec={seq.tasks[0].spec}", f"env.obs={seq.obs}", f"env.size={seq.size}",
+             f"env.action_repeat={seq.action_repeat}", f"agent.seed={seed}",
+             f"train.steps={steps if steps is not None else seq.boundaries[-1]}",
+             f"train.eval_every={seq.eval_every}", f"train.eval_episodes={seq.eval_episodes}", *replay]
+    cfg = apply_overrides(RunConfig(agent=preset(seq.preset)), [*seq.overrides, *overrides, *fixed])
+    return validate_run(cfg)
+
+
+# --------------------------------------------------------------------------------------------- envs
+
+
+def _make_with_task_id(spec: str, index: int, count: int, seed: int | None, **options: Any) -> gym.Env:
+    """``envs.make`` plus ``TaskIdObservation`` (module level, so subprocess vector envs can pickle it)."""
+    import envs
+
+    return TaskIdObservation(envs.make(spec, seed=seed, **options), index, count)
+
+
+class TaskIdObservation(gym.ObservationWrapper):
+    """Appends a one-hot task id (``count`` entries, ``index`` hot) to the ``state`` observation."""
+
+    def __init__(self, env: gym.Env, index: int, count: int):
+        super().__init__(env)
+        if "state" not in env.observation_space.spaces:
+            raise ValueError("a task id is appended to the state vector; use obs=state or both.")
+        self.one_hot = np.eye(count, dtype=np.float32)[index]
+        n = env.observation_space["state"].shape[0] + count
+        self.observation_space = gym.spaces.Dict(
+            {**env.observation_space.spaces, "state": gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)})
+
+    def observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**obs, "state": np.concatenate([obs["state"], self.one_hot])}
+
+
+def task_env(seq: Sequence, index: int, num_envs: int, seed: int, task_id: bool = False) -> gym.vector.VectorEnv:
+    """A NEXT_STEP-autoreset vector env of task ``index`` of the sequence (``envs.make_vec``'s contract)."""
+    import envs
+
+    task = seq.tasks[index]
+    options = _env_options(seq, task)
+    if not task_id:
+        return envs.make_vec(task.spec, num_envs, seed=seed, **options)
+    fns = [functools.partial(_make_with_task_id, task.spec, index, len(seq.tasks), seed + i, **options)
+           for i in range(num_envs)]
+    mode = gym.vector.AutoresetMode.NEXT_STEP
+    if num_envs == 1:
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+    return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=mode)
+
+
+# --------------------------------------------------------------------------------------------- the runner
+
+
+@contextlib.contextmanager
+def untouched_rng(agent: Any, seed: int | None = None) -> Iterator[None]:
+    """Run a measurement without moving the training run's random streams: torch's global RNG and the
+    world model's generator are restored on exit. With ``seed``, the generator is reseeded inside, so
+    the measurement itself is a deterministic function of the parameters."""
+    import torch
+
+    generator = agent.wm.generator
+    saved = generator.get_state()
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+            generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            generator.set_state(saved)
+
+
+def record_episodes(trainer: Any, env: Any, episodes: int, seed: int) -> dict[str, np.ndarray]:
+    """Run the exploring policy for ``episodes`` whole episodes on a one-env vector env, WITHOUT adding
+    to the replay; returns the steps as (L, ...) arrays in the replay's format (the loop's convention:
+    the record of observation t holds the reward on arriving there, its flags and the action chosen)."""
+    assert env.num_envs == 1, "held-out data is recorded from one env"
+    obs, _ = env.reset(seed=seed)
+    is_first, is_last, is_terminal = np.ones(1, bool), np.zeros(1, bool), np.zeros(1, bool)
+    reward, carry, steps, ended = np.zeros(1, np.float32), None, [], 0
+    with untouched_rng(trainer.agent, seed):
+        while True:
+            action, carry = trainer.agent.act(obs, is_first, carry, explore=True)
+            steps.append({**obs, "action": action, "reward": reward, "is_first": is_first, "is_last": is_last,
+                          "is_terminal": is_terminal})
+            ended += int(is_last[0])
+            if ended >= episodes:
+                break
+            obs, reward, terminated, truncated, _ = env.step(trainer.env_action(action))
+            reward = np.asarray(reward, np.float32)
+            is_first, is_last, is_terminal = is_last, np.logical_or(terminated, truncated), np.asarray(terminated)
+    return {key: np.concatenate([s[key] for s in steps]) for key in steps[0]}  # (L, ...)
+
+
+WM_TERMS = ("image", "state", "reward", "continue_", "kl")
+
+
+def world_model_loss(trainer: Any, data: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
+    """The world model's loss terms on held-out steps, cut into fresh (W, T) windows of the training
+    batch length (as training windows are): mean reconstruction (``image``/``state``), ``reward``,
+    ``continue_`` and ``kl`` (posterior to prior, before free bits, so it still moves below 1 nat).
+    Deterministic given the parameters and ``seed``; leaves the run's random streams untouched."""
+    import torch
+
+    T = trainer.cfg.train.batch_length
+    W = len(data["is_first"]) // T
+    if W == 0:
+        raise ValueError(f"held-out data of {len(data['is_first'])} steps is shorter than one window of {T}.")
+    batch = {k: v[: W * T].reshape(W, T, *v.shape[1:]) for k, v in data.items()}  # (W, T, ...)
+    wm = trainer.agent.wm
+    with untouched_rng(trainer.agent, seed), torch.no_grad():
+        _, losses, metrics, _, _ = wm.loss(trainer.agent.to_torch(batch))
+    out = {k: float(v.mean()) for k, v in losses.items() if k in WM_TERMS}
+    out["kl"] = float(metrics["kl"])
+    return out
+
+
+def probe_batch(replay: Any, batch: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    """(B, T) windows from the replay drawn with a seeded generator of their own: the replay's sampling
+    stream is restored afterwards, so probing leaves training exactly as it was."""
+    parts = getattr(replay, "replays", [replay])  # a MixedReplay samples from each of its replays
+    saved = [r.rng.bit_generator.state for r in parts]
+    for i, r in enumerate(parts):
+        r.rng.bit_generator.state = np.random.default_rng([seed, i]).bit_generator.state
+    try:
+        return replay.sample(batch, length)
+    finally:
+        for r, state in zip(parts, saved):
+            r.rng.bit_generator.state = state
+
+
+class ContinualRun:
+    """One agent trained on the stages of a sequence, with evaluations, held-out losses and plasticity.
+
+    Its progress lives in ``trainer.extra`` (evaluations, plasticity, world-model losses, held-out files,
+    finished stages), which the Trainer's checkpoints save and ``resume=True`` restores, so a killed run
+    continues at its last checkpoint.
+    """
+
+    def __init__(self, seq: Sequence, strategy: Strategy, seed: int, rundir: Path, cfg: Any,
+                 measure_model: bool = True):
+        from agent.loop import CHECKPOINT, Trainer
+
+        self.seq, self.strategy, self.seed, self.rundir, self.cfg = seq, strategy, seed, rundir, cfg
+        self.measure_model = measure_model
+        # Seeds depend on the run's seed only, not on a task's place in the sequence: a task's reference run
+        # from scratch (where it is the only task) is evaluated from the same initial states.
+        self.eval_envs = [task_env(seq, i, cfg.env.eval_envs, seed=10_000 + 1000 * seed, task_id=strategy.task_id)
+                          for i in range(len(seq.tasks))]
+        space = self.eval_envs[0]
+        resume = (rundir / CHECKPOINT).exists()
+        self.trainer = Trainer(cfg, space.single_observation_space, space.single_action_space, rundir,
+                               resume=resume, progress=False)
+        self.trainer.eval_hook = self.evaluate
+        for key in ("evaluations", "plasticity", "wm_loss", "heldout", "stages_done"):
+            self.trainer.extra.setdefault(key, [] if key != "heldout" else {})
+        self._session = (time.time(), self.trainer.extra.get("wall_s", 0.0))  # wall time survives resumes
+        last = self.extra.get("last_scalars")
+        if resume and last and last["step"] == self.trainer.env_steps:
+            # The logger purges events at and after the checkpoint's step on resume, but what this runner
+            # logged at that step happened before the save and will not be redone: write it again.
+            self.trainer.logger.scalars(last["values"], last["step"])
+        if not resume:
+            bounds = ", ".join(f"{seq.tasks[u].name} until {b:,}" for u, b in zip(seq.stages, seq.boundaries[1:]))
+            self.trainer.logger.text("continual/boundaries", f"stages (env steps): {bounds}")
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.trainer.extra
+
+    def log(self, scalars: dict[str, float]) -> None:
+        """Log at the current env step, remembering this step's scalars for a resume (see ``__init__``)."""
+        step = self.trainer.env_steps
+        last = self.extra.get("last_scalars")
+        values = {**(last["values"] if last and last["step"] == step else {}), **scalars}
+        self.extra["last_scalars"] = {"step": step, "values": values}
+        self.trainer.logger.scalars(scalars, step)
+
+    def wall_s(self) -> float:
+        """Wall time of the run so far, sessions before a resume included (up to their last checkpoint)."""
+        start, before = self._session
+        return before + time.time() - start
+
+    def stage_at(self, env_steps: int) -> int:
+        """The stage being trained at ``env_steps`` (the last one at the end of the run)."""
+        return min(int(np.searchsorted(self.seq.boundaries, env_steps, side="right")) - 1, len(self.seq.stages) - 1)
+
+    # ----- measurements
+
+    def evaluate(self) -> None:
+        """Evaluate every task; measure plasticity; log ``eval/<task>/return`` and ``continual/*``."""
+        t = self.trainer
+        t.counters["last_eval"] = t.env_steps
+        self.extra["wall_s"] = self.wall_s()  # the Trainer checkpoints right after its eval hook
+        stage = self.stage_at(max(t.env_steps - 1, 0))  # an evaluation at a boundary closes the stage before
+        returns = {task.name: t.evaluate(env, self.seq.eval_episodes, seed=20_000 + 1000 * self.seed)
+                   for task, env in zip(self.seq.tasks, self.eval_envs)}
+        self.extra["evaluations"].append({"env_steps": t.env_steps, "stage": stage, "returns": returns})
+        scalars = {f"eval/{name}/return": float(np.mean(r)) for name, r in returns.items()}
+        scalars["continual/stage"] = stage
+        scalars["continual/task_index"] = self.seq.stages[stage]
+        if self.measure_model and t.replay.can_sample(self.cfg.train.batch_length):
+            from .plasticity import measure
+
+            batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length, self.seed)
+            with untouched_rng(t.agent):
+                values = measure(t.agent, batch)
+            self.extra["plasticity"].append({"env_steps": t.env_steps, **values})
+            for module, v in values.items():
+                scalars[f"continual/dormant/{module}"] = v["dormant"]
+                scalars[f"continual/effective_rank/{module}"] = v["effective_rank"]
+        self.log(scalars)
+        text = " ".join(f"{name} {np.mean(r):.0f}" for name, r in returns.items())
+        print(f"[{self.strategy.name} seed {self.seed}] env step {t.env_steps:,} (stage {stage}: "
+              f"{self.seq.tasks[self.seq.stages[stage]].name}) eval returns: {text}", flush=True)
+
+    def end_stage(self, stage: int) -> None:
+        """At a stage boundary: an evaluation there, held-out data of the stage's task, the world model's
+        loss on every held-out set so far, running metrics, and a checkpoint."""
+        from . import continual_metrics as cm
+
+        t, seq = self.trainer, self.seq
+        if self.extra["evaluations"][-1]["env_steps"] != t.env_steps:
+            self.evaluate()
+        scalars: dict[str, float] = {}
+        if self.measure_model and seq.heldout_episodes > 0:
+            task = seq.tasks[seq.stages[stage]]
+            env = task_env(seq, seq.stages[stage], 1, seed=30_000 + 1000 * self.seed + stage,
+                           task_id=self.strategy.task_id)
+            try:
+                data = record_episodes(t, env, seq.heldout_episodes, seed=30_000 + 1000 * self.seed + stage)
+            finally:
+                env.close()
+            path = self.rundir / "heldout" / f"stage{stage}_{task.name}.npz"
+            path.parent.mkdir(exist_ok=True)
+            np.savez_compressed(path, **data)
+            self.extra["heldout"][str(stage)] = str(path.relative_to(self.rundir))
+            for k in range(stage + 1):
+                with np.load(self.rundir / self.extra["heldout"][str(k)]) as held:
+                    loss = world_model_loss(t, dict(held), seed=self.seed)
+                name = seq.tasks[seq.stages[k]].name
+                self.extra["wm_loss"].append({"after_stage": stage, "stage": k, "task": name, "loss": loss})
+                scalars.update({f"continual/wm_loss/{name}/{term}": v for term, v in loss.items()})
+        steps, perf = self.curves()
+        matrix = cm.stage_end_values(steps, perf, np.array(seq.boundaries[: stage + 2]), seq.end_evaluations)
+        scalars["continual/average_performance"] = cm.average_performance(matrix)
+        if stage > 0:
+            scalars["continual/forgetting_mean"] = float(np.mean(cm.forgetting(matrix, seq.stages[: stage + 1])))
+        self.log(scalars)
+        self.extra["stages_done"].append(stage)
+        self.extra["wall_s"] = self.wall_s()
+        t.save()
+
+    def curves(self) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluation steps (E,) and normalised performance (E, n) from the evaluations so far."""
+        from .continual_metrics import normalise
+
+        evals = self.extra["evaluations"]
+        steps = np.array([e["env_steps"] for e in evals])
+        perf = np.array([[np.mean(e["returns"][task.name]) for task in self.seq.tasks] for e in evals])
+        return steps, normalise(perf, self.seq.max_return)
+
+    # ----- the run
+
+    def run(self) -> dict[str, Any]:
+        """Train through every stage not yet finished; returns the raw record (also written to run.json)."""
+        t, seq = self.trainer, self.seq
+        try:
+            if not self.extra["evaluations"]:
+                self.evaluate()  # step 0: the untrained agent, the start of the first stage's AUC window
+            for stage, index in enumerate(seq.stages):
+                if stage in self.extra["stages_done"]:
+                    continue
+                env = task_env(seq, index, self.cfg.env.num_envs, seed=1000 * self.seed,
+                               task_id=self.strategy.task_id)
+                try:
+                    t.collect(env, seq.boundaries[stage + 1], seed=self.seed + t.counters["episodes"])
+                finally:
+                    env.close()
+                self.end_stage(stage)
+            if t.counters["last_log"] != t.env_steps:
+                t.log_now()
+            t.logger.flush()
+            record = self.record(self.wall_s())
+            write_json(self.rundir / "run.json", record)
+            return record
+        finally:
+            t.close()
+            for env in self.eval_envs:
+                env.close()
+
+    def record(self, wall_s: float) -> dict[str, Any]:
+        """Everything measured, as plain data: the input of ``continual_report``."""
+        from agent.config import config_to_dict
+
+        return {"kind": "continual" if self.measure_model else "reference",
+                "sequence": self.seq.to_dict(), "strategy": dataclasses.asdict(self.strategy), "seed": self.seed,
+                "config": config_to_dict(self.cfg), "tasks": [t.name for t in self.seq.tasks],
+                "stages": list(self.seq.stages), "boundaries": self.seq.boundaries,
+                "evaluations": self.extra["evaluations"], "plasticity": self.extra["plasticity"],
+                "wm_loss": self.extra["wm_loss"], "counters": dict(self.trainer.counters),
+                "wall_s": wall_s}
+
+
+# --------------------------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class Job:
+    """One process's work: a continual run of a sequence, or a single-task reference run."""
+
+    kind: str = _f("continual", "continual | reference")
+    sequence: dict = _f({}, "the sequence (Sequence.to_dict); a reference's holds its one task")
+    strategy: str = _f("fifo", "strategy name")
+    seed: int = _f(0, "seed of the agent, envs and replay")
+    overrides: tuple[str, ...] = _f((), "extra run-config overrides")
+    config: dict = _f({}, "the resolved run config, for the record and the reference cache key")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "overrides": list(self.overrides)}
+
+
+def continual_job(seq: Sequence, strategy: str, seed: int, overrides: tuple[str, ...]) -> Job:
+    from agent.config import config_to_dict
+
+    cfg = run_config(seq, parse_strategy(strategy), seed, overrides)
+    return Job("continual", seq.to_dict(), strategy, seed, tuple(overrides), config_to_dict(cfg))
+
+
+def reference_sequence(seq: Sequence, index: int) -> Sequence:
+    """A one-stage sequence of task ``index`` with the same settings, for its run from scratch."""
+    return dataclasses.replace(seq, name=f"reference-{seq.tasks[index].name}", tasks=(seq.tasks[index],), cycles=1)
+
+
+def reference_job(seq: Sequence, index: int, seed: int, overrides: tuple[str, ...]) -> Job:
+    """The single-task reference of task ``index``: the same agent config, the task's budget, the FIFO
+    replay of the sequence's capacity, no task id (shared by every strategy)."""
+    from agent.config import config_to_dict
+
+    ref = reference_sequence(seq, index)
+    cfg = run_config(seq, parse_strategy("fifo"), seed, overrides, steps=seq.tasks[index].steps)
+    return Job("reference", ref.to_dict(), "fifo", seed, tuple(overrides), config_to_dict(cfg))
+
+
+def reference_key(job: Job) -> str:
+    """Cache key of a reference run: a hash of everything that shapes its curve (task spec and variant,
+    observation, budget, evaluation schedule, the whole run config with the seed), not the task's label."""
+    seq = {k: v for k, v in job.sequence.items() if k not in ("name", "description", "overrides")}
+    seq["tasks"] = [{k: v for k, v in t.items() if k != "name"} for t in seq["tasks"]]
+    blob = json.dumps({"sequence": seq, "config": job.config}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def job_dir(root: Path, job: Job) -> Path:
+    if job.kind == "reference":
+        task = job.sequence["tasks"][0]["name"]
+        return root / "references" / f"{task}-seed{job.seed}-{reference_key(job)}"
+    return root / job.sequence["name"] / job.strategy / f"seed_{job.seed}"
+
+
+def run_job(job: Job, rundir: Path) -> dict[str, Any]:
+    """Run (or resume) one job in this process; writes run.json (and done.json) in ``rundir``."""
+    import torch
+
+    from agent.config import RunConfig, config_from_dict
+
+    seq = sequence_from_dict(job.sequence, where=f"{rundir / 'job.json'}:sequence")
+    cfg = config_from_dict(job.config, RunConfig)
+    torch.set_num_threads(cfg.train.threads if cfg.train.threads > 0 else max(1, os.cpu_count() or 1))
+    (rundir / "config.json").write_text(json.dumps(job.config, indent=1) + "\n")
+    run = ContinualRun(seq, parse_strategy(job.strategy), job.seed, rundir, cfg,
+                       measure_model=job.kind == "continual")
+    record = run.run()
+    write_json(rundir / "done.json", {"wall_s": record["wall_s"]})
+    return record
+
+
+def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
+    """Write ``job.json``; True when the job still has work to do. A directory holding another job is an
+    error rather than something to overwrite silently."""
+    if fresh and rundir.exists():
+        shutil.rmtree(rundir)
+    path = rundir / "job.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(job.to_dict())):
+            raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
+                             "or --root to put runs elsewhere.")
+        return not (rundir / "done.json").exists()
+    rundir.mkdir(parents=True, exist_ok=True)
+    write_json(path, job.to_dict())
+    return True
+
+
+def run_jobs(jobs: list[tuple[Job, Path]], parallel: int) -> list[Path]:
+    """Run jobs in worker processes, ``parallel`` at a time (each ``python -m benchmarks.continual
+    --worker <rundir>``); returns the run directories that failed. If this process is interrupted or
+    terminated, it terminates its workers (their checkpoints stay; the same command resumes them)."""
+    pending, running, failed = list(jobs), {}, []
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM runs the finally below
+    try:
+        _run_jobs(pending, running, failed, parallel)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for proc, _, log in running.values():
+            proc.terminate()
+            proc.wait()
+            log.close()
+    return failed
+
+
+def _run_jobs(pending: list, running: dict, failed: list, parallel: int) -> None:
+    while pending or running:
+        while pending and len(running) < parallel:
+            job, rundir = pending.pop(0)
+            log = open(rundir / "stdout.log", "a")
+            cmd = [sys.executable, "-m", "benchmarks.continual", "--worker", str(rundir)]
+            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+            running[rundir] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
+            print(f"started {job.kind} {rundir}", flush=True)
+        time.sleep(1.0)
+        for rundir, (proc, start, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[rundir]
+            log.close()
+            if proc.returncode != 0:
+                failed.append(rundir)
+                print(f"FAILED (exit {proc.returncode}): {rundir}; see {rundir / 'stdout.log'}", flush=True)
+            else:
+                print(f"finished {rundir} in {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.continual", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sequence", help="a shipped sequence name or the path of a sequence .json file")
+    parser.add_argument("--strategy", nargs="+", default=["reservoir"],
+                        help="one or more of fifo, reservoir, mix (each optionally +taskid)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="worker processes at a time")
+    parser.add_argument("--root", default="runs/continual", help="where runs, references and summaries go")
+    parser.add_argument("--steps-per-task", type=int, help="replace every task's budget (quick runs)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="run-config overrides after the sequence's own, e.g. train.train_ratio=64")
+    parser.add_argument("--no-references", action="store_true", help="skip reference runs (no forward transfer)")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these jobs")
+    parser.add_argument("--out", help="also write the summary JSON here, plots beside it (README source)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild results, tables and plots")
+    parser.add_argument("--list", action="store_true", help="list shipped sequences")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the job in this run directory
+    args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from . import continual_report as report
+
+    if args.worker:
+        rundir = Path(args.worker)
+        raw = json.loads((rundir / "job.json").read_text())
+        run_job(Job(**{**raw, "overrides": tuple(raw["overrides"])}), rundir)
+        return 0
+    if args.list:
+        for name in shipped_sequences():
+            seq = load_sequence(name, check=False)
+            print(f"{name}: {seq.description} ({len(seq.tasks)} tasks x {seq.cycles}, {seq.obs})")
+        return 0
+    if not args.sequence:
+        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
+    if args.seeds < 1 or args.parallel < 1:
+        raise ValueError("--seeds and --parallel must be >= 1.")
+    seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
+    overrides = tuple(args.set)
+    strategies = [parse_strategy(s).name for s in args.strategy]
+    root = Path(args.root)
+    jobs: list[tuple[Job, Path]] = []
+    if not args.no_references:
+        for seed in range(args.seeds):
+            for index in range(len(seq.tasks)):
+                job = reference_job(seq, index, seed, overrides)
+                jobs.append((job, job_dir(root, job)))
+    for strategy in strategies:
+        for seed in range(args.seeds):
+            job = continual_job(seq, strategy, seed, overrides)
+            jobs.append((job, job_dir(root, job)))
+    failed = []
+    if not args.report_only:
+        todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
+        failed = run_jobs(todo, args.parallel)
+    refs = {index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in range(args.seeds)]
+            for index in range(len(seq.tasks))} if not args.no_references else {}
+    for job, rundir in jobs:
+        if job.kind == "continual" and (rundir / "run.json").exists():
+            report.finalise_run(rundir, {i: dirs[job.seed] for i, dirs in refs.items()})
+    settings = report.settings_key(jobs[-1][0].sequence, jobs[-1][0].config)
+    summary = report.summarise(root / seq.name, out=Path(args.out) if args.out else None, settings=settings)
+    print(summary["markdown"])
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""Results of the continual benchmark: per-run metrics and plots, and the summary across strategies and seeds.
+
+Input: the raw record ``run.json`` that each run of ``benchmarks.continual`` writes (evaluation returns
+of every task, world-model losses on held-out data, plasticity measurements) and the records of the
+single-task reference runs. Output per run: ``results.json`` (curves, performance matrix, metrics),
+``curves.png``, ``matrix.png`` and the forward-transfer scalars in its TensorBoard events; per sequence:
+``summary.md``, ``summary.json`` and ``summary_{curves,matrix,plasticity}.png``. Metric definitions are
+in ``benchmarks.continual_metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import continual_metrics as cm
+from .common import machine_info, write_json
+
+MODULES = ("encoder", "rssm", "actor", "critic")
+WM_SHOWN = {"reconstruction": ("image", "state"), "reward": ("reward",), "kl": ("kl",)}
+
+
+def stage_labels(tasks: list[str], stages: list[int]) -> list[str]:
+    """A label per stage: the task's name, with ``#2``, ``#3``... on its later cycles."""
+    seen: dict[int, int] = {}
+    labels = []
+    for u in stages:
+        seen[u] = seen.get(u, 0) + 1
+        labels.append(tasks[u] if seen[u] == 1 else f"{tasks[u]}#{seen[u]}")
+    return labels
+
+
+def curves(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation env steps (E,) and normalised performance (E, n) of a run record."""
+    evals = record["evaluations"]
+    steps = np.array([e["env_steps"] for e in evals], float)
+    perf = np.array([[np.mean(e["returns"][name]) for name in record["tasks"]] for e in evals])
+    return steps, cm.normalise(perf, record["sequence"]["max_return"])
+
+
+def reference_auc(reference: dict[str, Any] | None) -> float:
+    """AUC of a reference run's curve over its whole budget (its one task, from scratch)."""
+    if reference is None:
+        return float("nan")
+    steps, perf = curves(reference)
+    return cm.window_auc(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
+
+
+def _wm_term(loss: dict[str, float], names: tuple[str, ...]) -> float:
+    present = [loss[n] for n in names if n in loss]
+    return float(sum(present)) if present else float("nan")
+
+
+def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
+    """Every metric of one run (see ``benchmarks.continual_metrics`` for the definitions).
+
+    ``references`` maps task index -> the record of its single-task reference run (None: missing, and
+    forward transfer is NaN).
+    """
+    seq, tasks, stages = record["sequence"], record["tasks"], record["stages"]
+    boundaries = np.array(record["boundaries"], float)
+    labels = stage_labels(tasks, stages)
+    steps, perf = curves(record)
+    matrix = cm.stage_end_values(steps, perf, boundaries, seq["end_evaluations"])
+    forgetting = cm.forgetting(matrix, stages)
+    aucs = cm.stage_aucs(steps, perf, boundaries, stages)
+    ref_auc = {i: reference_auc(references.get(i)) for i in range(len(tasks))}
+    ref_aucs = np.array([ref_auc[u] for u in stages])
+    transfer = cm.forward_transfer(aucs, ref_aucs)
+
+    S = len(stages)
+    own = {e["stage"]: e["loss"] for e in record["wm_loss"] if e["after_stage"] == e["stage"]}
+    end = {e["stage"]: e["loss"] for e in record["wm_loss"] if e["after_stage"] == S - 1}
+    wm_forgetting = {labels[k]: cm.model_forgetting(own[k], end[k]) for k in range(S - 1) if k in own and k in end}
+    wm_mean = {shown: cm.nanmean([_wm_term(d, names) for d in wm_forgetting.values()])
+               for shown, names in WM_SHOWN.items()}
+    plasticity = record["plasticity"]
+    final_plasticity = {m: plasticity[-1][m] for m in MODULES} if plasticity else {}
+    return {
+        "stage_labels": labels,
+        "matrix": matrix.tolist(),
+        "average_performance": cm.average_performance(matrix),
+        "forgetting": dict(zip(labels[:-1], forgetting.tolist())),
+        "forgetting_mean": cm.nanmean(forgetting),
+        "p_end_of_own_stage": dict(zip(labels, [float(matrix[j, u]) for j, u in enumerate(stages)])),
+        "p_final": dict(zip(tasks, matrix[-1].tolist())),
+        "auc": dict(zip(labels, aucs.tolist())),
+        "reference_auc": dict(zip(labels, ref_aucs.tolist())),
+        "forward_transfer": dict(zip(labels, transfer.tolist())),
+        "forward_transfer_mean": cm.nanmean(transfer),
+        "wm_forgetting": wm_forgetting,
+        "wm_forgetting_mean": wm_mean,
+        "plasticity_final": final_plasticity,
+    }
+
+
+def settings_key(sequence: dict[str, Any], config: dict[str, Any]) -> str:
+    """A hash of what makes runs comparable across strategies and seeds: the sequence and the run config
+    without its replay section (the strategy's) and the seed."""
+    config = {**config, "replay": None, "agent": {**config["agent"], "seed": None}}
+    return hashlib.sha1(json.dumps([sequence, config], sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def finalise_run(rundir: Path, reference_dirs: dict[int, Path]) -> dict[str, Any]:
+    """Compute a run's metrics (with the references that exist), write ``results.json``, its plots, and
+    the forward-transfer scalars into its TensorBoard events (once, when all references are there)."""
+    record = json.loads((rundir / "run.json").read_text())
+    references = {i: _read(d / "run.json") for i, d in reference_dirs.items()}
+    metrics = run_metrics(record, references)
+    steps, perf = curves(record)
+    previous = _read(rundir / "results.json") or {}
+    complete = bool(references) and all(r is not None for r in references.values())
+    logged = previous.get("forward_transfer_logged", False)
+    if complete and not logged:
+        from agent.logger import Logger
+
+        logger = Logger(rundir)
+        scalars = {f"continual/forward_transfer/{k}": v for k, v in metrics["forward_transfer"].items()}
+        scalars["continual/forward_transfer_mean"] = metrics["forward_transfer_mean"]
+        logger.scalars(scalars, int(record["boundaries"][-1]))
+        logger.close()
+        logged = True
+    ref_curves = {}
+    for i, ref in references.items():
+        if ref is not None:
+            ref_steps, ref_perf = curves(ref)
+            ref_curves[record["tasks"][i]] = {"env_steps": ref_steps.tolist(), "p": ref_perf[:, 0].tolist(),
+                                              "rundir": str(reference_dirs[i])}
+    results = {
+        "sequence": record["sequence"]["name"], "strategy": record["strategy"]["name"], "seed": record["seed"],
+        "tasks": record["tasks"], "stages": record["stages"], "boundaries": record["boundaries"],
+        "curves": {name: {"env_steps": steps.tolist(), "p": perf[:, i].tolist(),
+                          "return": [float(np.mean(e["returns"][name])) for e in record["evaluations"]]}
+                   for i, name in enumerate(record["tasks"])},
+        "reference_curves": ref_curves,
+        "metrics": metrics,
+        "wm_loss": record["wm_loss"],
+        "plasticity": record["plasticity"],
+        "wall_s": record["wall_s"],
+        "budget": budget(record),
+        "settings": settings_key(record["sequence"], record["config"]),
+        "forward_transfer_logged": logged,
+    }
+    write_json(rundir / "results.json", results)
+    plot_curves(results, rundir / "curves.png")
+    plot_matrices({results["strategy"]: np.array(metrics["matrix"])}, metrics["stage_labels"], record["tasks"],
+                  rundir / "matrix.png")
+    return results
+
+
+def budget(record: dict[str, Any]) -> dict[str, Any]:
+    """What a run spent and on what settings, for results files and the README."""
+    cfg, seq = record["config"], record["sequence"]
+    return {"steps_per_stage": [seq["tasks"][u]["steps"] for u in record["stages"]],
+            "env_steps": record["boundaries"][-1], "preset": seq["preset"], "overrides": seq["overrides"],
+            "obs": seq["obs"], "action_repeat": seq["action_repeat"], "replay_capacity": seq["replay_capacity"],
+            "replay": {k: cfg["replay"][k] for k in ("policy", "capacity", "recent_capacity")},
+            "train_ratio": cfg["train"]["train_ratio"], "batch": [cfg["train"]["batch_size"],
+                                                                  cfg["train"]["batch_length"]],
+            "eval_every": seq["eval_every"], "eval_episodes": seq["eval_episodes"],
+            "end_evaluations": seq["end_evaluations"], "heldout_episodes": seq["heldout_episodes"]}
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _boundaries(ax: Any, boundaries: list[float], labels: list[str], top: bool) -> None:
+    for b in boundaries[1:-1]:
+        ax.axvline(b, color="black", linewidth=0.8, linestyle="--", alpha=0.6)
+    if top:
+        for j, label in enumerate(labels):
+            ax.text((boundaries[j] + boundaries[j + 1]) / 2, 1.07, label, ha="center", va="bottom", fontsize=7)
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> None:
+    """One panel per task: p_i(t) over the run, task boundaries dashed, the stages that train the task
+    shaded, and its reference run from scratch (dotted) drawn in each of those stages."""
+    plt = _plt()
+    tasks, stages, bounds = results["tasks"], results["stages"], results["boundaries"]
+    labels = stage_labels(tasks, stages)
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 1.7 * len(tasks) + 0.6), sharex=True, squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes[:, 0], tasks)):
+        curve = results["curves"][name]
+        ax.plot(curve["env_steps"], curve["p"], marker=".", color=f"C{i}", label=name)
+        ref = results["reference_curves"].get(name)
+        for j, u in enumerate(stages):
+            if u != i:
+                continue
+            ax.axvspan(bounds[j], bounds[j + 1], color=f"C{i}", alpha=0.08)
+            if ref is not None:
+                ax.plot(np.array(ref["env_steps"]) + bounds[j], ref["p"], color="gray", linestyle=":",
+                        label="from scratch" if j == stages.index(i) else None)
+        _boundaries(ax, bounds, labels, top=i == 0)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("p = return/1000", fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[-1, 0].set_xlabel("env steps")
+    fig.suptitle(f"{results['sequence']}: {results['strategy']}, seed {results['seed']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_matrices(matrices: dict[str, np.ndarray], row_labels: list[str], tasks: list[str], path: Path) -> None:
+    """Heatmaps of performance matrices M[j, i] = p_i at the end of stage j, one per strategy."""
+    plt = _plt()
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(0.9 * len(tasks) * n + 1.8 * n, 0.45 * len(row_labels) + 1.6),
+                             squeeze=False, constrained_layout=True)
+    for col, (ax, (name, matrix)) in enumerate(zip(axes[0], matrices.items())):
+        image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (j, i), value in np.ndenumerate(matrix):
+            ax.text(i, j, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(row_labels)), row_labels if col == 0 else [], fontsize=7)
+        ax.set_xlabel("evaluated task", fontsize=8)
+        if col == 0:
+            ax.set_ylabel("after training stage", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.03)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _stack(runs: list[dict[str, Any]], get: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and std over runs of a series whose x values agree (runs that differ are left out)."""
+    series = [get(r) for r in runs]
+    series = [s for s in series if s is not None and len(s[0])]
+    if not series:
+        return None
+    x = series[0][0]
+    ys = np.array([s[1] for s in series if len(s[0]) == len(x) and np.allclose(s[0], x)])
+    return np.asarray(x), ys
+
+
+def plot_summary_curves(by_strategy: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """One panel per strategy: every task's p_i(t), mean over seeds with the std shaded."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(by_strategy), 1, figsize=(9, 2.4 * len(by_strategy) + 0.4), squeeze=False,
+                             sharex=True)
+    for ax, (strategy, runs) in zip(axes[:, 0], by_strategy.items()):
+        first = runs[0]
+        for i, name in enumerate(first["tasks"]):
+            stacked = _stack(runs, lambda r, name=name: (r["curves"][name]["env_steps"], r["curves"][name]["p"]))
+            x, ys = stacked
+            mean, std = ys.mean(0), ys.std(0)
+            ax.plot(x, mean, color=f"C{i}", label=name)
+            ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.15)
+        _boundaries(ax, first["boundaries"], stage_labels(first["tasks"], first["stages"]), top=True)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel(f"{strategy}\np (n={len(runs)})", fontsize=8)
+    axes[0, 0].legend(fontsize=7, ncol=len(by_strategy[next(iter(by_strategy))][0]["tasks"]), loc="upper right",
+                      bbox_to_anchor=(1.0, 1.35))
+    axes[-1, 0].set_xlabel("env steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_summary_plasticity(by_strategy: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Dormant fraction (top) and effective rank (bottom) per module over the run, mean over seeds."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(by_strategy), figsize=(4 * len(by_strategy), 5), squeeze=False)
+    for col, (strategy, runs) in enumerate(by_strategy.items()):
+        for row, key in enumerate(("dormant", "effective_rank")):
+            ax = axes[row, col]
+            for m, module in enumerate(MODULES):
+                stacked = _stack(runs, lambda r, module=module, key=key: (
+                    [p["env_steps"] for p in r["plasticity"]], [p[module][key] for p in r["plasticity"]]))
+                if stacked is None:
+                    continue
+                x, ys = stacked
+                ax.plot(x, ys.mean(0), color=f"C{m}", label=module)
+            _boundaries(ax, runs[0]["boundaries"], [], top=False)
+            ax.set_title(f"{strategy}: {key.replace('_', ' ')}", fontsize=9)
+            ax.set_xlabel("env steps", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def _fmt(values: list[float], digits: int = 2) -> str:
+    mean, std, n = cm.mean_and_spread(values)
+    if n == 0:
+        return "-"
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _order(strategies: list[str]) -> list[str]:
+    rank = {"fifo": 0, "reservoir": 1, "mix": 2}
+    return sorted(strategies, key=lambda s: (rank.get(s.split("+")[0], 9), s))
+
+
+def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per strategy: every scalar metric as {mean, std, n} over seeds, and per-stage values likewise."""
+    out = {}
+    for strategy, runs in by_strategy.items():
+        metrics = [r["metrics"] for r in runs]
+        scalar = {key: [m[key] for m in metrics] for key in ("average_performance", "forgetting_mean",
+                                                               "forward_transfer_mean")}
+        scalar["wall_min"] = [r["wall_s"] / 60 for r in runs]
+        for shown in WM_SHOWN:
+            scalar[f"wm_forgetting_{shown}"] = [m["wm_forgetting_mean"][shown] for m in metrics]
+        for module in MODULES:
+            for key in ("dormant", "effective_rank"):
+                scalar[f"{key}_{module}"] = [m["plasticity_final"].get(module, {}).get(key, float("nan"))
+                                             for m in metrics]
+        per_stage = {}
+        for key in ("p_end_of_own_stage", "forgetting", "auc", "reference_auc", "forward_transfer"):
+            labels = list(metrics[0][key])
+            per_stage[key] = {label: [m[key].get(label, float("nan")) for m in metrics] for label in labels}
+        per_stage["p_final"] = {t: [m["p_final"][t] for m in metrics] for t in metrics[0]["p_final"]}
+        out[strategy] = {
+            "seeds": [r["seed"] for r in runs],
+            "scalars": {k: dict(zip(("mean", "std", "n"), cm.mean_and_spread(v)), values=v)
+                        for k, v in scalar.items()},
+            "per_stage": per_stage,
+            "matrix_mean": np.mean([m["matrix"] for m in metrics], 0).tolist(),
+        }
+    return out
+
+
+def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
+    """The three summary tables: continual metrics, per task, and model-level (world model, plasticity)."""
+    strategies = _order(list(agg))
+
+    def cell(strategy: str, key: str, digits: int = 2) -> str:
+        return _fmt(agg[strategy]["scalars"][key]["values"], digits)
+
+    main = _table(["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑", "wall min"],
+                  [[s, str(len(agg[s]["seeds"])), cell(s, "average_performance"), cell(s, "forgetting_mean"),
+                    cell(s, "forward_transfer_mean"), cell(s, "wall_min", 0)] for s in strategies])
+    rows = []
+    for s in strategies:
+        ps = agg[s]["per_stage"]
+        for label in ps["p_end_of_own_stage"]:
+            task = label.split("#")[0]
+            rows.append([s, label, _fmt(ps["p_end_of_own_stage"][label]), _fmt(ps["p_final"][task]),
+                         _fmt(ps["forgetting"].get(label, [])), _fmt(ps["auc"][label]),
+                         _fmt(ps["reference_auc"][label]), _fmt(ps["forward_transfer"][label])])
+    per_task = _table(["strategy", "stage", "p end of own stage", "p end of run", "forgetting", "AUC",
+                       "AUC from scratch", "forward transfer"], rows)
+    model = _table(["strategy", "WM forgetting: reconstruction", "reward", "KL",
+                    *[f"dormant {m}" for m in MODULES], *[f"eff. rank {m}" for m in MODULES]],
+                   [[s, cell(s, "wm_forgetting_reconstruction", 3), cell(s, "wm_forgetting_reward", 3),
+                     cell(s, "wm_forgetting_kl", 3), *[cell(s, f"dormant_{m}", 3) for m in MODULES],
+                     *[cell(s, f"effective_rank_{m}", 1) for m in MODULES]] for s in strategies])
+    b = first["budget"]
+    stages = ", ".join(f"{label} {steps:,}" for label, steps in
+                       zip(stage_labels(first["tasks"], first["stages"]), b["steps_per_stage"]))
+    notes = (f"Sequence `{first['sequence']}` ({b['obs']} observations, action repeat {b['action_repeat']}); env steps "
+             f"per stage: {stages}. Agent preset `{b['preset']}` with {' '.join(f'`{o}`' for o in b['overrides'])}; "
+             f"train ratio {b['train_ratio']:g}, batch {b['batch'][0]}x{b['batch'][1]}. Replay capacity "
+             f"{b['replay_capacity']:,} steps for every strategy (mix: half recent FIFO, half reservoir). Every task "
+             f"evaluated every {b['eval_every']:,} env steps with {b['eval_episodes']} episodes; end-of-stage values "
+             f"average the last {b['end_evaluations']} evaluations. p = return / 1000; mean ± std over seeds. "
+             "Forgetting, forward transfer (against single-task runs from scratch with the same budget) and AUC as in "
+             "Continual World; WM forgetting: held-out loss at the end of the run minus right after the task's own "
+             "stage (positive: forgot); dormant: ReDo fraction (tau 0.025); effective rank of each module's features, "
+             "both at the last evaluation.")
+    return "\n\n".join([main, per_task, model, notes])
+
+
+def summarise(seq_dir: Path, out: Path | None = None, settings: str | None = None) -> dict[str, Any]:
+    """Aggregate every ``<strategy>/seed_*/results.json`` under ``seq_dir`` (only those made with
+    ``settings``, a ``settings_key``, when given): ``summary.md``, ``summary.json`` and summary plots there;
+    with ``out``, the JSON is also written to ``out`` and the plots beside it as ``<out stem>.png``
+    (curves), ``<out stem>_matrix.png`` and ``<out stem>_plasticity.png``."""
+    by_strategy: dict[str, list[dict[str, Any]]] = {}
+    skipped = []
+    for path in sorted(seq_dir.glob("*/seed_*/results.json")):
+        results = json.loads(path.read_text())
+        if settings is not None and results.get("settings") != settings:
+            skipped.append(str(path.parent))
+            continue
+        by_strategy.setdefault(results["strategy"], []).append(results)
+    if skipped:
+        print(f"left out of the summary, made with other settings: {', '.join(skipped)}")
+    if not by_strategy:
+        raise ValueError(f"no finished runs (results.json) under {seq_dir} with these settings.")
+    by_strategy = {s: by_strategy[s] for s in _order(list(by_strategy))}
+    agg = aggregate(by_strategy)
+    first = next(iter(by_strategy.values()))[0]
+    text = markdown(agg, first)
+    plots = {"curves": seq_dir / "summary_curves.png", "matrix": seq_dir / "summary_matrix.png",
+             "plasticity": seq_dir / "summary_plasticity.png"}
+    plot_summary_curves(by_strategy, plots["curves"])
+    plot_matrices({s: np.array(a["matrix_mean"]) for s, a in agg.items()},
+                  stage_labels(first["tasks"], first["stages"]), first["tasks"], plots["matrix"])
+    plot_summary_plasticity(by_strategy, plots["plasticity"])
+    summary = {"benchmark": "continual", "sequence": first["sequence"], "tasks": first["tasks"],
+               "stages": first["stages"], "boundaries": first["boundaries"], "budget": first["budget"],
+               "machine": machine_info(), "strategies": agg, "markdown": text,
+               "runs": [{"strategy": r["strategy"], "seed": r["seed"], "metrics": r["metrics"], "wall_s": r["wall_s"]}
+                        for runs in by_strategy.values() for r in runs]}
+    (seq_dir / "summary.md").write_text(f"# Continual benchmark: {first['sequence']}\n\n{text}\n")
+    write_json(seq_dir / "summary.json", summary)
+    if out is not None:
+        write_json(out, summary)
+        for name, src in plots.items():
+            shutil.copyfile(src, out.with_name(out.stem + ("" if name == "curves" else f"_{name}") + ".png"))
+    return summary
+
+
+def readme_section(summary: dict[str, Any], source: str) -> str:
+    """What ``benchmarks.readme`` puts in README.md for a summary JSON at ``source``."""
+    stem = source.removesuffix(".json")
+    return (summary["markdown"] + f"\n\nSource: `{source}` (tables), `{stem}.png` (per-task curves, mean ± std over "
+            f"seeds), `{stem}_matrix.png` (performance matrices), `{stem}_plasticity.png`.\n\n"
+            f"![curves]({stem}.png)\n\n![matrices]({stem}_matrix.png)")
