@@ -92,7 +92,8 @@ class Trainer:
         purge = None
         if resume:
             self.restore(self.logdir / CHECKPOINT)
-            purge = self.counters["env_steps"]
+            # Everything logged at the checkpoint's step was logged before it was saved: keep it.
+            purge = self.counters["env_steps"] + 1
         self.logger = Logger(self.logdir, purge_step=purge)
         self.progress = progress
         self.eval_hook: Callable[[], None] | None = None  # set by the caller: what "evaluate" means for the run

@@ -461,11 +461,6 @@ class ContinualRun:
         for key in ("evaluations", "plasticity", "wm_loss", "heldout", "stages_done"):
             self.trainer.extra.setdefault(key, [] if key != "heldout" else {})
         self._session = (time.time(), self.trainer.extra.get("wall_s", 0.0))  # wall time survives resumes
-        last = self.extra.get("last_scalars")
-        if resume and last and last["step"] == self.trainer.env_steps:
-            # The logger purges events at and after the checkpoint's step on resume, but what this runner
-            # logged at that step happened before the save and will not be redone: write it again.
-            self.trainer.logger.scalars(last["values"], last["step"])
         if not resume:
             bounds = ", ".join(f"{seq.tasks[u].name} until {b:,}" for u, b in zip(seq.stages, seq.boundaries[1:]))
             self.trainer.logger.text("continual/boundaries", f"stages (env steps): {bounds}")
@@ -475,12 +470,8 @@ class ContinualRun:
         return self.trainer.extra
 
     def log(self, scalars: dict[str, float]) -> None:
-        """Log at the current env step, remembering this step's scalars for a resume (see ``__init__``)."""
-        step = self.trainer.env_steps
-        last = self.extra.get("last_scalars")
-        values = {**(last["values"] if last and last["step"] == step else {}), **scalars}
-        self.extra["last_scalars"] = {"step": step, "values": values}
-        self.trainer.logger.scalars(scalars, step)
+        """Log at the current env step (on resume the logger keeps what was logged up to the checkpoint)."""
+        self.trainer.logger.scalars(scalars, self.trainer.env_steps)
 
     def wall_s(self) -> float:
         """Wall time of the run so far, sessions before a resume included (up to their last checkpoint)."""

@@ -36,7 +36,7 @@ def make(spec: str, *, obs: str = "pixels", size: int = 64, action_repeat: int =
 
     The suite's or Gymnasium's time limit ends episodes as ``truncated`` after ``max_episode_steps`` env
     steps (``env.get_wrapper_attr('max_episode_steps')``, action repeat included). At an episode's end
-    ``info['episode']`` holds its return ``r`` and length ``l`` (env steps) and ``info['task']`` names
+    ``info['episode']`` holds its return ``r`` and length ``l`` (calls to ``step``) and ``info['task']`` names
     the task and variant.
     """
     if not isinstance(size, int) or size < 8:
