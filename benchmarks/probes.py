@@ -99,16 +99,21 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alpha: float | np.ndarray) -> RidgeP
     return RidgeProbe(mean, scale, weight, bias, alpha)
 
 
-def r2_score(Y: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """Coefficient of determination per column (Q,): 1 - SS_res / SS_tot, against the mean of Y itself.
-    NaN where Y is constant (nothing to explain)."""
+def r2_score(Y: np.ndarray, prediction: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Coefficient of determination per column (Q,): 1 - mean squared error / variance.
+
+    The variance is that of Y itself (the usual R^2), or of ``reference`` (M, Q) when given: a fixed
+    yardstick, so that scores on different small samples of one quantity (say, imagined states at
+    different horizons) are comparable with each other. NaN where the yardstick is constant.
+    """
     Y, prediction = _as_2d(Y, "Y"), _as_2d(prediction, "prediction")
     assert Y.shape == prediction.shape, f"{Y.shape} != {prediction.shape}"
-    ss_res = ((Y - prediction) ** 2).sum(0)
-    ss_tot = ((Y - Y.mean(0)) ** 2).sum(0)
-    constant = ss_tot <= 1e-12 * np.maximum(1.0, (Y**2).sum(0))
+    base = Y if reference is None else _as_2d(reference, "reference")
+    mse = ((Y - prediction) ** 2).mean(0)
+    variance = base.var(0)
+    constant = variance <= 1e-12 * np.maximum(1.0, (base**2).mean(0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(constant, np.nan, 1.0 - ss_res / np.where(constant, 1.0, ss_tot))
+        return np.where(constant, np.nan, 1.0 - mse / np.where(constant, 1.0, variance))
 
 
 def fold_ids(groups: np.ndarray, folds: int) -> np.ndarray:

@@ -77,6 +77,9 @@ def test_r2_known_values_and_constant_column():
     r2 = r2_score(Y, prediction)
     assert r2[0] == pytest.approx(1 - 1 / 2) and np.isnan(r2[1])
     assert r2_score(Y[:, :1], np.full((3, 1), 2.0))[0] == pytest.approx(0.0)  # the mean scores 0
+    reference = np.array([[0.0, 0.0], [4.0, 1.0]])  # variances 4 and 0.25
+    fixed = r2_score(Y, prediction, reference)
+    assert fixed[0] == pytest.approx(1 - (1 / 3) / 4) and fixed[1] == pytest.approx(1.0)
 
 
 def test_folds_keep_groups_together():
