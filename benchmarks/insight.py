@@ -104,7 +104,8 @@ def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed:
     Each episode: the observation keys (T, ...), action (T, A) (one-hot for Discrete), reward (T,),
     is_first (T,), is_terminal (T,) in the replay's convention (row t: obs_t, the reward arriving at it,
     the action chosen at it; the last row's action is never executed), and for MuJoCo tasks qpos (T, nq)
-    and qvel (T, nv), the simulator's state at obs_t.
+    and qvel (T, nv), the simulator's state at obs_t. An episode whose simulation diverges ends at the
+    last step before that.
     """
     import envs
 
@@ -140,7 +141,9 @@ def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed:
             rows["is_terminal"].append(terminal)
             if done or (max_steps and len(rows["reward"]) >= max_steps):
                 break
-            obs, reward, terminated, truncated, _ = env.step(int(action.argmax()) if discrete else action)
+            obs, reward, terminated, truncated, info = env.step(int(action.argmax()) if discrete else action)
+            if info.get("simulator_failure"):  # the simulator diverged: its state no longer matches obs
+                break
             is_first, terminal, done = False, bool(terminated), bool(terminated or truncated)
         episode = {k: np.stack(v) for k, v in rows.items()}
         episode["reward"] = episode["reward"].astype(np.float32)

@@ -231,6 +231,14 @@ def untrained_checkpoint(directory, spec, obs, *overrides):
     return path
 
 
+def image_tags(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"images": 0})
+    acc.Reload()
+    return sorted(acc.Tags()["images"])
+
+
 SMALL = ["--episodes", "3", "--max-steps", "24", "--context", "3", "--horizon", "10", "--starts", "2",
          "--probe-horizons", "1", "5", "--video-sequences", "2"]
 
@@ -262,6 +270,8 @@ def test_cli_compares_pixel_and_state_checkpoints(tmp_path, capsys, monkeypatch)
     scalars = read_scalars(out / "tensorboard" / "pix")
     assert [step for step, _ in scalars["openloop/image_mse"]] == list(range(1, 11))
     assert "probe/both/qvel[slider]" in scalars and "openloop/kl" in read_scalars(out / "tensorboard" / "st")
+    assert image_tags(out / "tensorboard" / "pix") == ["insight/openloop"]
+    assert image_tags(out / "tensorboard" / "compare") == ["insight/horizon", "insight/probes"]
     assert "probe R^2" in capsys.readouterr().out
     monkeypatch.setattr(readme, "RESULTS", tmp_path)  # the README renderer reads results/insight/insight.json
     text = readme.insight()
