@@ -10,7 +10,7 @@ VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 export MUJOCO_GL ?= egl
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint train bench-envs bench-wm bench-learning bench-continual readme clean
+.PHONY: install test lint train bench-envs bench-wm bench-learning bench-insight bench-continual readme clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ bench-wm: $(STAMP)
 
 bench-learning: $(STAMP)
 	$(BIN)/python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
+
+# What the world model of a trained checkpoint knows (default: the learning benchmark's cartpole_balance run).
+INSIGHT_CHECKPOINT ?= runs/learning/cartpole_balance/checkpoint.pt
+bench-insight: $(STAMP)
+	$(BIN)/python -m benchmarks.insight --checkpoint $(INSIGHT_CHECKPOINT) --out results/insight --tensorboard runs/insight
 
 readme: $(STAMP)
 	$(BIN)/python -m benchmarks.readme
