@@ -208,6 +208,37 @@ def test_kl_one_step_ahead_is_the_training_kl():
     assert np.all(ours["kl"][:, 1:] > 0)
 
 
+class _StateIsLatent:
+    """A stand-in world model whose posterior deter is the observed state itself."""
+
+    device = torch.device("cpu")
+
+    def observe(self, data, state, sample):
+        N, T = data["is_first"].shape
+        return {"deter": data["state"], "stoch": torch.zeros(N, T, 1, 2)}, None, None
+
+
+def test_probes_line_latents_up_with_the_true_state_at_every_horizon():
+    rng = np.random.default_rng(0)
+    context, keep = 3, (0, 1, 4)
+    targets = [rng.normal(size=(30, 2)) for _ in range(4)]  # white noise: any misalignment scores <= 0
+    episodes = [{"state": t.astype(np.float32), "reward": np.zeros(30, np.float32), "is_first": np.arange(30) == 0,
+                 "action": np.zeros((30, 1), np.float32)} for t in targets]
+    _, index = insight.make_windows(episodes, context, 5, 4)
+    # "Imagined" latents that are exactly the true state at step s + context - 1 + h.
+    deter = np.stack([[targets[e][s + context - 1 + h] for h in keep] for e, s in index])  # (N, 3, 2)
+    openloop = {"deter": deter, "stoch": np.zeros((len(index), len(keep), 2))}
+    report = insight.physics_probes(_StateIsLatent(), episodes, ["a", "b"], targets, openloop, index, context,
+                                    keep, 0.5, sample=True)
+    assert report["train_episodes"] == 2 and report["test_windows"] == 8
+    for which in ("deter", "both"):
+        assert min(report["posterior_r2"][which].values()) > 0.99
+        for h in ("0", "1", "4"):
+            assert min(report["imagined_r2"][which][h].values()) > 0.99, (which, h)
+        assert max(report["copy_r2"][which]["4"].values()) < 0.3  # the start state says nothing about h=4
+    assert max(report["posterior_r2"]["stoch"].values()) < 0.05  # all zeros: nothing to read
+
+
 def test_openloop_video_panel():
     real = np.full((2, 6, 8, 8, 3), 100, np.uint8)
     model = np.full((2, 6, 8, 8, 3), 90, np.uint8)
