@@ -72,6 +72,8 @@ def load_for_env(path: str | Path, spec: str | None = None, seed: int = 0, devic
         cfg = apply_overrides(cfg, [f"env.spec={spec}"])
     if device is None and cfg.agent.device.startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch has no CUDA device; use --device cpu.")
     if device:
         cfg = apply_overrides(cfg, [f"agent.device={device}"])
     e = cfg.env

@@ -312,6 +312,10 @@ def test_cli_compares_pixel_and_state_checkpoints(tmp_path, capsys, monkeypatch)
 @pytest.mark.slow
 def test_cli_without_simulator_state_skips_probes(tmp_path):
     path = untrained_checkpoint(tmp_path / "pend", "gym:Pendulum-v1", "state")
+    if not torch.cuda.is_available():  # a checkpoint trained on a GPU still loads here, on the CPU
+        state = torch.load(path, weights_only=False)
+        state["config"]["agent"]["device"] = "cuda"
+        torch.save(state, path)
     out = tmp_path / "out"
     assert insight.main(["--checkpoint", str(path), "--out", str(out), *SMALL]) == 0
     (run,) = json.loads((out / "insight.json").read_text())["runs"]
@@ -327,6 +331,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--probe-horizons [50]" in capsys.readouterr().err
     assert insight.main(["--checkpoint", "a.pt", "b.pt", "--label", "x"]) == 2
     assert "one label per checkpoint" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        path = untrained_checkpoint(tmp_path / "run", "dmc:cartpole-swingup", "state")
+        assert insight.main(["--checkpoint", str(path), "--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is not None or importlib.util.find_spec("av")
