@@ -10,7 +10,7 @@ VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 export MUJOCO_GL ?= egl
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint train bench-envs bench-wm bench-learning bench-continual readme clean
+.PHONY: install test lint train bench-envs bench-wm bench-learning bench-insight bench-continual readme clean
 
 install: $(STAMP)
 
@@ -50,6 +50,11 @@ CONTINUAL_PARALLEL ?= 2
 bench-continual: $(STAMP)
 	$(BIN)/python -m benchmarks.continual --sequence cartpole-shift --strategy fifo reservoir mix \
 		--seeds $(CONTINUAL_SEEDS) --parallel $(CONTINUAL_PARALLEL) --out results/continual_cartpole-shift.json
+
+# What the world model of a trained checkpoint knows (default: the learning benchmark's cartpole_balance run).
+INSIGHT_CHECKPOINT ?= runs/learning/cartpole_balance/checkpoint.pt
+bench-insight: $(STAMP)
+	$(BIN)/python -m benchmarks.insight --checkpoint $(INSIGHT_CHECKPOINT) --out results/insight --tensorboard runs/insight
 
 readme: $(STAMP)
 	$(BIN)/python -m benchmarks.readme

@@ -90,13 +90,44 @@ def continual() -> str:
     return readme_section(data, "results/continual_cartpole-shift.json")
 
 
+def insight() -> str:
+    data = _load("insight/insight.json")
+    tables = []
+    for run in data["runs"]:
+        curves, H = run["horizon"], run["horizon_steps"]
+        picks = [h for h in (1, 5, 15, 50, 100) if h <= H]
+        rows = []
+        for metric in ("image_mse", "state_mse", "reward_abs", "kl"):
+            if metric in curves:
+                copy = curves.get(metric + "_copy")
+                rows.append([metric, *[f"{curves[metric]['mean'][h - 1]:.3g}"
+                                       + (f" ({copy['mean'][h - 1]:.3g})" if copy else "") for h in picks]])
+        tables.append(f"**{run['label']}** ({run['env']}, {'+'.join(run['obs'])}, encoder {run['encoder']}; "
+                      f"{run['windows']} windows of {run['context']} observed + {H} imagined steps, policy "
+                      f"{run['policy']}). Mean over windows; in brackets the copy-last-step baseline:\n\n"
+                      + _table(["metric", *[f"h={h}" for h in picks]], rows))
+        probes = run.get("probes")
+        if probes:
+            horizons = list(probes["imagined_r2"]["both"])
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"
+            rows = [[q, *[fmt(probes["posterior_r2"][w][q]) for w in ("deter", "stoch", "both")],
+                     *[fmt(probes["imagined_r2"]["both"][h][q]) for h in horizons]] for q in probes["quantities"]]
+            tables.append(f"Held-out R^2 of linear probes ({probes['train_episodes']} episodes to fit, "
+                          f"{probes['test_episodes']} to test); imagined: the `both` probes on imagined latents:\n\n"
+                          + _table(["quantity", "deter", "stoch", "both", *[f"imagined h={h}" for h in horizons]],
+                                   rows))
+    m = data["machine"]
+    return "\n\n".join(tables) + (f"\n\nSource `results/insight/insight.json` (commit {m.get('git_commit')}); "
+                                    "plots `results/insight/horizon.png`, `results/insight/probes.png`.")
+
+
 RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
-             "learning": learning, "continual": continual}
+             "learning": learning, "continual": continual, "insight": insight}
 
 
 SOURCES = {"env_throughput": "env_throughput.json", "param_counts": "param_counts.json",
            "wm_throughput": "wm_throughput_cpu.json", "learning": "learning_cpu.json",
-           "continual": "continual_cartpole-shift.json"}
+           "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json"}
 
 
 def render(text: str) -> str:

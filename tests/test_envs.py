@@ -6,6 +6,7 @@ import sys
 import warnings
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -330,3 +331,49 @@ def test_make_vec_rejects_bad_input_in_the_caller():
         envs.make_vec("dmc:cartpole-swingup", 0)
     with pytest.raises(ValueError, match="walkr"):
         envs.make_vec("dmc:walkr-walk", 2)
+
+
+def test_sim_state_is_the_simulators_own():
+    env = envs.make("dmc:cartpole-swingup", obs="state", seed=0)
+    env.reset()
+    env.step(np.ones(1, np.float32))
+    own, ours = env.unwrapped.sim_state(), envs.sim_state(env)
+    assert envs.has_sim_state(env) and np.abs(ours["qvel"]).max() > 0
+    np.testing.assert_array_equal(ours["qpos"], own["qpos"])
+    np.testing.assert_array_equal(ours["qvel"], own["qvel"])
+    ours["qpos"][:] = 123.0  # a copy, not a view of the simulator
+    assert env.unwrapped.sim_state()["qpos"][0] != 123.0
+    assert envs.sim_state_names(env) == {"qpos": ["qpos[slider]", "qpos[hinge_1]"],
+                                         "qvel": ["qvel[slider]", "qvel[hinge_1]"]}
+    assert envs.unlimited_hinges(env) == ["qpos[hinge_1]"]  # the pole can swing round; the cart is limited
+    env.close()
+
+
+class _FakeMujocoEnv:
+    def __init__(self, xml):
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.data = mujoco.MjData(self.model)
+        self.unwrapped = self
+
+
+def test_names_of_free_ball_and_unnamed_joints():
+    env = _FakeMujocoEnv("""<mujoco><worldbody><body><freejoint name="root"/><geom size="0.1"/>
+        <body pos="0 0 1"><joint type="ball" name="shoulder"/><geom size="0.1"/>
+        <body pos="0 0 1"><joint type="hinge" axis="0 1 0"/><geom size="0.1"/></body></body></body>
+        </worldbody></mujoco>""")
+    names = envs.sim_state_names(env)
+    assert names["qpos"] == ["qpos[root:x]", "qpos[root:y]", "qpos[root:z]", "qpos[root:qw]", "qpos[root:qx]",
+                             "qpos[root:qy]", "qpos[root:qz]", "qpos[shoulder:qw]", "qpos[shoulder:qx]",
+                             "qpos[shoulder:qy]", "qpos[shoulder:qz]", "qpos[joint2]"]
+    assert names["qvel"] == ["qvel[root:vx]", "qvel[root:vy]", "qvel[root:vz]", "qvel[root:wx]", "qvel[root:wy]",
+                             "qvel[root:wz]", "qvel[shoulder:wx]", "qvel[shoulder:wy]", "qvel[shoulder:wz]",
+                             "qvel[joint2]"]
+    assert envs.unlimited_hinges(env) == ["qpos[joint2]"]
+    assert envs.sim_state(env)["qpos"].shape == (12,)
+
+
+def test_envs_without_a_simulator_say_so():
+    env = envs.make("gym:Pendulum-v1", obs="state")
+    assert not envs.has_sim_state(env)
+    with pytest.raises(ValueError, match="no MuJoCo simulator state"):
+        envs.sim_state(env)
