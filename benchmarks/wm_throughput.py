@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,23 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .common import machine_info
+
 
 def _machine(device: str) -> dict[str, Any]:
-    cpu_model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": cpu_model,
-            "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device}
-    info["device_name"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu_model
-    try:
-        git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]
-        info["git_commit"] = subprocess.run(git, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["git_commit"] = None
+    info = {**machine_info(), "cpu_affinity": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": device}
+    info["cpu_model"] = info["processor"]
+    info["device_name"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else info["processor"]
     return info
 
 
