@@ -1,6 +1,7 @@
 """Learning evidence: train on a small suite of tasks and check each against a threshold.
 
     python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
+    python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
     python -m benchmarks.learning --suite gpu --out results/learning_gpu.json   # a CUDA machine
 
 Each task is a real ``python -m agent train`` run in its own process (runs go in parallel, one torch
@@ -53,6 +54,15 @@ SUITES = {
         Task("cartpole_balance", "dmc:cartpole-balance", "state", "cpu", 40_000, 800.0,
              "random policy about 200-400; DreamerV3 reaches 988 (proprio, 500K steps)",
              [*CPU_SCHEDULE, "train.train_ratio=256", "train.eval_every=4000"]),
+    ],
+    # Patch against CNN encoder from pixels on the same budget: small, to fit a CPU; also the checkpoints
+    # that the world-model insight tools are shown on.
+    "cpu-pixels": [
+        Task(f"cartpole_balance_pixels_{encoder}", "dmc:cartpole-balance", "pixels", "cpu", 20_000, 400.0,
+             "random policy about 200; above 400 the pole is held up for a good part of the episode",
+             [*CPU_SCHEDULE, "train.train_ratio=64", "train.eval_every=2500", "train.video_every=5000",
+              f"agent.world_model.encoder.kind={encoder}"])
+        for encoder in ("patch", "cnn")
     ],
     "gpu": [
         Task("cartpole_swingup_pixels", "dmc:cartpole-swingup", "pixels", "small", 100_000, 600.0,

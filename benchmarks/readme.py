@@ -69,8 +69,8 @@ def wm_throughput() -> str:
             f"{m['torch']}); source `results/wm_throughput_cpu.json`.")
 
 
-def learning() -> str:
-    data = _load("learning_cpu.json")
+def learning(name: str = "learning_cpu") -> str:
+    data = _load(f"{name}.json")
     rows = []
     for r in data["runs"]:
         first, last = r["curve"][0], r["curve"][-1]
@@ -79,8 +79,8 @@ def learning() -> str:
                      f"{r['wall_s'] / 60:.0f}"])
     return (_table(["task", "obs", "preset", "env steps", "first eval", "final eval", "threshold", "passed",
                     "wall min"], rows)
-            + "\n\nFinal eval: mean of the last evaluations (see `results/learning_cpu.json`); "
-            "plot: `results/learning_cpu.png`.")
+            + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy); source "
+            f"`results/{name}.json`, plot `results/{name}.png`.")
 
 
 def continual() -> str:
@@ -122,11 +122,13 @@ def insight() -> str:
 
 
 RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
-             "learning": learning, "continual": continual, "insight": insight}
+             "learning": learning, "learning_pixels": lambda: learning("learning_cpu_pixels"),
+             "continual": continual, "insight": insight}
 
 
 SOURCES = {"env_throughput": "env_throughput.json", "param_counts": "param_counts.json",
            "wm_throughput": "wm_throughput_cpu.json", "learning": "learning_cpu.json",
+           "learning_pixels": "learning_cpu_pixels.json",
            "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json"}
 
 
