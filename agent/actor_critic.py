@@ -2,14 +2,17 @@
 
 From posterior states of replayed sequences the model imagines ``horizon`` steps under the actor. The
 critic regresses lambda returns of those rollouts with a symlog two-hot output and is kept near a slow
-(EMA) copy of itself; the actor follows REINFORCE gradients of advantages scaled by a percentile return
-normaliser, plus an entropy bonus. Imagination runs without gradients into the world model, so neither
-loss can change it (``test_actor_critic`` checks).
+(EMA) copy of itself. The actor maximises returns scaled by a percentile return normaliser, plus an
+entropy bonus, with one of two gradients (``actor_grad``): REINFORCE on advantages, or backpropagation
+of the return through the model's differentiable dynamics (continuous actions only). The world model's
+parameters are frozen during imagination, so neither loss can change it (tests check both).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,6 +32,19 @@ from .math_utils import (
 from .nets import MLP
 
 
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Parameters of ``modules`` take no gradient inside the block (gradients still flow through them)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class ActionDist:
     """The actor's distribution over one action per row, for Box (bounded normal) or Discrete spaces."""
 
@@ -43,10 +59,11 @@ class ActionDist:
                 torch.tanh(mean), (cfg.max_std - cfg.min_std) * torch.sigmoid(std + 2.0) + cfg.min_std)
 
     def sample(self) -> Tensor:
+        """A sample; for continuous actions reparameterised, so it carries gradients when they are on."""
         if self.discrete:
             index = torch.distributions.Categorical(logits=self.logits).sample()
             return nn.functional.one_hot(index, self.logits.shape[-1]).float()
-        return self.normal.sample()
+        return self.normal.rsample()
 
     def mode(self) -> Tensor:
         if self.discrete:
@@ -100,6 +117,11 @@ class ActorCritic(nn.Module):
                  norm: str = "layer"):
         super().__init__()
         self.cfg = cfg
+        discrete = isinstance(act_space, spaces.Discrete)
+        if cfg.actor_grad == "dynamics" and discrete:
+            raise ValueError("actor_critic.actor_grad=dynamics needs continuous actions; use reinforce or auto.")
+        # DreamerV3's first code release: backpropagation for continuous actions, REINFORCE for discrete.
+        self.dynamics_grad = cfg.actor_grad == "dynamics" or (cfg.actor_grad == "auto" and not discrete)
         self.actor = Actor(feat_dim, act_space, cfg, norm)
         self.critic = Critic(feat_dim, cfg, norm)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -117,25 +139,33 @@ class ActorCritic(nn.Module):
         """Unreduced (H, N) actor and critic losses of an imagined trajectory.
 
         feat, action: (H+1, N, F) and (H+1, N, A), row 0 the start state and action[t] chosen at state t;
-        reward, continue_: (H+1, N), predicted on arriving at each state.
+        reward, continue_: (H+1, N), predicted on arriving at each state. With ``dynamics`` gradients the
+        trajectory must be differentiable with respect to the actor (``Agent.imagine(grad=True)``).
         """
         cfg = self.cfg
-        with torch.no_grad():
+        with frozen(self.critic):  # the actor's gradient may pass through values, never into the critic
             value = self.value(feat)  # (H+1, N)
-            ret = lambda_return(reward[1:], value[:-1], continue_[1:], value[-1], cfg.lambda_, cfg.discount)
+        ret = lambda_return(reward[1:], value[:-1], continue_[1:], value[-1], cfg.lambda_, cfg.discount)
+        with torch.no_grad():
             # Weight of state t: the chance the imagined episode is still running there, discounted.
             weight = torch.cumprod(torch.cat([continue_[:1], cfg.discount * continue_[1:-1]]), 0)
             self.normalizer.update(ret)
-            advantage = (ret - value[:-1]) / self.normalizer.scale()  # (H, N)
+            scale = self.normalizer.scale()
+            advantage = (ret - value[:-1]) / scale  # (H, N)
             slow_value = self.value(feat[:-1], slow=True)
 
-        dist = self.actor(feat[:-1].detach())
+        dist = self.actor(feat[:-1])
         entropy = dist.entropy()
-        # REINFORCE: the advantage is a fixed weight (no_grad above) on the log-likelihood of the action.
-        actor = -dist.log_prob(action[:-1].detach()) * advantage - cfg.entropy * entropy
+        if self.dynamics_grad:
+            # Backpropagation through the model's dynamics: maximise the normalised return itself.
+            actor = -ret / scale - cfg.entropy * entropy
+        else:
+            # REINFORCE: the advantage is a fixed weight (no_grad above) on the action's log-likelihood.
+            actor = -dist.log_prob(action[:-1].detach()) * advantage - cfg.entropy * entropy
 
+        # The critic regresses fixed targets from fixed states: detach both.
         logits = self.critic(feat[:-1].detach())
-        critic = symlog_twohot_loss(logits, ret, self.bins) + cfg.slow_reg * symlog_twohot_loss(
+        critic = symlog_twohot_loss(logits, ret.detach(), self.bins) + cfg.slow_reg * symlog_twohot_loss(
             logits, slow_value, self.bins)
         losses = {"actor": actor * weight, "critic": critic * weight}
         metrics = {

@@ -14,7 +14,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from .actor_critic import ActorCritic
+from .actor_critic import ActorCritic, frozen
 from .config import AgentConfig
 from .math_utils import twohot_decode
 from .world_model import Carry, WorldModel
@@ -95,23 +95,29 @@ class Agent(nn.Module):
             pick = torch.randperm(len(start_continue), generator=self.wm.generator, device=self.device)[:starts]
             start = {k: v[pick] for k, v in start.items()}
             start_continue = start_continue[pick]
-        feat, action, reward, continue_ = self.imagine(start, start_continue)
-        losses, ac_metrics = self.ac.losses(feat, action, reward, continue_)
-        update = self.ac.update(losses)
-        if update.pop("skipped", 0.0):
-            self.skipped_updates += 1
-        metrics.update(ac_metrics)
-        metrics.update(update)
+        metrics.update(self.actor_critic_step(start, start_continue))
         metrics["train/skipped_updates"] = float(self.skipped_updates)
         return metrics
 
-    @torch.no_grad()
+    def actor_critic_step(self, start: dict[str, torch.Tensor], start_continue: torch.Tensor) -> dict[str, float]:
+        """Imagine from ``start`` (N, ...) and update actor and critic; the world model stays as it is."""
+        with frozen(self.wm):  # no gradient ever reaches the world model's parameters from here
+            with torch.set_grad_enabled(self.ac.dynamics_grad):  # differentiable rollouts only when used
+                feat, action, reward, continue_ = self.imagine(start, start_continue)
+            losses, metrics = self.ac.losses(feat, action, reward, continue_)
+        update = self.ac.update(losses)
+        if update.pop("skipped", 0.0):
+            self.skipped_updates += 1
+        return {**metrics, **update}
+
     def imagine(self, start: dict[str, torch.Tensor], start_continue: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Roll the world model ``horizon`` steps under the actor from detached starts.
 
         Returns features (H+1, N, F), actions (H+1, N, A), predicted rewards and continue
-        probabilities (H+1, N); row 0 is the start, whose continue flag is the replayed one.
+        probabilities (H+1, N); row 0 is the start, whose continue flag is the replayed one. Under
+        ``torch.no_grad`` for REINFORCE; with gradients on (and the world model frozen) the trajectory is
+        differentiable with respect to the actor, for dynamics backpropagation.
         """
         rssm = self.wm.rssm
         traj = rssm.imagine(start, lambda s: self.ac.actor(rssm.features(s)).sample(),

@@ -136,6 +136,9 @@ class ActorCriticConfig:
 
     horizon: int = _f(15, "H: imagination horizon in steps")
     starts: int = _f(0, "replayed states that start imagined rollouts, a random subset (0: all B*T)")
+    actor_grad: Literal["auto", "reinforce", "dynamics"] = _f(
+        "reinforce", "actor gradient: REINFORCE, backprop through the model (continuous only), or auto "
+        "(dynamics for continuous, reinforce for discrete, as DreamerV3's first code release)")
     lambda_: float = _f(0.95, "lambda of the TD(lambda) returns")
     discount: float = _f(1 - 1 / 333, "discount per step (DreamerV3: 1 - 1/333)")
     entropy: float = _f(3e-4, "actor entropy bonus scale")

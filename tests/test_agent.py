@@ -58,20 +58,42 @@ def params(module):
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
 
-def test_actor_critic_update_leaves_the_world_model_untouched():
-    agent = Agent(STATE, BOX, debug_cfg())
+@pytest.mark.parametrize("actor_grad", ["reinforce", "dynamics"])
+def test_actor_critic_update_leaves_the_world_model_untouched(actor_grad):
+    agent = Agent(STATE, BOX, debug_cfg(f"actor_critic.actor_grad={actor_grad}"))
+    assert agent.ac.dynamics_grad == (actor_grad == "dynamics")
     batch = agent.to_torch(random_batch(STATE, 2))
     _, outputs = agent.wm.train_step(batch)
     before, actor_before = params(agent.wm), params(agent.ac.actor)
     agent.wm.zero_grad(set_to_none=True)
     start = {k: v.reshape(-1, *v.shape[2:]) for k, v in outputs["posterior"].items() if k in ("deter", "stoch")}
-    feat, action, reward, continue_ = agent.imagine(start, torch.ones(start["deter"].shape[0]))
-    losses, _ = agent.ac.losses(feat, action, reward, continue_)
-    agent.ac.update(losses)
+    agent.actor_critic_step(start, torch.ones(start["deter"].shape[0]))
     assert all(p.grad is None for p in agent.wm.parameters())
+    assert all(p.requires_grad for p in agent.wm.parameters())  # unfrozen again afterwards
     for name, value in params(agent.wm).items():
         assert torch.equal(value, before[name]), name
     assert any(not torch.equal(v, actor_before[k]) for k, v in params(agent.ac.actor).items())
+
+
+def test_dynamics_gradient_reaches_the_actor_through_the_model():
+    """With dynamics backprop the actor's loss depends on its actions only through the imagined states;
+    the actor must still receive a gradient, and a discrete action space must refuse the mode."""
+    agent = Agent(STATE, BOX, debug_cfg("actor_critic.actor_grad=dynamics", "actor_critic.entropy=0"))
+    for head in (agent.wm.reward, agent.ac.critic):  # zero-initialised outputs would give zero returns
+        for layer in head.modules():
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.normal_(layer.weight, std=0.3)
+    start = {k: v.detach() for k, v in agent.wm.initial(8).items() if k in ("deter", "stoch")}
+    with torch.enable_grad():
+        feat, action, reward, continue_ = agent.imagine(start, torch.ones(8))
+    assert feat.requires_grad and action.requires_grad
+    losses, _ = agent.ac.losses(feat, action, reward, continue_)
+    losses["actor"].mean().backward()
+    grads = [p.grad for p in agent.ac.actor.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in agent.ac.critic.parameters())
+    with pytest.raises(ValueError, match="continuous"):
+        Agent(STATE, gym.spaces.Discrete(3), debug_cfg("actor_critic.actor_grad=dynamics"))
 
 
 def test_non_finite_batches_are_skipped_and_counted():
