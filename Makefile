@@ -52,10 +52,13 @@ bench-continual: $(STAMP)
 	$(BIN)/python -m benchmarks.continual --sequence cartpole-shift --strategy fifo reservoir mix \
 		--seeds $(CONTINUAL_SEEDS) --parallel $(CONTINUAL_PARALLEL) --out results/continual_cartpole-shift.json
 
-# What the world model of a trained checkpoint knows (default: the learning benchmark's cartpole_balance run).
-INSIGHT_CHECKPOINT ?= runs/learning/cartpole_balance/checkpoint.pt
+# What the world models of trained checkpoints know; default: the learning benchmark's cartpole-balance runs
+# (state; pixels with the patch and the CNN encoder) on the same random-policy episodes (make bench-learning first).
+INSIGHT_CHECKPOINTS ?= runs/learning/cartpole_balance/checkpoint.pt runs/learning/cartpole_balance_pixels_patch/checkpoint.pt runs/learning/cartpole_balance_pixels_cnn/checkpoint.pt
+INSIGHT_LABELS ?= state pixels-patch pixels-cnn
 bench-insight: $(STAMP)
-	$(BIN)/python -m benchmarks.insight --checkpoint $(INSIGHT_CHECKPOINT) --out results/insight --tensorboard runs/insight
+	$(BIN)/python -m benchmarks.insight --checkpoint $(INSIGHT_CHECKPOINTS) --label $(INSIGHT_LABELS) \
+		--policy random --video-sequences 2 --out results/insight --tensorboard runs/insight
 
 readme: $(STAMP)
 	$(BIN)/python -m benchmarks.readme
