@@ -74,11 +74,11 @@ def learning(name: str = "learning_cpu") -> str:
     rows = []
     for r in data["runs"]:
         first, last = r["curve"][0], r["curve"][-1]
-        rows.append([r["spec"], r["obs"], r["preset"], f"{r['steps']:,}", f"{first['return']:.0f}",
+        rows.append([r["name"], r["spec"], r["obs"], r["preset"], f"{r['steps']:,}", f"{first['return']:.0f}",
                      f"{last['return']:.0f}", f"{r['threshold']:g}", "yes" if r["passed"] else "no",
                      f"{r['wall_s'] / 60:.0f}"])
-    return (_table(["task", "obs", "preset", "env steps", "first eval", "final eval", "threshold", "passed",
-                    "wall min"], rows)
+    return (_table(["run", "task", "obs", "preset", "env steps", "first eval", "final eval", "threshold",
+                    "passed", "wall min"], rows)
             + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy); source "
             f"`results/{name}.json`, plot `results/{name}.png`.")
 
