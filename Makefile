@@ -37,7 +37,10 @@ bench-envs: $(STAMP)
 	$(BIN)/python -m benchmarks.env_throughput --out results/env_throughput.json
 
 bench-wm: $(STAMP)
-	$(BIN)/python -m benchmarks.wm_throughput --presets debug cpu small 12m --encoders patch cnn --out results/wm_throughput_cpu.json
+	$(BIN)/python -m benchmarks.wm_throughput --presets debug cpu small 12m --encoders patch cnn --threads 1 \
+		--warmup 1 --repeats 3 --out results/wm_throughput_cpu.json
+	$(BIN)/python -m benchmarks.wm_throughput --agent --presets cpu 12m --encoders patch cnn --threads 1 \
+		--warmup 1 --repeats 3 --out results/agent_update_cpu.json
 	$(BIN)/python -m benchmarks.param_counts --out results/param_counts.json
 
 bench-learning: $(STAMP)

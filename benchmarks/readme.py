@@ -58,15 +58,27 @@ def wm_throughput() -> str:
     for r in data["results"]:
         if "update" not in r:
             continue
-        rows.append([r["preset"], f"{r['batch']}x{r['length']}", r["encoder"], r["decoder"],
+        rows.append([r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"], r["decoder"],
                      f"{r['update']['median_s'] * 1e3:,.0f}", f"{r['forward']['median_s'] * 1e3:,.0f}",
                      f"{r['forward_parts']['encoder']['median_s'] * 1e3:,.0f}",
                      f"{r['peak_rss_mb'] / 1024:.1f}"])
     m = next(iter(data["machine"].values()))
-    return (_table(["preset", "B x T", "encoder", "decoder", "update ms", "forward ms", "encoder fwd ms",
-                    "peak RSS GB"], rows)
+    return (_table(["preset", "B x T", "threads", "encoder", "decoder", "update ms", "forward ms",
+                    "encoder fwd ms", "peak RSS GB"], rows)
             + f"\n\nWorld model only, 64x64 pixels, {m['cpu_model']} ({m['cpu_affinity']} cores, torch "
-            f"{m['torch']}); source `results/wm_throughput_cpu.json`.")
+            f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; source "
+            "`results/wm_throughput_cpu.json`.")
+
+
+def agent_update() -> str:
+    data = _load("agent_update_cpu.json")
+    rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"],
+             f"{r['param_counts']['total'] / 1e6:.1f}M", f"{r['agent_update']['median_s'] * 1e3:,.0f}",
+             f"{r['peak_rss_mb'] / 1024:.1f}"] for r in data["results"] if "agent_update" in r]
+    m = next(iter(data["machine"].values()))
+    return (_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
+            + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
+            f"{m['cpu_model']}, torch {m['torch']}; source `results/agent_update_cpu.json`.")
 
 
 def learning(name: str = "learning_cpu") -> str:
@@ -123,13 +135,14 @@ def insight() -> str:
 
 RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
              "learning": learning, "learning_pixels": lambda: learning("learning_cpu_pixels"),
-             "continual": continual, "insight": insight}
+             "continual": continual, "insight": insight, "agent_update": agent_update}
 
 
 SOURCES = {"env_throughput": "env_throughput.json", "param_counts": "param_counts.json",
            "wm_throughput": "wm_throughput_cpu.json", "learning": "learning_cpu.json",
            "learning_pixels": "learning_cpu_pixels.json",
-           "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json"}
+           "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json",
+           "agent_update": "agent_update_cpu.json"}
 
 
 def render(text: str) -> str:
