@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium.spaces as spaces
 import numpy as np
 import torch
 
@@ -78,43 +79,48 @@ def _batch(B: int, T: int, A: int, device: torch.device) -> dict[str, torch.Tens
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _build(spec: dict[str, Any]):
-    import gymnasium.spaces as spaces
-
+def _config(spec: dict[str, Any]) -> Any:
+    """The preset of ``spec`` with its device, encoder, decoder and extra overrides applied."""
     from agent.config import apply_overrides, preset
-    from agent.world_model import WorldModel
 
     overrides = [f"device={spec['device']}", *spec.get("overrides", [])]
     if "encoder" in spec:
         overrides.append(f"world_model.encoder.kind={spec['encoder']}")
     if "decoder" in spec:
         overrides.append(f"world_model.decoder.kind={spec['decoder']}")
-    cfg = apply_overrides(preset(spec["preset"]), overrides)
-    obs_space = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
-    return WorldModel(obs_space, spaces.Box(-1, 1, (6,), np.float32), cfg)
+    return apply_overrides(preset(spec["preset"]), overrides)
 
 
-def run_agent_update(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time the whole update, world model plus actor-critic in imagination (`Agent.train_step`)."""
-    import gymnasium.spaces as spaces
+IMAGE_SPACE = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+ACTION_SPACE = spaces.Box(-1, 1, (6,), np.float32)
 
-    from agent.agent import Agent
 
-    device = torch.device(spec["device"])
-    B, T = spec["batch"], spec["length"]
-    batch = _batch(B, T, 6, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    wm = _build(spec)  # only for its resolved config
-    obs_space = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
-    agent = Agent(obs_space, spaces.Box(-1, 1, (6,), np.float32), wm.cfg)
-    del wm
-    result: dict[str, Any] = {**spec, "param_counts": agent.param_counts(), "torch_threads": torch.get_num_threads()}
-    result["agent_update"] = _time(lambda: agent.train_step(batch), device, spec["warmup"], spec["repeats"])
+def _build(spec: dict[str, Any]):
+    from agent.world_model import WorldModel
+
+    return WorldModel(IMAGE_SPACE, ACTION_SPACE, _config(spec))
+
+
+def _finish(result: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Add the peak memory of this child process (and of the GPU when used)."""
     if device.type == "cuda":
         result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     result["peak_rss_mb"] = _rss_mb()
     return result
+
+
+def run_agent_update(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time the whole update, world model plus actor-critic in imagination (`Agent.train_step`)."""
+    from agent.agent import Agent
+
+    device = torch.device(spec["device"])
+    batch = _batch(spec["batch"], spec["length"], 6, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    agent = Agent(IMAGE_SPACE, ACTION_SPACE, _config(spec))
+    result: dict[str, Any] = {**spec, "param_counts": agent.param_counts(), "torch_threads": torch.get_num_threads()}
+    result["agent_update"] = _time(lambda: agent.train_step(batch), device, spec["warmup"], spec["repeats"])
+    return _finish(result, device)
 
 
 def run_update(spec: dict[str, Any]) -> dict[str, Any]:
@@ -141,10 +147,7 @@ def run_update(spec: dict[str, Any]) -> dict[str, Any]:
             "image_decoder": _time(lambda: wm.image_decoder(feat), device, 1, spec["repeats"]),
         }
     result["frames_per_s_update"] = B * T / result["update"]["median_s"]
-    if device.type == "cuda":
-        result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    result["peak_rss_mb"] = _rss_mb()
-    return result
+    return _finish(result, device)
 
 
 def run_rssm_loop(spec: dict[str, Any]) -> dict[str, Any]:
