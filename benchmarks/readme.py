@@ -85,14 +85,16 @@ def learning(name: str = "learning_cpu") -> str:
     data = _load(f"{name}.json")
     rows = []
     for r in data["runs"]:
-        first, last = r["curve"][0], r["curve"][-1]
-        rows.append([r["name"], r["spec"], r["obs"], r["preset"], f"{r['steps']:,}", f"{first['return']:.0f}",
-                     f"{last['return']:.0f}", f"{r['threshold']:g}", "yes" if r["passed"] else "no",
-                     f"{r['wall_s'] / 60:.0f}"])
+        trivial = r.get("trivial", {})
+        rows.append([r["name"], r["spec"], r["obs"], r["preset"], f"{r['steps']:,}",
+                     f"{r['curve'][0]['return']:.0f}", f"{r['final_return']:.0f}", f"{r['threshold']:g}",
+                     "yes" if r["passed"] else "no", *(f"{trivial[k]:.0f}" if k in trivial else "-"
+                                                       for k in ("random", "zero")), f"{r['wall_s'] / 60:.0f}"])
     return (_table(["run", "task", "obs", "preset", "env steps", "first eval", "final eval", "threshold",
-                    "passed", "wall min"], rows)
-            + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy); source "
-            f"`results/{name}.json`, plot `results/{name}.png`.")
+                    "passed", "random policy", "zero action", "wall min"], rows)
+            + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy). Random policy and zero "
+            f"action: mean returns of uniform-random actions and of doing nothing on the same evaluation "
+            f"episodes. Source `results/{name}.json`, plot `results/{name}.png`.")
 
 
 def continual() -> str:

@@ -1,0 +1,21 @@
+import numpy as np
+
+import envs
+from benchmarks.learning import EVAL_SEED, Task, trivial_returns
+
+
+def test_trivial_policy_returns_follow_the_evaluation_protocol():
+    """The do-nothing baseline equals a hand-run episode of zero actions from the evaluation seed, with the
+    task's action repeat; the random policy differs from it."""
+    task = Task("p", "gym:Pendulum-v1", "state", "debug", 0, 0.0, "", ["train.eval_episodes=1",
+                                                                       "env.action_repeat=3"])
+    got = trivial_returns(task)
+    env = envs.make("gym:Pendulum-v1", obs="state", action_repeat=3)
+    env.reset(seed=EVAL_SEED)
+    total, done = 0.0, False
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(np.zeros(1, np.float32))
+        total += reward
+        done = terminated or truncated
+    assert abs(got["zero"] - total) < 1e-6
+    assert abs(got["random"] - got["zero"]) > 1.0
