@@ -32,6 +32,7 @@ from .logger import Logger, dump_json
 from .replay import MixedReplay, Replay
 
 CHECKPOINT = "checkpoint.pt"
+EVAL_SEED = 10_000  # evaluation episodes start from this seed, the same for every evaluation of a run
 
 
 class CheckpointError(ValueError):
@@ -189,7 +190,7 @@ class Trainer:
         for key, value in metrics.items():
             self._train_metrics[key].append(value)
 
-    def evaluate(self, env: gym.vector.VectorEnv, episodes: int, seed: int = 10_000) -> list[float]:
+    def evaluate(self, env: gym.vector.VectorEnv, episodes: int, seed: int = EVAL_SEED) -> list[float]:
         """Returns of ``episodes`` episodes with the deterministic policy (the actor's mode)."""
         obs, _ = env.reset(seed=seed)
         is_first = np.ones(env.num_envs, bool)

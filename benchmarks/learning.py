@@ -104,22 +104,18 @@ def eval_curve(rundir: Path) -> list[dict[str, float]]:
     return curve
 
 
-EVAL_SEED = 10_000  # the loop's evaluation episodes start from this seed (agent/loop.py)
-
-
-def _override(task: Task, key: str, default: str) -> str:
-    return next((o.split("=", 1)[1] for o in reversed(task.overrides) if o.startswith(key + "=")), default)
-
-
 def trivial_returns(task: Task) -> dict[str, float]:
-    """Mean return of a uniform-random and a do-nothing policy over the task's evaluation episodes (same
-    seed and action repeat as the run's evaluation, state observations: the return does not depend on them)."""
+    """Mean return of a uniform-random and a do-nothing policy over the task's evaluation episodes (the
+    run's evaluation seed, episode count and action repeat; state observations: the return does not
+    depend on them)."""
     import numpy as np
 
     import envs
+    from agent.config import RunConfig, apply_overrides
+    from agent.loop import EVAL_SEED
 
-    episodes = int(_override(task, "train.eval_episodes", "5"))
-    repeat = int(_override(task, "env.action_repeat", "2"))
+    cfg = apply_overrides(RunConfig(), task.overrides)
+    episodes, repeat = cfg.train.eval_episodes, cfg.env.action_repeat
     out = {}
     for policy in ("random", "zero"):
         env = envs.make_vec(task.spec, 1, obs="state", action_repeat=repeat)

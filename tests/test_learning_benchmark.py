@@ -1,7 +1,8 @@
 import numpy as np
 
 import envs
-from benchmarks.learning import EVAL_SEED, Task, trivial_returns
+from agent.loop import EVAL_SEED
+from benchmarks.learning import Task, trivial_returns
 
 
 def test_trivial_policy_returns_follow_the_evaluation_protocol():
