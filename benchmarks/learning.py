@@ -3,6 +3,7 @@
     python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
     python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
     python -m benchmarks.learning --suite gpu --out results/learning_gpu.json   # a CUDA machine
+    python -m benchmarks.learning --tasks cartpole_balance --set agent.actor_critic.actor_lr=1e-4   # an ablation
 
 Each task is a real ``python -m agent train`` run in its own process (runs go in parallel, one torch
 thread each, up to ``--parallel``). The eval returns it logs (deterministic policy) are read back from
@@ -17,12 +18,13 @@ holds a finished run is reused, so an interrupted benchmark picks up where it st
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .common import machine_info, write_json
@@ -169,6 +171,27 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def select_tasks(parser: argparse.ArgumentParser, suite: str, names: list[str] | None, extra: list[str]
+                 ) -> tuple[list[Task], str]:
+    """The suite's tasks (those named, if any) with ``extra`` overrides appended, and the name suffix that
+    keeps an ablation's runs and results apart from the suite's own ("" without overrides)."""
+    known = [t.name for t in SUITES[suite]]
+    unknown = sorted(set(names or []) - set(known))
+    if unknown:
+        parser.error(f"unknown task(s) {unknown} in suite {suite!r}; it has {known}")
+    tasks = [t for t in SUITES[suite] if not names or t.name in names]
+    if not extra:
+        return tasks, ""
+    from agent.config import RunConfig, apply_overrides
+
+    try:
+        apply_overrides(RunConfig(), extra)  # a bad key or value stops here, before any run starts
+    except ValueError as err:
+        parser.error(str(err))
+    variant = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8]
+    return [replace(t, overrides=[*t.overrides, *extra]) for t in tasks], variant
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=list(SUITES), default="cpu", help="which tasks to run")
@@ -177,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at a time")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
     parser.add_argument("--out", default=None, help="results JSON (default results/learning_<suite>.json)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides added to every task, for an ablation; its runs go to "
+                             "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
     args = parser.parse_args(argv)
-    tasks = [t for t in SUITES[args.suite] if not args.tasks or t.name in args.tasks]
-    out = Path(args.out or f"results/learning_{args.suite}.json")
-    root = Path(args.rundir)
+    tasks, variant = select_tasks(parser, args.suite, args.tasks, args.set)
+    out = Path(args.out or f"results/learning_{args.suite}{variant}.json")
+    root = Path(args.rundir + variant)
 
     pending, running = list(tasks), {}
     while pending or running:

@@ -20,3 +20,23 @@ def test_trivial_policy_returns_follow_the_evaluation_protocol():
         done = terminated or truncated
     assert abs(got["zero"] - total) < 1e-6
     assert abs(got["random"] - got["zero"]) > 1.0
+
+
+def test_ablation_overrides_reach_every_task_and_get_their_own_name():
+    import argparse
+
+    import pytest
+
+    from benchmarks.learning import SUITES, select_tasks
+
+    parser = argparse.ArgumentParser()
+    tasks, variant = select_tasks(parser, "cpu", None, [])
+    assert [t.name for t in tasks] == [t.name for t in SUITES["cpu"]] and variant == ""
+    extra = ["agent.actor_critic.actor_lr=1e-4"]
+    tasks, variant = select_tasks(parser, "cpu", ["cartpole_balance"], extra)
+    assert [t.name for t in tasks] == ["cartpole_balance"] and tasks[0].overrides[-1] == extra[0]
+    other = select_tasks(parser, "cpu", None, ["agent.actor_critic.critic_lr=1e-4"])[1]
+    assert variant.startswith("-") and variant != other
+    for bad in (["agent.actor_critic.no_such_field=1"], None):
+        with pytest.raises(SystemExit):  # an unknown field, or (None) an unknown task name
+            select_tasks(parser, "cpu", ["nope"] if bad is None else None, bad or [])
