@@ -97,6 +97,27 @@ def learning(name: str = "learning_cpu") -> str:
             f"episodes. Source `results/{name}.json`, plot `results/{name}.png`.")
 
 
+def learning_ablations() -> str:
+    """One row per run of every ``results/learning_cpu-<hash>.json`` (``benchmarks.learning --set``): the
+    overrides it added to the suite's task, and its final eval next to the suite's own run."""
+    from .learning import SUITES
+
+    base = {r["name"]: r for r in _load("learning_cpu.json")["runs"]}
+    tasks = {t.name: t for t in SUITES["cpu"]}
+    rows = []
+    for path in sorted(RESULTS.glob("learning_cpu-*.json")):
+        for r in json.loads(path.read_text())["runs"]:
+            extra = r["overrides"][len(tasks[r["name"]].overrides):]
+            rows.append([r["name"], " ".join(f"`{o}`" for o in extra), f"{r['steps']:,}",
+                         f"{base[r['name']]['final_return']:.0f}", f"{r['final_return']:.0f}",
+                         f"{r['wall_s'] / 60:.0f}", f"`results/{path.name}`"])
+    if not rows:
+        return "No ablation run yet."
+    return (_table(["run", "added overrides", "env steps", "final eval, suite", "final eval, ablation", "wall min",
+                    "source"], rows)
+            + "\n\nOne seed each, same protocol as the suite's run; final eval as above.")
+
+
 def continual() -> str:
     data = _load("continual_cartpole-shift.json")
     from .continual_report import readme_section
@@ -137,12 +158,13 @@ def insight() -> str:
 
 RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
              "learning": learning, "learning_pixels": lambda: learning("learning_cpu_pixels"),
-             "continual": continual, "insight": insight, "agent_update": agent_update}
+             "learning_ablations": learning_ablations, "continual": continual, "insight": insight,
+             "agent_update": agent_update}
 
 
 SOURCES = {"env_throughput": "env_throughput.json", "param_counts": "param_counts.json",
            "wm_throughput": "wm_throughput_cpu.json", "learning": "learning_cpu.json",
-           "learning_pixels": "learning_cpu_pixels.json",
+           "learning_pixels": "learning_cpu_pixels.json", "learning_ablations": "learning_cpu.json",
            "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json",
            "agent_update": "agent_update_cpu.json"}
 
