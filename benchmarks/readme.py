@@ -105,7 +105,9 @@ def learning_ablations() -> str:
     base = {r["name"]: r for r in _load("learning_cpu.json")["runs"]}
     tasks = {t.name: t for t in SUITES["cpu"]}
     rows = []
-    for path in sorted(RESULTS.glob("learning_cpu-*.json")):
+    # Only the cpu suite's ablations: `learning_cpu-<8 hex>.json`, not another suite's (learning_cpu-pixels-...).
+    paths = [p for p in RESULTS.glob("learning_cpu-*.json") if re.fullmatch(r"learning_cpu-[0-9a-f]{8}\.json", p.name)]
+    for path in sorted(paths):
         for r in json.loads(path.read_text())["runs"]:
             extra = r["overrides"][len(tasks[r["name"]].overrides):]
             rows.append([r["name"], " ".join(f"`{o}`" for o in extra), f"{r['steps']:,}",

@@ -40,3 +40,23 @@ def test_ablation_overrides_reach_every_task_and_get_their_own_name():
     for bad in (["agent.actor_critic.no_such_field=1"], None):
         with pytest.raises(SystemExit):  # an unknown field, or (None) an unknown task name
             select_tasks(parser, "cpu", ["nope"] if bad is None else None, bad or [])
+
+
+def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    import benchmarks.readme as readme
+    from benchmarks.learning import SUITES
+
+    task = SUITES["cpu"][1]
+    run = {"name": task.name, "overrides": list(task.overrides), "steps": task.steps, "final_return": 100.0,
+           "wall_s": 60.0}
+    (tmp_path / "learning_cpu.json").write_text(json.dumps({"runs": [run]}))
+    ablation = {**run, "overrides": [*task.overrides, "agent.actor_critic.actor_lr=1e-4"], "final_return": 250.0}
+    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": [ablation]}))
+    (tmp_path / "learning_cpu-pixels-0123abcd.json").write_text(json.dumps({"runs": [{"name": "other"}]}))
+    monkeypatch.setattr(readme, "RESULTS", Path(tmp_path))
+    rows = [line for line in readme.learning_ablations().splitlines() if line.startswith(f"| {task.name}")]
+    assert rows == [f"| {task.name} | `agent.actor_critic.actor_lr=1e-4` | {task.steps:,} | 100 | 250 | 1 | "
+                    "`results/learning_cpu-0123abcd.json` |"]
