@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from agent.logger import git_revision
 
 
 def machine_info() -> dict[str, Any]:
@@ -19,12 +20,9 @@ def machine_info() -> dict[str, Any]:
         "processor": _cpu_model(),
         "mujoco_gl": os.environ.get("MUJOCO_GL"),
     }
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-        info["git_commit"] = commit or None
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"] = None
+    revision = git_revision(Path(__file__).parent)
+    info["git_commit"] = revision["commit"]
+    info["git_dirty"] = revision.get("dirty")
     return info
 
 

@@ -106,6 +106,16 @@ def eval_curve(rundir: Path) -> list[dict[str, float]]:
     return curve
 
 
+def run_commits(rundir: Path) -> list[str]:
+    """The commits a run was started and resumed at (from its starts.jsonl; "+dirty" marks uncommitted
+    changes); empty for runs older than that file."""
+    path = rundir / "starts.jsonl"
+    if not path.exists():
+        return []
+    starts = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [f"{s['git_commit']}{'+dirty' if s.get('git_dirty') else ''}" for s in starts]
+
+
 def trivial_returns(task: Task) -> dict[str, float]:
     """Mean return of a uniform-random and a do-nothing policy over the task's evaluation episodes (the
     run's evaluation seed, episode count and action repeat; state observations: the return does not
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                      "threshold_why": task.why, "final_return": final, "passed": final >= task.threshold,
                      "wall_s": json.loads((rundir / "done.json").read_text())["wall_s"], "curve": curve,
                      "dreamerv3": reference_score(task), "trivial": trivial_returns(task),
-                     "rundir": str(rundir)})
+                     "rundir": str(rundir), "trained_at": run_commits(rundir)})
         print(f"{task.name:24s} final {final:8.1f}  threshold {task.threshold:8.1f}  "
               f"{'PASS' if final >= task.threshold else 'FAIL'}")
     write_json(out, {"benchmark": "learning", "suite": args.suite, "machine": machine_info(),

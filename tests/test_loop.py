@@ -57,6 +57,9 @@ def test_train_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert state["counters"]["updates"] > 0
     steps = [step for step, _ in read_scalars(run)["fps/env"]]
     assert max(steps) == 1000 and len(steps) == len(set(steps))  # continued, nothing logged twice
+    starts = [json.loads(line) for line in (run / "starts.jsonl").read_text().splitlines()]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert [s["resume"] for s in starts] == [False, True] and {s["git_commit"] for s in starts} == {head or None}
 
     # eval: returns printed, a video written
     video = tmp_path / "episode.gif"
