@@ -24,6 +24,7 @@ from .math_utils import (
     ReturnNormalizer,
     categorical_entropy,
     lambda_return,
+    replay_lambda_return,
     symlog_bins,
     symlog_twohot_loss,
     twohot_decode,
@@ -179,12 +180,39 @@ class ActorCritic(nn.Module):
         }
         return losses, metrics
 
+    def replay_value_loss(self, feat: Tensor, reward: Tensor, is_first: Tensor, is_terminal: Tensor
+                          ) -> tuple[Tensor, dict[str, float]]:
+        """Critic loss on replayed sequences, time on the first axis (T, N): the critic regresses lambda
+        returns built from the real rewards along the sequence, bootstrapped with its own values.
+
+        reward[t] is the reward received on arriving at state t (0 at an episode's first step). A sequence
+        may cross into a new episode (``is_first``); the transition into it belongs to no episode, so the
+        state before it gets no target and the return before that bootstraps from its value there.
+        Returns the scalar loss (mean over states with a target) and metrics.
+        """
+        cfg = self.cfg
+        feat = feat.detach()
+        with torch.no_grad():
+            value = self.value(feat)  # (T, N)
+            slow_value = self.value(feat[:-1], slow=True)
+            ret, inside = replay_lambda_return(reward, value, is_first, is_terminal, cfg.lambda_, cfg.discount)
+        logits = self.critic(feat[:-1])
+        loss = symlog_twohot_loss(logits, ret, self.bins) + cfg.slow_reg * symlog_twohot_loss(
+            logits, slow_value, self.bins)
+        mask = inside.float()
+        loss = (loss * mask).sum() / mask.sum().clamp(min=1.0)
+        return loss, {"replay/return": (ret * mask).sum().item() / max(mask.sum().item(), 1.0),
+                      "replay/value": value.mean().item()}
+
     def update(self, losses: dict[str, Tensor]) -> dict[str, float]:
-        """One optimizer step of actor and critic; returns their losses and gradient norms."""
+        """One optimizer step of actor and critic; returns their losses and gradient norms. An optional
+        ``replay_value`` loss (a scalar) is added to the critic's, scaled by ``replay_value``."""
         metrics = {"skipped": 0.0}
         for name, opt, module in (("actor", self.actor_opt, self.actor), ("critic", self.critic_opt, self.critic)):
             opt.zero_grad(set_to_none=True)
             loss = losses[name].mean()
+            if name == "critic" and "replay_value" in losses:
+                loss = loss + self.cfg.replay_value * losses["replay_value"]
             loss.backward()
             norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
             if torch.isfinite(norm) and torch.isfinite(loss):

@@ -95,16 +95,27 @@ class Agent(nn.Module):
             pick = torch.randperm(len(start_continue), generator=self.wm.generator, device=self.device)[:starts]
             start = {k: v[pick] for k, v in start.items()}
             start_continue = start_continue[pick]
-        metrics.update(self.actor_critic_step(start, start_continue))
+        replay = None
+        if self.cfg.actor_critic.replay_value > 0:  # the replayed sequences, time first: (T, B, ...)
+            replay = {"feat": self.wm.rssm.features(posterior).detach().transpose(0, 1),
+                      **{k: data[k].transpose(0, 1) for k in ("reward", "is_first", "is_terminal")}}
+        metrics.update(self.actor_critic_step(start, start_continue, replay))
         metrics["train/skipped_updates"] = float(self.skipped_updates)
         return metrics
 
-    def actor_critic_step(self, start: dict[str, torch.Tensor], start_continue: torch.Tensor) -> dict[str, float]:
-        """Imagine from ``start`` (N, ...) and update actor and critic; the world model stays as it is."""
+    def actor_critic_step(self, start: dict[str, torch.Tensor], start_continue: torch.Tensor,
+                          replay: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Imagine from ``start`` (N, ...) and update actor and critic; the world model stays as it is.
+        ``replay`` (features, rewards and flags of the replayed sequences, time first) adds the critic's
+        replay-return loss."""
         with frozen(self.wm):  # no gradient ever reaches the world model's parameters from here
             with torch.set_grad_enabled(self.ac.dynamics_grad):  # differentiable rollouts only when used
                 feat, action, reward, continue_ = self.imagine(start, start_continue)
             losses, metrics = self.ac.losses(feat, action, reward, continue_)
+        if replay is not None:
+            losses["replay_value"], replay_metrics = self.ac.replay_value_loss(
+                replay["feat"], replay["reward"].float(), replay["is_first"], replay["is_terminal"])
+            metrics.update(replay_metrics)
         update = self.ac.update(losses)
         if update.pop("skipped", 0.0):
             self.skipped_updates += 1

@@ -155,6 +155,8 @@ class ActorCriticConfig:
     grad_clip: float = _f(100.0, "clip actor and critic grad norms to this value")
     slow_rate: float = _f(0.02, "fraction the slow critic moves towards the critic per update")
     slow_reg: float = _f(1.0, "scale of the critic's regulariser towards the slow critic")
+    replay_value: float = _f(0.0, "scale of a critic loss on lambda returns of the replayed sequences (real "
+                                  "rewards, bootstrapped with the critic); DreamerV3's 2024 code: 0.3; 0: off")
     return_decay: float = _f(0.99, "EMA decay of the return percentiles")
     return_low: float = _f(5.0, "lower percentile of the return range")
     return_high: float = _f(95.0, "upper percentile of the return range")

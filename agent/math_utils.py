@@ -95,6 +95,26 @@ def lambda_return(
     return torch.stack(out[::-1], 0)
 
 
+def replay_lambda_return(reward: Tensor, value: Tensor, is_first: Tensor, is_terminal: Tensor, lambda_: float,
+                         discount: float) -> tuple[Tensor, Tensor]:
+    """TD(lambda) returns along replayed sequences that may cross episode boundaries, time FIRST.
+
+    Inputs (T, ...) in the replay's convention: reward[t] received on arriving at state t, is_first[t] and
+    is_terminal[t] of state t, value[t] = V(s_t). Returns ``(ret, inside)``, both (T-1, ...): for t < T-1,
+      R_t = reward[t+1] + discount * (1 - is_terminal[t+1]) * ((1 - lambda_) * value[t+1] + lambda_ * R_{t+1})
+    with R_{T-1} = value[T-1]; where state t+1 starts a new episode (``inside[t]`` False) there is no
+    transition, R_t = value[t], and that state should get no target.
+    """
+    inside = ~is_first[1:].bool()  # the transition t -> t+1 stays within one episode
+    factor = discount * (1.0 - is_terminal[1:].float())
+    ret, out = value[-1], []
+    for t in reversed(range(len(inside))):
+        step = reward[t + 1] + factor[t] * ((1.0 - lambda_) * value[t + 1] + lambda_ * ret)
+        ret = torch.where(inside[t], step, value[t])
+        out.append(ret)
+    return torch.stack(out[::-1], 0), inside
+
+
 class ReturnNormalizer(nn.Module):
     """Scale for advantages: max(floor, EMA(P95) - EMA(P5)) of the returns seen (DreamerV3).
 

@@ -75,6 +75,26 @@ def test_actor_critic_update_leaves_the_world_model_untouched(actor_grad):
     assert any(not torch.equal(v, actor_before[k]) for k, v in params(agent.ac.actor).items())
 
 
+def test_replay_value_loss_trains_the_critic_only():
+    """With ``replay_value`` on, the critic also regresses returns of the replayed sequences: its update
+    differs from the one without, and the actor and the world model get nothing from that term."""
+    results = []
+    for scale in (0.0, 1.0):
+        agent = Agent(STATE, BOX, debug_cfg(f"actor_critic.replay_value={scale}"))
+        batch = random_batch(STATE, 2)
+        torch.manual_seed(0)
+        metrics = agent.train_step(batch)
+        results.append((params(agent.ac.critic), params(agent.ac.actor), params(agent.wm), metrics))
+    (critic0, actor0, wm0, m0), (critic1, actor1, wm1, m1) = results
+    assert "replay/return" in m1 and "replay/return" not in m0
+    assert m1["replay/return"] > 0  # rewards in [0, 1] and a zero-initialised critic
+    assert any(not torch.equal(v, critic0[k]) for k, v in critic1.items())
+    for name in actor0:
+        assert torch.equal(actor0[name], actor1[name]), name
+    for name in wm0:
+        assert torch.equal(wm0[name], wm1[name]), name
+
+
 def test_dynamics_gradient_reaches_the_actor_through_the_model():
     """With dynamics backprop the actor's loss depends on its actions only through the imagined states;
     the actor must still receive a gradient, and a discrete action space must refuse the mode."""

@@ -12,6 +12,7 @@ from agent.math_utils import (
     categorical_mode_st,
     categorical_sample_st,
     lambda_return,
+    replay_lambda_return,
     symexp,
     symlog,
     symlog_bins,
@@ -98,6 +99,28 @@ def test_lambda_return_limits_and_batch_axes():
     out = lambda_return(reward, value, cont, bootstrap, 1.0, 0.9)
     assert out.shape == (3, 4)
     torch.testing.assert_close(out[:, 2], torch.tensor([27.1, 29.0, 30.0]))
+
+
+def test_replay_lambda_return_stops_at_episode_boundaries_and_terminals():
+    # T = 5 replayed states, discount 0.9, lambda 0.5; reward[t] arrives with state t; values 10, 20, 30, 40, 50.
+    reward = torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0])
+    value = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0])
+    first = torch.tensor([True, False, False, True, False])  # state 3 starts a new episode
+    terminal = torch.zeros(5, dtype=torch.bool)
+    ret, inside = replay_lambda_return(reward, value, first, terminal, 0.5, 0.9)
+    assert inside.tolist() == [True, True, False, True]
+    # R_3 = r_4 + 0.9 * (0.5 * v_4 + 0.5 * R_4) with R_4 = v_4 = 50: 4 + 45 = 49
+    # R_2 = v_2 = 30 (no transition into the next episode)
+    # R_1 = r_2 + 0.9 * (0.5 * v_2 + 0.5 * R_2) = 2 + 0.9 * 30 = 29
+    # R_0 = r_1 + 0.9 * (0.5 * v_1 + 0.5 * R_1) = 1 + 0.9 * (10 + 14.5) = 23.05
+    torch.testing.assert_close(ret, torch.tensor([23.05, 29.0, 30.0, 49.0]))
+    # State 2 terminal: R_1 = r_2 = 2, R_0 = 1 + 0.9 * (0.5 * 20 + 0.5 * 2) = 10.9.
+    terminal[2] = True
+    ret, _ = replay_lambda_return(reward, value, first, terminal, 0.5, 0.9)
+    torch.testing.assert_close(ret[:2], torch.tensor([10.9, 2.0]))
+    # Batch axes after time: the same sequence twice gives the same returns twice.
+    ret2, _ = replay_lambda_return(*(x[:, None].expand(5, 2) for x in (reward, value, first, terminal)), 0.5, 0.9)
+    torch.testing.assert_close(ret2, ret[:, None].expand(4, 2))
 
 
 def test_return_normalizer_ema_floor_and_state_dict():
