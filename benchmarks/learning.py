@@ -76,7 +76,12 @@ SUITES = {
 }
 
 
-def run_task(task: Task, rundir: Path, fresh: bool) -> subprocess.Popen | None:
+def run_name(task: Task, seed: int) -> str:
+    """The run directory's name: the task's name for seed 0, ``<task>-seed<N>`` for seed N."""
+    return task.name if seed == 0 else f"{task.name}-seed{seed}"
+
+
+def run_task(task: Task, seed: int, rundir: Path, fresh: bool) -> subprocess.Popen | None:
     """Start the training run (None when a finished run is already there)."""
     if not fresh and (rundir / "done.json").exists():
         return None
@@ -90,7 +95,7 @@ def run_task(task: Task, rundir: Path, fresh: bool) -> subprocess.Popen | None:
         cmd += ["--resume", "--steps", str(task.steps)]
     else:
         cmd += ["--env", task.spec, "--preset", task.preset, "--steps", str(task.steps),
-                "--set", f"env.obs={task.obs}", *task.overrides]
+                *(["--seed", str(seed)] if seed else []), "--set", f"env.obs={task.obs}", *task.overrides]
     rundir.mkdir(parents=True, exist_ok=True)
     log = open(rundir / "stdout.log", "a")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -162,10 +167,14 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        steps = [p["env_steps"] for p in run["curve"]]
-        ax.plot(steps, [p["return"] for p in run["curve"]], marker="o", label="eval return (ours)")
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        seeds = [r for r in runs if r["name"] == name]
+        for r in seeds:
+            ax.plot([p["env_steps"] for p in r["curve"]], [p["return"] for p in r["curve"]], marker="o",
+                    markersize=3, label=f"eval return (ours), seed {r['seed']}")
+        run = seeds[0]
         ax.axhline(run["threshold"], color="gray", linestyle="--", label=f"threshold {run['threshold']:g}")
         for (policy, value), style in zip(run.get("trivial", {}).items(), ("-.", (0, (1, 3)))):
             ax.axhline(value, color="tab:red", linestyle=style, linewidth=1, label=f"{policy} policy {value:.0f}")
@@ -210,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at a time")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
     parser.add_argument("--out", default=None, help="results JSON (default results/learning_<suite>.json)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds per task (runs <task> for seed 0, <task>-seed<N> for seed N); a task passes "
+                             "when the mean of its seeds' final evals clears the threshold")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides added to every task, for an ablation; its runs go to "
                              "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
@@ -218,16 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"results/learning_{args.suite}{variant}.json")
     root = Path(args.rundir + variant)
 
-    pending, running = list(tasks), {}
+    if any(o.startswith("agent.seed=") for o in args.set):
+        parser.error("give seeds with --seeds, not --set agent.seed=...")
+
+    pending, running = [(t, seed) for t in tasks for seed in args.seeds], {}
     while pending or running:
         while pending and len(running) < args.parallel:
-            task = pending.pop(0)
-            proc = run_task(task, root / task.name, args.fresh)
+            task, seed = pending.pop(0)
+            name = run_name(task, seed)
+            proc = run_task(task, seed, root / name, args.fresh)
             if proc is not None:
-                running[task.name] = (task, proc, time.time())
-                print(f"started {task.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
+                running[name] = (proc, time.time())
+                print(f"started {name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
         time.sleep(5)
-        for name, (_task, proc, start) in list(running.items()):
+        for name, (proc, start) in list(running.items()):
             rundir = root / name
             if proc.poll() is None:
                 continue
@@ -238,26 +254,57 @@ def main(argv: list[str] | None = None) -> int:
             (rundir / "done.json").write_text(json.dumps({"wall_s": time.time() - start}))
             print(f"finished {name} in {(time.time() - start) / 60:.1f} min", flush=True)
 
-    runs = []
-    for task in tasks:
-        rundir = root / task.name
-        curve = eval_curve(rundir)
-        final = sum(p["return"] for p in curve[-2:]) / len(curve[-2:])
-        runs.append({"name": task.name, "spec": task.spec, "obs": task.obs, "preset": task.preset,
-                     "steps": task.steps, "overrides": task.overrides, "threshold": task.threshold,
-                     "threshold_why": task.why, "final_return": final, "passed": final >= task.threshold,
-                     "wall_s": json.loads((rundir / "done.json").read_text())["wall_s"], "curve": curve,
-                     "dreamerv3": reference_score(task), "trivial": trivial_returns(task),
-                     "rundir": str(rundir), "trained_at": run_commits(rundir)})
-        print(f"{task.name:24s} final {final:8.1f}  threshold {task.threshold:8.1f}  "
-              f"{'PASS' if final >= task.threshold else 'FAIL'}")
+    # Every finished run of the suite under root goes in, not only this call's: running one task or one
+    # more seed adds to the results file instead of replacing it.
+    runs = finished_runs(root, select_tasks(parser, args.suite, None, args.set)[0])
+    summary = summarize(runs)
+    for t in summary:
+        print(f"{t['name']:24s} final {t['final_return']:8.1f} (seeds {t['seeds']}: "
+              f"{', '.join(f'{v:.0f}' for v in t['final_returns'])})  threshold {t['threshold']:8.1f}  "
+              f"{'PASS' if t['passed'] else 'FAIL'}")
     write_json(out, {"benchmark": "learning", "suite": args.suite, "machine": machine_info(),
-                     "final_return": "mean of the last two evaluations",
+                     "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
                      "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
-                     "runs": runs})
+                     "tasks": summary, "runs": runs})
     plot(runs, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0 if all(r["passed"] for r in runs) else 1
+    return 0 if all(t["passed"] for t in summary) else 1
+
+
+def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
+    """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order."""
+    runs = []
+    for task in tasks:
+        dirs = [(0, root / task.name)] + sorted(
+            (int(d.name.rsplit("-seed", 1)[1]), d) for d in root.glob(f"{task.name}-seed*")
+            if d.name.rsplit("-seed", 1)[1].isdigit())
+        trivial = None
+        for seed, rundir in dirs:
+            if not (rundir / "done.json").exists():
+                continue
+            curve = eval_curve(rundir)
+            final = sum(p["return"] for p in curve[-2:]) / len(curve[-2:])
+            trivial = trivial or trivial_returns(task)
+            runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
+                         "preset": task.preset, "steps": task.steps, "overrides": task.overrides,
+                         "threshold": task.threshold, "threshold_why": task.why, "final_return": final,
+                         "wall_s": json.loads((rundir / "done.json").read_text())["wall_s"], "curve": curve,
+                         "dreamerv3": reference_score(task), "trivial": trivial, "rundir": str(rundir),
+                         "trained_at": run_commits(rundir)})
+    return runs
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per task: its seeds, their final evals, the mean, and whether the mean clears the threshold."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in runs):
+        seeds = [r for r in runs if r["name"] == name]
+        finals = [r["final_return"] for r in seeds]
+        mean = sum(finals) / len(finals)
+        out.append({"name": name, "seeds": [r["seed"] for r in seeds], "final_returns": finals,
+                    "final_return": mean, "threshold": seeds[0]["threshold"],
+                    "passed": mean >= seeds[0]["threshold"]})
+    return out
 
 
 if __name__ == "__main__":

@@ -81,43 +81,60 @@ def agent_update() -> str:
             f"{m['cpu_model']}, torch {m['torch']}; source `results/agent_update_cpu.json`.")
 
 
+def _seed_finals(task: dict) -> str:
+    """A task's final eval: the mean over seeds, with each seed's value after it when there are several."""
+    finals = task["final_returns"]
+    each = f" ({', '.join(f'{v:.0f}' for v in finals)})" if len(finals) > 1 else ""
+    return f"{task['final_return']:.0f}{each}"
+
+
+def _task_runs(data: dict, name: str) -> list[dict]:
+    return [r for r in data["runs"] if r["name"] == name]
+
+
 def learning(name: str = "learning_cpu") -> str:
     data = _load(f"{name}.json")
     rows = []
-    for r in data["runs"]:
+    for t in data["tasks"]:
+        runs = _task_runs(data, t["name"])
+        r, n = runs[0], len(runs)
         trivial = r.get("trivial", {})
-        rows.append([r["name"], r["spec"], r["obs"], r["preset"], f"{r['steps']:,}",
-                     f"{r['curve'][0]['return']:.0f}", f"{r['final_return']:.0f}", f"{r['threshold']:g}",
-                     "yes" if r["passed"] else "no", *(f"{trivial[k]:.0f}" if k in trivial else "-"
-                                                       for k in ("random", "zero")), f"{r['wall_s'] / 60:.0f}"])
-    return (_table(["run", "task", "obs", "preset", "env steps", "first eval", "final eval", "threshold",
+        rows.append([r["name"], r["spec"], r["obs"], r["preset"], f"{r['steps']:,}", str(n),
+                     f"{sum(x['curve'][0]['return'] for x in runs) / n:.0f}", _seed_finals(t),
+                     f"{t['threshold']:g}", "yes" if t["passed"] else "no",
+                     *(f"{trivial[k]:.0f}" if k in trivial else "-" for k in ("random", "zero")),
+                     f"{sum(x['wall_s'] for x in runs) / n / 60:.0f}"])
+    return (_table(["run", "task", "obs", "preset", "env steps", "seeds", "first eval", "final eval", "threshold",
                     "passed", "random policy", "zero action", "wall min"], rows)
-            + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy). Random policy and zero "
-            f"action: mean returns of uniform-random actions and of doing nothing on the same evaluation "
-            f"episodes. Source `results/{name}.json`, plot `results/{name}.png`.")
+            + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy), averaged over seeds (each "
+            f"seed's in brackets); first eval likewise; a task passes when that mean reaches the threshold. "
+            f"Random policy and zero action: mean returns of uniform-random actions and of doing nothing on the "
+            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`, plot `results/{name}.png`.")
 
 
 def learning_ablations() -> str:
-    """One row per run of every ``results/learning_cpu-<hash>.json`` (``benchmarks.learning --set``): the
+    """One row per task of every ``results/learning_cpu-<hash>.json`` (``benchmarks.learning --set``): the
     overrides it added to the suite's task, and its final eval next to the suite's own run."""
     from .learning import SUITES
 
-    base = {r["name"]: r for r in _load("learning_cpu.json")["runs"]}
+    base = {t["name"]: t for t in _load("learning_cpu.json")["tasks"]}
     tasks = {t.name: t for t in SUITES["cpu"]}
     rows = []
     # Only the cpu suite's ablations: `learning_cpu-<8 hex>.json`, not another suite's (learning_cpu-pixels-...).
     paths = [p for p in RESULTS.glob("learning_cpu-*.json") if re.fullmatch(r"learning_cpu-[0-9a-f]{8}\.json", p.name)]
     for path in sorted(paths):
-        for r in json.loads(path.read_text())["runs"]:
-            extra = r["overrides"][len(tasks[r["name"]].overrides):]
-            rows.append([r["name"], " ".join(f"`{o}`" for o in extra), f"{r['steps']:,}",
-                         f"{base[r['name']]['final_return']:.0f}", f"{r['final_return']:.0f}",
-                         f"{r['wall_s'] / 60:.0f}", f"`results/{path.name}`"])
+        data = json.loads(path.read_text())
+        for t in data["tasks"]:
+            runs = _task_runs(data, t["name"])
+            extra = runs[0]["overrides"][len(tasks[t["name"]].overrides):]
+            rows.append([t["name"], " ".join(f"`{o}`" for o in extra), f"{runs[0]['steps']:,}", str(len(runs)),
+                         _seed_finals(base[t["name"]]), _seed_finals(t),
+                         f"{sum(r['wall_s'] for r in runs) / len(runs) / 60:.0f}", f"`results/{path.name}`"])
     if not rows:
         return "No ablation run yet."
-    return (_table(["run", "added overrides", "env steps", "final eval, suite", "final eval, ablation", "wall min",
-                    "source"], rows)
-            + "\n\nOne seed each, same protocol as the suite's run; final eval as above.")
+    return (_table(["run", "added overrides", "env steps", "seeds", "final eval, suite", "final eval, ablation",
+                    "wall min", "source"], rows)
+            + "\n\nSame protocol as the suite's run; final eval as above (mean over seeds, each seed's in brackets).")
 
 
 def continual() -> str:

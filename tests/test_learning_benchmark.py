@@ -42,21 +42,46 @@ def test_ablation_overrides_reach_every_task_and_get_their_own_name():
             select_tasks(parser, "cpu", ["nope"] if bad is None else None, bad or [])
 
 
+def test_results_gather_every_finished_seed_and_judge_the_mean(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.learning as learning
+
+    monkeypatch.setattr(learning, "trivial_returns", lambda task: {"random": 1.0, "zero": 2.0})
+    task = Task("p", "gym:Pendulum-v1", "state", "debug", 100, 500.0, "")
+    curves = {"p": [100, 400, 600], "p-seed2": [0, 200, 300], "p-seed1": [900, 900]}
+    for name, returns in curves.items():
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"step": 10 * i, "eval/return": r} for i, r in enumerate(returns)] + [{"step": 99, "fps/env": 1}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        if name != "p-seed1":  # seed 1 never finished
+            (run / "done.json").write_text(json.dumps({"wall_s": 60.0}))
+    (tmp_path / "p-seedx").mkdir()
+    runs = learning.finished_runs(tmp_path, [task])
+    assert [(r["seed"], r["final_return"]) for r in runs] == [(0, 500.0), (2, 250.0)]  # last two evals
+    (summary,) = learning.summarize(runs)
+    assert summary["seeds"] == [0, 2] and summary["final_return"] == 375.0 and not summary["passed"]
+    assert learning.summarize(runs[:1])[0]["passed"]  # seed 0 alone clears 500
+
+
 def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatch):
     import json
     from pathlib import Path
 
     import benchmarks.readme as readme
-    from benchmarks.learning import SUITES
+    from benchmarks.learning import SUITES, summarize
 
     task = SUITES["cpu"][1]
-    run = {"name": task.name, "overrides": list(task.overrides), "steps": task.steps, "final_return": 100.0,
-           "wall_s": 60.0}
-    (tmp_path / "learning_cpu.json").write_text(json.dumps({"runs": [run]}))
-    ablation = {**run, "overrides": [*task.overrides, "agent.actor_critic.actor_lr=1e-4"], "final_return": 250.0}
-    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": [ablation]}))
+    run = {"name": task.name, "seed": 0, "overrides": list(task.overrides), "steps": task.steps,
+           "final_return": 100.0, "wall_s": 60.0, "threshold": task.threshold}
+    (tmp_path / "learning_cpu.json").write_text(json.dumps({"runs": [run], "tasks": summarize([run])}))
+    extra = [*task.overrides, "agent.actor_critic.actor_lr=1e-4"]
+    seeds = [{**run, "overrides": extra, "final_return": 250.0}, {**run, "seed": 1, "overrides": extra,
+                                                                   "final_return": 350.0, "wall_s": 180.0}]
+    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": seeds, "tasks": summarize(seeds)}))
     (tmp_path / "learning_cpu-pixels-0123abcd.json").write_text(json.dumps({"runs": [{"name": "other"}]}))
     monkeypatch.setattr(readme, "RESULTS", Path(tmp_path))
     rows = [line for line in readme.learning_ablations().splitlines() if line.startswith(f"| {task.name}")]
-    assert rows == [f"| {task.name} | `agent.actor_critic.actor_lr=1e-4` | {task.steps:,} | 100 | 250 | 1 | "
-                    "`results/learning_cpu-0123abcd.json` |"]
+    assert rows == [f"| {task.name} | `agent.actor_critic.actor_lr=1e-4` | {task.steps:,} | 2 | 100 | 300 (250, 350) "
+                    "| 2 | `results/learning_cpu-0123abcd.json` |"]
