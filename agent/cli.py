@@ -59,21 +59,7 @@ def build_config(args: argparse.Namespace):
     return validate_run(apply_overrides(cfg, [*flags, *args.set]))
 
 
-def record_start(logdir: Path, resume: bool) -> None:
-    """Append when, at which commit and with which arguments this run was started or resumed to
-    ``starts.jsonl``, so results can name the code that produced them."""
-    import datetime
-
-    from .logger import git_revision
-
-    line = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "resume": resume,
-            **{f"git_{k}": v for k, v in git_revision().items()}, "argv": sys.argv[1:]}
-    with open(logdir / "starts.jsonl", "a") as file:
-        file.write(json.dumps(line) + "\n")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import config_to_dict
     from .loop import train
 
     cfg = build_config(args)
@@ -81,8 +67,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume and (logdir / "checkpoint.pt").exists():
         raise ValueError(f"{logdir} already holds a run; pass --resume to continue it or choose another --logdir.")
     logdir.mkdir(parents=True, exist_ok=True)
-    (logdir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1) + "\n")
-    record_start(logdir, args.resume)
     _threads(cfg.train.threads)
     make_env = env_factory(cfg, cfg.env.num_envs)
     make_eval = env_factory(cfg, cfg.env.eval_envs, eval_env=True) if cfg.train.eval_episodes > 0 else None

@@ -13,6 +13,8 @@ terminated``, and with NEXT_STEP autoreset the step after an ``is_last`` is the 
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import random
 import sys
@@ -27,8 +29,8 @@ import numpy as np
 import torch
 
 from .agent import Agent
-from .config import RunConfig, config_to_dict
-from .logger import Logger, dump_json
+from .config import RunConfig, config_from_dict, config_to_dict
+from .logger import Logger, dump_json, git_revision
 from .replay import MixedReplay, Replay
 
 CHECKPOINT = "checkpoint.pt"
@@ -272,7 +274,12 @@ class Trainer:
         if state.get("signature") != self.signature:
             raise CheckpointError(f"checkpoint {path} was made for observations/actions {state.get('signature')}, "
                                   f"but this env has {self.signature}.")
-        saved, current = dict(state["config"]), config_to_dict(self.cfg)
+        # Read through config_from_dict so fields added since the checkpoint was written take their defaults.
+        try:
+            saved = config_to_dict(config_from_dict(state["config"], RunConfig))
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {error}") from error
+        current = config_to_dict(self.cfg)
         saved.pop("train"), current.pop("train")  # the schedule may change on resume, nothing else
         if saved != current:
             raise CheckpointError(f"checkpoint {path} was made with a different config; resume with the run's "
@@ -300,6 +307,15 @@ def load_agent(agent: Agent, state: dict[str, Any], path: str | Path) -> None:
         raise CheckpointError(f"checkpoint {path} does not match this agent's architecture: {error}") from error
 
 
+def record_start(logdir: Path, resume: bool) -> None:
+    """Append when, at which commit and with which arguments this run was started or resumed to
+    ``starts.jsonl``, so results can name the code that produced them."""
+    line = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "resume": resume,
+            **{f"git_{k}": v for k, v in git_revision().items()}, "argv": sys.argv[1:]}
+    with open(logdir / "starts.jsonl", "a") as file:
+        file.write(json.dumps(line) + "\n")
+
+
 def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.VectorEnv],
           make_eval_env: Callable[[], gym.vector.VectorEnv] | None = None, resume: bool = False,
           progress: bool = True) -> dict[str, Any]:
@@ -311,6 +327,9 @@ def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.
     trainer = None
     try:
         trainer = Trainer(cfg, env.single_observation_space, env.single_action_space, logdir, resume, progress)
+        # Only once the checkpoint (if any) has been accepted: a refused resume leaves the run as it was.
+        (logdir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1) + "\n")
+        record_start(logdir, resume)
         evaluations: list[dict[str, Any]] = []
 
         def run_eval() -> None:

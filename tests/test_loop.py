@@ -169,3 +169,23 @@ def test_bad_and_mismatched_checkpoints_are_clear_errors(tmp_path, capsys):
     # A run directory is not silently overwritten.
     assert train_cli(run, steps=300) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, capsys):
+    """Config fields added after a run was checkpointed take their defaults; a changed field still refuses."""
+    run = tmp_path / "run"
+    assert train_cli(run, "train.eval_episodes=0", steps=300) == 0
+    path = run / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["config"]["agent"]["actor_critic"]["replay_value"]  # as written by a version without it
+    torch.save(state, path)
+    config = json.loads((run / "config.json").read_text())
+    del config["agent"]["actor_critic"]["replay_value"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--logdir", str(run), "--resume", "--steps", "400", "--no-progress"]) == 0
+    assert torch.load(path, weights_only=False)["counters"]["env_steps"] == 400
+    state = torch.load(path, weights_only=False)
+    state["config"]["agent"]["actor_critic"]["entropy"] = 0.5
+    torch.save(state, path)
+    assert main(["train", "--logdir", str(run), "--resume", "--steps", "500", "--no-progress"]) == 2
+    assert "different config" in capsys.readouterr().err
