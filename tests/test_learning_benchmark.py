@@ -85,3 +85,30 @@ def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatc
     rows = [line for line in readme.learning_ablations().splitlines() if line.startswith(f"| {task.name}")]
     assert rows == [f"| {task.name} | `agent.actor_critic.actor_lr=1e-4` | {task.steps:,} | 2 | 100 | 300 (250, 350) "
                     "| 2 | `results/learning_cpu-0123abcd.json` |"]
+
+
+def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.learning as learning
+
+    started = []
+    monkeypatch.setattr(learning.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or "proc")
+    run = tmp_path / "p"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 40}) + "\n" + json.dumps({"step": 50}) + "\n")
+    (run / "done.json").write_text(json.dumps({"wall_s": 1.0}))  # an older run: steps from its metrics
+    (run / "checkpoint.pt").write_bytes(b"")
+    assert learning.run_steps(run) == 50
+    task = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "")
+    assert learning.run_task(task, 0, run, fresh=False) is None and not started
+    longer = Task("p", "gym:Pendulum-v1", "state", "debug", 80, 0.0, "")
+    assert learning.run_task(longer, 0, run, fresh=False) == "proc"
+    assert "--resume" in started[0] and started[0][started[0].index("--steps") + 1] == "80"
+    # A fresh seed-3 run passes its seed; an ablation's train.steps sets the task's budget.
+    learning.run_task(task, 3, tmp_path / "p-seed3", fresh=False)
+    assert started[1][started[1].index("--seed") + 1] == "3"
+    import argparse
+
+    (tuned,), _ = learning.select_tasks(argparse.ArgumentParser(), "cpu", ["pendulum"], ["train.steps=1234"])
+    assert tuned.steps == 1234
