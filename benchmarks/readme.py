@@ -117,7 +117,7 @@ def learning_ablations() -> str:
     overrides it added to the suite's task, and its final eval next to the suite's own run."""
     from .learning import SUITES
 
-    base = {t["name"]: t for t in _load("learning_cpu.json")["tasks"]}
+    suite = _load("learning_cpu.json")
     tasks = {t.name: t for t in SUITES["cpu"]}
     rows = []
     # Only the cpu suite's ablations: `learning_cpu-<8 hex>.json`, not another suite's (learning_cpu-pixels-...).
@@ -128,13 +128,24 @@ def learning_ablations() -> str:
             runs = _task_runs(data, t["name"])
             extra = runs[0]["overrides"][len(tasks[t["name"]].overrides):]
             rows.append([t["name"], " ".join(f"`{o}`" for o in extra), f"{runs[0]['steps']:,}", str(len(runs)),
-                         _seed_finals(base[t["name"]]), _seed_finals(t),
+                         _seed_finals(_final_at(_task_runs(suite, t["name"]), runs[0]["steps"])), _seed_finals(t),
                          f"{sum(r['wall_s'] for r in runs) / len(runs) / 60:.0f}", f"`results/{path.name}`"])
     if not rows:
         return "No ablation run yet."
-    return (_table(["run", "added overrides", "env steps", "seeds", "final eval, suite", "final eval, ablation",
+    return (_table(["run", "added overrides", "env steps", "seeds", "suite at these steps", "final eval, ablation",
                     "wall min", "source"], rows)
-            + "\n\nSame protocol as the suite's run; final eval as above (mean over seeds, each seed's in brackets).")
+            + "\n\nSame protocol as the suite's run; final eval as above (mean over seeds, each seed's in brackets). "
+            "Suite at these steps: the suite's runs read at the ablation's budget (mean of their last two "
+            "evaluations up to it).")
+
+
+def _final_at(runs: list[dict], steps: int) -> dict:
+    """A task summary like the results file's, from each run's evaluations up to ``steps`` env steps."""
+    finals = []
+    for r in runs:
+        curve = [p["return"] for p in r["curve"] if p["env_steps"] <= steps][-2:]
+        finals.append(sum(curve) / len(curve))
+    return {"final_returns": finals, "final_return": sum(finals) / len(finals)}
 
 
 def continual() -> str:

@@ -73,8 +73,9 @@ def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatc
     from benchmarks.learning import SUITES, summarize
 
     task = SUITES["cpu"][1]
-    run = {"name": task.name, "seed": 0, "overrides": list(task.overrides), "steps": task.steps,
-           "final_return": 100.0, "wall_s": 60.0, "threshold": task.threshold}
+    curve = [{"env_steps": 10, "return": 50.0}, {"env_steps": 20, "return": 150.0}, {"env_steps": 30, "return": 9.0}]
+    run = {"name": task.name, "seed": 0, "overrides": list(task.overrides), "steps": 20, "curve": curve,
+           "final_return": 79.5, "wall_s": 60.0, "threshold": task.threshold}
     (tmp_path / "learning_cpu.json").write_text(json.dumps({"runs": [run], "tasks": summarize([run])}))
     extra = [*task.overrides, "agent.actor_critic.actor_lr=1e-4"]
     seeds = [{**run, "overrides": extra, "final_return": 250.0}, {**run, "seed": 1, "overrides": extra,
@@ -83,7 +84,8 @@ def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatc
     (tmp_path / "learning_cpu-pixels-0123abcd.json").write_text(json.dumps({"runs": [{"name": "other"}]}))
     monkeypatch.setattr(readme, "RESULTS", Path(tmp_path))
     rows = [line for line in readme.learning_ablations().splitlines() if line.startswith(f"| {task.name}")]
-    assert rows == [f"| {task.name} | `agent.actor_critic.actor_lr=1e-4` | {task.steps:,} | 2 | 100 | 300 (250, 350) "
+    # The suite's run is read at the ablation's 20 steps: (50 + 150) / 2 = 100, not its final 79.5.
+    assert rows == ["| cartpole_balance | `agent.actor_critic.actor_lr=1e-4` | 20 | 2 | 100 | 300 (250, 350) "
                     "| 2 | `results/learning_cpu-0123abcd.json` |"]
 
 
