@@ -4,6 +4,7 @@
     python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
     python -m benchmarks.learning --suite gpu --out results/learning_gpu.json   # a CUDA machine
     python -m benchmarks.learning --tasks cartpole_balance --set agent.actor_critic.actor_lr=1e-4   # an ablation
+    python -m benchmarks.learning --tasks cartpole_balance --seeds 0 1 2    # more seeds of a task
 
 Each task is a real ``python -m agent train`` run in its own process (runs go in parallel, one torch
 thread each, up to ``--parallel``). The eval returns it logs (deterministic policy) are read back from
@@ -11,8 +12,10 @@ its ``metrics.jsonl`` and written, with the wall time and DreamerV3's published 
 exists, to the results JSON, together with the returns of two trivial policies on the same evaluation
 episodes (uniform random actions, and doing nothing: zero force or the first discrete action) so a curve
 can be read against them; the curves also go to a PNG next to it. A run directory that already
-holds a finished run is reused, so an interrupted benchmark picks up where it stopped
-(``--fresh`` starts over).
+holds a finished run is reused (or resumed, when the task now asks for more steps), so an interrupted
+benchmark picks up where it stopped (``--fresh`` starts over). Seed 0 runs in ``<task>``, seed N in
+``<task>-seed<N>``; the results file gathers every finished run under the run root, and a task passes
+when the mean of its seeds' final evaluations reaches its threshold.
 """
 
 from __future__ import annotations
@@ -250,18 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     if any(o.startswith("agent.seed=") for o in args.set):
         parser.error("give seeds with --seeds, not --set agent.seed=...")
 
-    pending, running, steps = [(t, seed) for t in tasks for seed in args.seeds], {}, {}
+    pending, running = [(t, seed) for t in tasks for seed in args.seeds], {}
     while pending or running:
         while pending and len(running) < args.parallel:
             task, seed = pending.pop(0)
             name = run_name(task, seed)
             proc = run_task(task, seed, root / name, args.fresh)
             if proc is not None:
-                running[name] = (proc, time.time())
-                steps[name] = task.steps
+                running[name] = (proc, time.time(), task.steps)
                 print(f"started {name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
         time.sleep(5)
-        for name, (proc, start) in list(running.items()):
+        for name, (proc, start, steps) in list(running.items()):
             rundir = root / name
             if proc.poll() is None:
                 continue
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             # A run extended to more steps adds this part's time to the earlier parts'.
             done = rundir / "done.json"
             earlier = json.loads(done.read_text())["wall_s"] if done.exists() else 0.0
-            done.write_text(json.dumps({"wall_s": earlier + time.time() - start, "steps": steps[name]}))
+            done.write_text(json.dumps({"wall_s": earlier + time.time() - start, "steps": steps}))
             print(f"finished {name} in {(time.time() - start) / 60:.1f} min", flush=True)
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one
