@@ -128,6 +128,12 @@ def eval_curve(rundir: Path) -> list[dict[str, float]]:
     return curve
 
 
+def final_return(curve: list[dict[str, float]], up_to: float = float("inf")) -> float:
+    """A run's final eval: the mean of its last two evaluations (those at or before ``up_to`` env steps)."""
+    last = [p["return"] for p in curve if p["env_steps"] <= up_to][-2:]
+    return sum(last) / len(last)
+
+
 def run_commits(rundir: Path) -> list[str]:
     """The commits a run was started and resumed at (from its starts.jsonl; "+dirty" marks uncommitted
     changes); empty for runs older than that file."""
@@ -306,7 +312,7 @@ def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
             if not (rundir / "done.json").exists():
                 continue
             curve = eval_curve(rundir)
-            final = sum(p["return"] for p in curve[-2:]) / len(curve[-2:])
+            final = final_return(curve)
             trivial = trivial or trivial_returns(task)
             runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
                          "preset": task.preset, "steps": run_steps(rundir), "overrides": task.overrides,

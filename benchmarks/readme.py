@@ -141,10 +141,9 @@ def learning_ablations() -> str:
 
 def _final_at(runs: list[dict], steps: int) -> dict:
     """A task summary like the results file's, from each run's evaluations up to ``steps`` env steps."""
-    finals = []
-    for r in runs:
-        curve = [p["return"] for p in r["curve"] if p["env_steps"] <= steps][-2:]
-        finals.append(sum(curve) / len(curve))
+    from .learning import final_return
+
+    finals = [final_return(r["curve"], up_to=steps) for r in runs]
     return {"final_returns": finals, "final_return": sum(finals) / len(finals)}
 
 
