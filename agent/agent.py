@@ -97,7 +97,7 @@ class Agent(nn.Module):
             start_continue = start_continue[pick]
         replay = None
         if self.cfg.actor_critic.replay_value > 0:  # the replayed sequences, time first: (T, B, ...)
-            replay = {"feat": self.wm.rssm.features(posterior).detach().transpose(0, 1),
+            replay = {"feat": self.wm.rssm.features(posterior).transpose(0, 1),  # posterior is detached
                       **{k: data[k].transpose(0, 1) for k in ("reward", "is_first", "is_terminal")}}
         metrics.update(self.actor_critic_step(start, start_continue, replay))
         metrics["train/skipped_updates"] = float(self.skipped_updates)

@@ -68,7 +68,8 @@ def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
 
 
 def lambda_return(
-    reward: Tensor, value: Tensor, continue_: Tensor, bootstrap: Tensor, lambda_: float, discount: float
+    reward: Tensor, value: Tensor, continue_: Tensor, bootstrap: Tensor, lambda_: float, discount: float,
+    cut: Tensor | None = None,
 ) -> Tensor:
     """TD(lambda) returns, time on the FIRST axis: inputs (H, ...), `bootstrap` (...), output (H, ...).
 
@@ -77,6 +78,7 @@ def lambda_return(
       reward[t]    = reward of the transition s_t -> s_{t+1}
       continue_[t] = 1 if s_{t+1} is not terminal (0 stops the return after reward[t])
       bootstrap    = V(s_H)
+      cut[t]       = True where there is no transition s_t -> s_{t+1} (optional): R_t = value[t] there
     and, with v_{t+1} = value[t+1] for t < H-1 and v_H = bootstrap,
       R_t = reward[t] + discount * continue_[t] * ((1 - lambda_) * v_{t+1} + lambda_ * R_{t+1}),  R_H = v_H.
     With an imagined trajectory (H+1, N) whose reward/continue are predicted AT each state (DreamerV3's
@@ -91,6 +93,8 @@ def lambda_return(
     ret = bootstrap
     for t in reversed(range(H)):
         ret = base[t] + factor[t] * lambda_ * ret
+        if cut is not None:  # no transition s_t -> s_{t+1}: the return there is the state's value
+            ret = torch.where(cut[t], value[t], ret)
         out.append(ret)
     return torch.stack(out[::-1], 0)
 
@@ -106,13 +110,9 @@ def replay_lambda_return(reward: Tensor, value: Tensor, is_first: Tensor, is_ter
     transition, R_t = value[t], and that state should get no target.
     """
     inside = ~is_first[1:].bool()  # the transition t -> t+1 stays within one episode
-    factor = discount * (1.0 - is_terminal[1:].float())
-    ret, out = value[-1], []
-    for t in reversed(range(len(inside))):
-        step = reward[t + 1] + factor[t] * ((1.0 - lambda_) * value[t + 1] + lambda_ * ret)
-        ret = torch.where(inside[t], step, value[t])
-        out.append(ret)
-    return torch.stack(out[::-1], 0), inside
+    ret = lambda_return(reward[1:], value[:-1], 1.0 - is_terminal[1:].float(), value[-1], lambda_, discount,
+                        cut=~inside)
+    return ret, inside
 
 
 class ReturnNormalizer(nn.Module):
