@@ -74,7 +74,7 @@ def lambda_return(
     """TD(lambda) returns, time on the FIRST axis: inputs (H, ...), `bootstrap` (...), output (H, ...).
 
     Alignment, for a trajectory of states s_0..s_H:
-      value[t]     = V(s_t)                       for t = 0..H-1 (value[0] is not used)
+      value[t]     = V(s_t)                       for t = 0..H-1 (value[0] is used only where cut[0])
       reward[t]    = reward of the transition s_t -> s_{t+1}
       continue_[t] = 1 if s_{t+1} is not terminal (0 stops the return after reward[t])
       bootstrap    = V(s_H)
