@@ -64,7 +64,7 @@ SUITES = {
         Task("cartpole_balance", "dmc:cartpole-balance", "state", "cpu", 80_000, 800.0,
              "above doing nothing (the pole starts upright; see `trivial`); DreamerV3: 988 (proprio, 500K steps)",
              [*CPU_SCHEDULE, "train.train_ratio=256", "train.eval_every=4000", "agent.world_model.heads.bin_range=2",
-              "agent.actor_critic.actor_lr=1e-4", "agent.actor_critic.critic_lr=1e-4"]),
+              "agent.actor_critic.actor_lr=1e-4", "agent.actor_critic.critic_lr=3e-4"]),
     ],
     # Patch against CNN encoder from pixels on the same budget: small, to fit a CPU; also the checkpoints
     # that the world-model insight tools are shown on.
@@ -88,9 +88,51 @@ def run_name(task: Task, seed: int) -> str:
     return task.name if seed == 0 else f"{task.name}-seed{seed}"
 
 
+def task_config(task: Task, seed: int) -> dict:
+    """The resolved config a run of ``task`` with ``seed`` trains with, as its ``config.json`` holds it."""
+    from agent.config import RunConfig, apply_overrides, config_to_dict, preset
+
+    flags = [f"env.spec={task.spec}", f"agent.seed={seed}", f"train.steps={task.steps}", f"env.obs={task.obs}"]
+    return config_to_dict(apply_overrides(RunConfig(agent=preset(task.preset)), [*flags, *task.overrides]))
+
+
+def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
+    """The fields (dotted, with both values) where the run in ``rundir`` was configured differently from
+    ``task``; the budget (``train.steps``) aside, since a finished run may be extended. Empty when they agree
+    or the directory holds no config yet."""
+    from agent.config import RunConfig, config_from_dict, config_to_dict
+
+    path = rundir / "config.json"
+    if not path.exists():
+        return []
+    run = config_to_dict(config_from_dict(json.loads(path.read_text()), RunConfig))  # older runs: new fields default
+    want = task_config(task, seed)
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    run, want = flat(run), flat(want)
+    return [f"{k}: run {run.get(k)!r}, task {want.get(k)!r}" for k in sorted(set(run) | set(want))
+            if k != "train.steps" and run.get(k) != want.get(k)]
+
+
+def check_config(task: Task, seed: int, rundir: Path) -> None:
+    """Refuse to reuse or resume a run that the task, as now defined, would not have trained."""
+    diff = config_mismatch(task, seed, rundir)
+    if diff:
+        raise ValueError(f"{rundir} was trained with a different config than task {task.name!r} now asks for "
+                         f"({'; '.join(diff)}); pass --fresh to retrain it, or move it away")
+
+
 def run_task(task: Task, seed: int, rundir: Path, fresh: bool) -> subprocess.Popen | None:
     """Start the training run (None when a finished run of at least the task's steps is already there).
-    A run that stopped early, or finished fewer steps than the task now asks for, is resumed."""
+    A run that stopped early, or finished fewer steps than the task now asks for, is resumed. A run
+    configured differently from the task is an error unless ``fresh``."""
+    if not fresh:
+        check_config(task, seed, rundir)
     if not fresh and (rundir / "done.json").exists() and run_steps(rundir) >= task.steps:
         return None
     if fresh and rundir.exists():
@@ -260,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give seeds with --seeds, not --set agent.seed=...")
 
     pending, running = [(t, seed) for t in tasks for seed in args.seeds], {}
+    try:  # every run this call would reuse or resume, before any starts; and those the results gather
+        for task, seed in [] if args.fresh else pending:
+            check_config(task, seed, root / run_name(task, seed))
+        finished_runs(root, select_tasks(parser, args.suite, None, args.set)[0], baselines=False)
+    except ValueError as err:
+        parser.error(str(err))
     while pending or running:
         while pending and len(running) < args.parallel:
             task, seed = pending.pop(0)
@@ -291,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t['name']:24s} final {t['final_return']:8.1f} (seeds {t['seeds']}: "
               f"{', '.join(f'{v:.0f}' for v in t['final_returns'])})  threshold {t['threshold']:8.1f}  "
               f"{'PASS' if t['passed'] else 'FAIL'}")
-    write_json(out, {"benchmark": "learning", "suite": args.suite, "machine": machine_info(),
+    write_json(out, {"benchmark": "learning", "suite": args.suite, "added_overrides": args.set,
+                     "machine": machine_info(),
                      "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
                      "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
                      "tasks": summary, "runs": runs})
@@ -300,20 +349,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(t["passed"] for t in summary) else 1
 
 
-def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
-    """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order."""
+def finished_runs(root: Path, tasks: list[Task], baselines: bool = True) -> list[dict]:
+    """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order.
+    A run configured differently from its task is an error. ``baselines=False`` skips the trivial policies' episodes."""
     runs = []
     for task in tasks:
         dirs = [(0, root / task.name)] + sorted(
             (int(d.name.rsplit("-seed", 1)[1]), d) for d in root.glob(f"{task.name}-seed*")
             if d.name.rsplit("-seed", 1)[1].isdigit())
-        trivial = None
+        trivial: dict | None = None
         for seed, rundir in dirs:
             if not (rundir / "done.json").exists():
                 continue
+            check_config(task, seed, rundir)
             curve = eval_curve(rundir)
             final = final_return(curve)
-            trivial = trivial or trivial_returns(task)
+            trivial = trivial or (trivial_returns(task) if baselines else {})
             runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
                          "preset": task.preset, "steps": run_steps(rundir), "overrides": task.overrides,
                          "threshold": task.threshold, "threshold_why": task.why, "final_return": final,

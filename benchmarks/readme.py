@@ -126,7 +126,10 @@ def learning_ablations() -> str:
         data = json.loads(path.read_text())
         for t in data["tasks"]:
             runs = _task_runs(data, t["name"])
-            extra = runs[0]["overrides"][len(tasks[t["name"]].overrides):]
+            extra = data["added_overrides"]
+            if runs[0]["overrides"] != [*tasks[t["name"]].overrides, *extra]:  # compared with the suite as it is now
+                raise ValueError(f"results/{path.name} added {extra} to an earlier version of task {t['name']!r}; "
+                                 f"rerun its command or delete it")
             rows.append([t["name"], " ".join(f"`{o}`" for o in extra), f"{runs[0]['steps']:,}", str(len(runs)),
                          _seed_finals(_final_at(_task_runs(suite, t["name"]), runs[0]["steps"])), _seed_finals(t),
                          f"{sum(r['wall_s'] for r in runs) / len(runs) / 60:.0f}", f"`results/{path.name}`"])

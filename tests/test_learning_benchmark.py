@@ -80,13 +80,22 @@ def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatc
     extra = [*task.overrides, "agent.actor_critic.actor_lr=1e-4"]
     seeds = [{**run, "overrides": extra, "final_return": 250.0}, {**run, "seed": 1, "overrides": extra,
                                                                    "final_return": 350.0, "wall_s": 180.0}]
-    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": seeds, "tasks": summarize(seeds)}))
+    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": seeds, "tasks": summarize(seeds),
+                                                                      "added_overrides": extra[-1:]}))
     (tmp_path / "learning_cpu-pixels-0123abcd.json").write_text(json.dumps({"runs": [{"name": "other"}]}))
     monkeypatch.setattr(readme, "RESULTS", Path(tmp_path))
     rows = [line for line in readme.learning_ablations().splitlines() if line.startswith(f"| {task.name}")]
     # The suite's run is read at the ablation's 20 steps: (50 + 150) / 2 = 100, not its final 79.5.
     assert rows == ["| cartpole_balance | `agent.actor_critic.actor_lr=1e-4` | 20 | 2 | 100 | 300 (250, 350) "
                     "| 2 | `results/learning_cpu-0123abcd.json` |"]
+    # An ablation made on an earlier version of the task would be compared with the wrong suite: refused.
+    stale = [{**r, "overrides": ["train.eval_every=1", *extra]} for r in seeds]
+    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": stale, "tasks": summarize(stale),
+                                                                      "added_overrides": extra[-1:]}))
+    import pytest
+
+    with pytest.raises(ValueError, match="earlier version of task"):
+        readme.learning_ablations()
 
 
 def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, monkeypatch):
@@ -114,3 +123,36 @@ def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, 
 
     (tuned,), _ = learning.select_tasks(argparse.ArgumentParser(), "cpu", ["pendulum"], ["train.steps=1234"])
     assert tuned.steps == 1234
+
+
+def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path, monkeypatch):
+    """Changing a task's settings must not silently reuse runs trained under the old ones."""
+    import json
+
+    import pytest
+
+    import benchmarks.learning as learning
+
+    started = []
+    monkeypatch.setattr(learning.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or "proc")
+    monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
+    task = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=1e-4"])
+    run = tmp_path / "p"
+    run.mkdir()
+    config = learning.task_config(task, 0)
+    config["train"]["steps"] = 30  # a shorter budget is not a difference: the run gets extended
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 30, "eval/return": 1.0}) + "\n")
+    (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 30}))
+    (run / "checkpoint.pt").write_bytes(b"")
+    assert learning.config_mismatch(task, 0, run) == [] and len(learning.finished_runs(tmp_path, [task])) == 1
+    changed = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=3e-4"])
+    assert learning.config_mismatch(changed, 0, run) == ["agent.actor_critic.critic_lr: run 0.0001, task 0.0003"]
+    assert learning.config_mismatch(task, 1, run) == ["agent.seed: run 0, task 1"]
+    with pytest.raises(ValueError, match="critic_lr"):
+        learning.run_task(changed, 0, run, fresh=False)
+    with pytest.raises(ValueError, match="critic_lr"):
+        learning.finished_runs(tmp_path, [changed])
+    assert not started
+    assert learning.run_task(changed, 0, run, fresh=True) == "proc"  # --fresh: the old run is cleared, not resumed
+    assert "--resume" not in started[0] and not (run / "config.json").exists()
