@@ -45,7 +45,7 @@ bench-wm: $(STAMP)
 
 bench-learning: $(STAMP)
 	$(BIN)/python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
-	$(BIN)/python -m benchmarks.learning --suite cpu --tasks cartpole_balance --seeds 0 1 --out results/learning_cpu.json
+	$(BIN)/python -m benchmarks.learning --suite cpu --tasks cartpole_balance --seeds 0 1 2 3 --out results/learning_cpu.json
 	$(BIN)/python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
 
 # The continual benchmark on the CPU sequence: three replay strategies x CONTINUAL_SEEDS seeds, plus one

@@ -302,10 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give seeds with --seeds, not --set agent.seed=...")
 
     pending, running = [(t, seed) for t in tasks for seed in args.seeds], {}
-    try:  # every run this call would reuse or resume, before any starts; and those the results gather
+    # Before any run starts: every run this call would reuse or resume, and every finished one the results
+    # gather, must match its task (those that --fresh retrains aside).
+    retrained = {root / run_name(t, seed) for t, seed in pending} if args.fresh else set()
+    try:
         for task, seed in [] if args.fresh else pending:
             check_config(task, seed, root / run_name(task, seed))
-        finished_runs(root, select_tasks(parser, args.suite, None, args.set)[0], baselines=False)
+        for task in select_tasks(parser, args.suite, None, args.set)[0]:
+            for seed, rundir in seed_dirs(root, task):
+                if rundir not in retrained and (rundir / "done.json").exists():
+                    check_config(task, seed, rundir)
     except ValueError as err:
         parser.error(str(err))
     while pending or running:
@@ -349,22 +355,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(t["passed"] for t in summary) else 1
 
 
-def finished_runs(root: Path, tasks: list[Task], baselines: bool = True) -> list[dict]:
+def seed_dirs(root: Path, task: Task) -> list[tuple[int, Path]]:
+    """(seed, run directory) of every seed of ``task`` under ``root``, seed order; seed 0's may not exist."""
+    return [(0, root / task.name)] + sorted(
+        (int(d.name.rsplit("-seed", 1)[1]), d) for d in root.glob(f"{task.name}-seed*")
+        if d.name.rsplit("-seed", 1)[1].isdigit())
+
+
+def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
     """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order.
-    A run configured differently from its task is an error. ``baselines=False`` skips the trivial policies' episodes."""
+    A run configured differently from its task is an error."""
     runs = []
     for task in tasks:
-        dirs = [(0, root / task.name)] + sorted(
-            (int(d.name.rsplit("-seed", 1)[1]), d) for d in root.glob(f"{task.name}-seed*")
-            if d.name.rsplit("-seed", 1)[1].isdigit())
-        trivial: dict | None = None
-        for seed, rundir in dirs:
+        trivial = None
+        for seed, rundir in seed_dirs(root, task):
             if not (rundir / "done.json").exists():
                 continue
             check_config(task, seed, rundir)
             curve = eval_curve(rundir)
             final = final_return(curve)
-            trivial = trivial or (trivial_returns(task) if baselines else {})
+            trivial = trivial or trivial_returns(task)
             runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
                          "preset": task.preset, "steps": run_steps(rundir), "overrides": task.overrides,
                          "threshold": task.threshold, "threshold_why": task.why, "final_return": final,

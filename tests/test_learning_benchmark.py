@@ -156,3 +156,58 @@ def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path
     assert not started
     assert learning.run_task(changed, 0, run, fresh=True) == "proc"  # --fresh: the old run is cleared, not resumed
     assert "--resume" not in started[0] and not (run / "config.json").exists()
+
+
+def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch):
+    """`benchmarks.learning` stops before training when a finished run no longer matches its task, and
+    with --fresh retrains it and writes results from the new run only."""
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    import benchmarks.learning as learning
+
+    old = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=1e-4"])
+    new = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=3e-4"])
+    started = []
+
+    class FakeRun:  # stands in for `python -m agent train`: writes what a finished run leaves behind
+        returncode = 0
+
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+            logdir = Path(cmd[cmd.index("--logdir") + 1])
+            (logdir / "config.json").write_text(json.dumps(learning.task_config(new, 0)))
+            (logdir / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval/return": 2.0}) + "\n")
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(learning.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
+    monkeypatch.setattr(learning.time, "sleep", lambda s: None)
+    monkeypatch.setattr(learning, "machine_info", dict)  # it runs git through subprocess
+    monkeypatch.setitem(learning.SUITES, "cpu", [new])
+    run = tmp_path / "runs" / "p"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(learning.task_config(old, 0)))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval/return": 1.0}) + "\n")
+    (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 50}))
+    args = ["--rundir", str(tmp_path / "runs"), "--out", str(tmp_path / "out.json")]
+    with pytest.raises(SystemExit):
+        learning.main(args)
+    assert not started and not (tmp_path / "out.json").exists()
+    # --fresh retrains seed 0 only; a stale seed 1 would still be gathered into the results: refused too.
+    import shutil
+
+    shutil.copytree(run, tmp_path / "runs" / "p-seed1")
+    config = learning.task_config(old, 1)
+    (tmp_path / "runs" / "p-seed1" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit):
+        learning.main([*args, "--fresh"])
+    assert not started
+    shutil.rmtree(tmp_path / "runs" / "p-seed1")
+    assert learning.main([*args, "--fresh"]) == 0
+    assert len(started) == 1 and "--resume" not in started[0]
+    assert [r["final_return"] for r in json.loads((tmp_path / "out.json").read_text())["runs"]] == [2.0]
