@@ -311,6 +311,23 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_diff(a: dict[str, Any], b: dict[str, Any], skip: typing.Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted field, value in ``a``, value in ``b``) for every field where two ``config_to_dict`` dicts
+    differ, in field order; fields in ``skip``, or under a section in it, are left out."""
+    skip = tuple(skip)
+    out = []
+    for key in dict.fromkeys([*a, *b]):
+        if key in skip:
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = tuple(s[len(key) + 1:] for s in skip if s.startswith(key + "."))
+            out += [(f"{key}.{k}", u, v) for k, u, v in config_diff(x, y, inner)]
+        elif x != y:
+            out.append((key, x, y))
+    return out
+
+
 def config_from_dict(d: dict[str, Any], cls: type = AgentConfig) -> Any:
     """Build `cls` from a nested dict. Unknown keys and values of the wrong type raise ValueError;
     missing keys keep their defaults (so configs saved by older versions still load)."""

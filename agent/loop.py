@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .agent import Agent
-from .config import RunConfig, config_from_dict, config_to_dict
+from .config import RunConfig, config_diff, config_from_dict, config_to_dict
 from .logger import Logger, dump_json, git_revision
 from .replay import MixedReplay, Replay
 
@@ -279,11 +279,12 @@ class Trainer:
             saved = config_to_dict(config_from_dict(state["config"], RunConfig))
         except ValueError as error:
             raise CheckpointError(f"checkpoint {path} holds a config this version cannot read: {error}") from error
-        current = config_to_dict(self.cfg)
-        saved.pop("train"), current.pop("train")  # the schedule may change on resume, nothing else
-        if saved != current:
-            raise CheckpointError(f"checkpoint {path} was made with a different config; resume with the run's "
-                                  "own config.json.")
+        # The schedule may change on resume, nothing else.
+        diff = config_diff(saved, config_to_dict(self.cfg), skip=["train"])
+        if diff:
+            fields = "; ".join(f"{k}: checkpoint {u!r}, now {v!r}" for k, u, v in diff)
+            raise CheckpointError(f"checkpoint {path} was made with a different config ({fields}); resume with "
+                                  "the run's own config.json.")
         load_agent(self.agent, state["agent"], path)
         self.replay.load_state_dict(state["replay"])
         self.counters.update(state["counters"])

@@ -100,23 +100,14 @@ def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
     """The fields (dotted, with both values) where the run in ``rundir`` was configured differently from
     ``task``; the budget (``train.steps``) aside, since a finished run may be extended. Empty when they agree
     or the directory holds no config yet."""
-    from agent.config import RunConfig, config_from_dict, config_to_dict
+    from agent.config import RunConfig, config_diff, config_from_dict, config_to_dict
 
     path = rundir / "config.json"
     if not path.exists():
         return []
     run = config_to_dict(config_from_dict(json.loads(path.read_text()), RunConfig))  # older runs: new fields default
-    want = task_config(task, seed)
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    run, want = flat(run), flat(want)
-    return [f"{k}: run {run.get(k)!r}, task {want.get(k)!r}" for k in sorted(set(run) | set(want))
-            if k != "train.steps" and run.get(k) != want.get(k)]
+    diff = config_diff(run, task_config(task, seed), skip=["train.steps"])
+    return [f"{k}: run {u!r}, task {v!r}" for k, u, v in diff]
 
 
 def check_config(task: Task, seed: int, rundir: Path) -> None:
@@ -304,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     pending, running = [(t, seed) for t in tasks for seed in args.seeds], {}
     # Before any run starts: every run this call would reuse or resume, and every finished one the results
     # gather, must match its task (those that --fresh retrains aside).
+    checked = {root / run_name(t, seed): (t, seed) for t, seed in pending}
+    checked.update({rundir: (t, seed) for t in select_tasks(parser, args.suite, None, args.set)[0]
+                    for seed, rundir in seed_dirs(root, t) if (rundir / "done.json").exists()})
     retrained = {root / run_name(t, seed) for t, seed in pending} if args.fresh else set()
     try:
-        for task, seed in [] if args.fresh else pending:
-            check_config(task, seed, root / run_name(task, seed))
-        for task in select_tasks(parser, args.suite, None, args.set)[0]:
-            for seed, rundir in seed_dirs(root, task):
-                if rundir not in retrained and (rundir / "done.json").exists():
-                    check_config(task, seed, rundir)
+        for rundir, (task, seed) in checked.items():
+            if rundir not in retrained:
+                check_config(task, seed, rundir)
     except ValueError as err:
         parser.error(str(err))
     while pending or running:

@@ -92,3 +92,18 @@ def test_validate_names_the_bad_field(override, field):
     cfg = apply_overrides(AgentConfig(), [override])
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         validate(cfg, image_shape=(64, 64, 3))
+
+
+def test_config_diff_names_nested_fields_and_skips_what_it_is_told():
+    from agent.config import RunConfig, apply_overrides, config_diff, config_to_dict
+
+    a = config_to_dict(RunConfig())
+    b = config_to_dict(apply_overrides(RunConfig(), ["agent.actor_critic.critic_lr=0.5", "train.steps=7",
+                                                     "train.prefill=3"]))
+    assert config_diff(a, a) == []
+    assert sorted(k for k, _, _ in config_diff(a, b)) == ["agent.actor_critic.critic_lr", "train.prefill",
+                                                          "train.steps"]
+    assert config_diff(a, b, skip=["train"]) == [("agent.actor_critic.critic_lr", a["agent"]["actor_critic"]
+                                                  ["critic_lr"], 0.5)]
+    assert [k for k, _, _ in config_diff(a, b, skip=["train.steps"])] == [
+        k for k, _, _ in config_diff(a, b) if k != "train.steps"]

@@ -188,4 +188,5 @@ def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, cap
     state["config"]["agent"]["actor_critic"]["entropy"] = 0.5
     torch.save(state, path)
     assert main(["train", "--logdir", str(run), "--resume", "--steps", "500", "--no-progress"]) == 2
-    assert "different config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different config" in err and "agent.actor_critic.entropy: checkpoint 0.5" in err
