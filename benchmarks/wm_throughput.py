@@ -13,7 +13,25 @@ torch.cuda.max_memory_allocated. Observations are 64x64x3 uint8 images with a 6-
 
 `--params-only` writes parameter counts per module for every preset and encoder, without timing.
 `--agent` times the whole update instead: world model plus actor-critic in imagination
-(`Agent.train_step`), the unit of the issue's speed target. `--rssm-loop` times the RSSM observe loop
+(`Agent.train_step`), the unit of the issue's speed target, through `benchmarks/speed_child.py`;
+`--obs state` gives it a 5-dim state vector and a 1-dim action (like cartpole-balance from state),
+`--obs pixels` (the default) 64x64x3 images and a 6-dim action; `--action-dim` changes either. Each
+child also times the update phase by phase (`--phase-repeats` more updates: world model, imagination,
+actor-critic losses and step, the rest), and reports its peak RSS.
+
+    python -m benchmarks.wm_throughput --agent --presets cpu --obs state --encoders patch --threads 1 \\
+        --baseline e8b2407 --rounds 3 --profile --out results/speed_cpu.json
+
+`--baseline REV` measures an older revision in the same run: a temporary `git worktree` of REV (removed
+at the end, also on error or SIGTERM) and, per configuration, `--rounds` rounds that each run one child
+with the current tree's `agent` and one with REV's, alternating which goes first, so that drift in the
+machine's speed hits both sides alike. Both sides run the same child script (so the same batch, timer
+and phase wrappers); only the `agent` package differs. The result per configuration holds both medians
+(median over rounds of each child's median), `speedup` = baseline / current, the per-round numbers, and
+the commits (current HEAD with its dirty flag and dirty paths, REV's full hash). `--profile` adds one
+more child with the current code: torch.profiler over one update after warm-up, summarised as op
+counts, the top ops by self CPU time and the time per phase. `--set` passes config overrides
+(`precision=bf16`) to every child. `--rssm-loop` times the RSSM observe loop
 alone (random embeddings), eager against torch.compile of the step cell
 (`world_model.rssm.compile=true`), forward and forward + backward, and checks that both give the same
 numbers. `--shape PRESET=BxT` gives one preset a smaller batch (the JSON records it).
@@ -25,18 +43,26 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import gymnasium.spaces as spaces
 import numpy as np
 import torch
 
+from . import speed_child
 from .common import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]  # the tree whose code is "current"
 
 
 def _machine(device: str) -> dict[str, Any]:
@@ -109,20 +135,6 @@ def _finish(result: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return result
 
 
-def run_agent_update(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time the whole update, world model plus actor-critic in imagination (`Agent.train_step`)."""
-    from agent.agent import Agent
-
-    device = torch.device(spec["device"])
-    batch = _batch(spec["batch"], spec["length"], 6, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    agent = Agent(IMAGE_SPACE, ACTION_SPACE, _config(spec))
-    result: dict[str, Any] = {**spec, "param_counts": agent.param_counts(), "torch_threads": torch.get_num_threads()}
-    result["agent_update"] = _time(lambda: agent.train_step(batch), device, spec["warmup"], spec["repeats"])
-    return _finish(result, device)
-
-
 def run_update(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one world-model configuration (runs inside the child process)."""
     device = torch.device(spec["device"])
@@ -187,6 +199,129 @@ def run_rssm_loop(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# --------------------------------------------------------------------------- whole update, against a baseline
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def current_code() -> dict[str, Any]:
+    """The commit of the current tree, whether it has uncommitted changes, and which files of the agent."""
+    dirty = _git("status", "--porcelain", "--", "agent", "benchmarks/speed_child.py").splitlines()
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
+            "dirty_paths": [line[3:] for line in dirty]}
+
+
+@contextmanager
+def baseline_worktree(revision: str) -> Iterator[tuple[Path, str]]:
+    """A detached git worktree of ``revision`` in a temporary directory and its full commit hash; removed on
+    exit, also on an exception (SIGTERM included, see `main`)."""
+    commit = _git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    tmp = Path(tempfile.mkdtemp(prefix="wm-baseline-"))
+    tree = tmp / commit[:12]
+    _git("worktree", "add", "--detach", str(tree), commit)
+    try:
+        yield tree, commit
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+
+
+def run_agent_child(spec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Run `speed_child.py` on ``spec`` in a fresh interpreter that imports `agent` from ``root``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, speed_child.__file__, json.dumps({**spec, "root": str(root)})]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return {"error": f"child exited with {proc.returncode}: {tail}", "wall_s": wall}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": wall}
+
+
+def interleave(spec: dict[str, Any], sides: dict[str, Path], rounds: int,
+               run_child: Callable[[dict[str, Any], Path], dict[str, Any]] = run_agent_child,
+               report: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
+    """``rounds`` rounds of one child per side; the side that goes first alternates from round to round."""
+    names = list(sides)
+    out = []
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        entry: dict[str, Any] = {"round": r, "order": order}
+        for name in order:
+            entry[name] = child = run_child(spec, sides[name])
+            report(f"    round {r + 1}/{rounds} {name:8} {_child_line(child)}")
+        out.append(entry)
+    return out
+
+
+def summarize_side(children: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's numbers over its rounds: the median of the children's medians, extremes, peak memory,
+    and the median time per phase; failed children are listed under ``errors``."""
+    ok = [c for c in children if "agent_update" in c]
+    out: dict[str, Any] = {}
+    if len(ok) < len(children):
+        out["errors"] = [c.get("error", "no timing") for c in children if "agent_update" not in c]
+    if not ok:
+        return out
+    medians = [c["agent_update"]["median_s"] for c in ok]
+    out["agent_update"] = {"median_s": statistics.median(medians), "min_s": min(c["agent_update"]["min_s"] for c in ok),
+                           "max_s": max(c["agent_update"]["max_s"] for c in ok),
+                           "n": sum(c["agent_update"]["n"] for c in ok), "round_medians_s": medians}
+    out["peak_rss_mb"] = max(c["peak_rss_mb"] for c in ok)
+    out["param_counts"] = ok[0].get("param_counts")
+    if all("peak_cuda_mem_mb" in c for c in ok):
+        out["peak_cuda_mem_mb"] = max(c["peak_cuda_mem_mb"] for c in ok)
+    phased = [c["phases"]["median_s"] for c in ok if "phases" in c]
+    if phased:
+        out["phases_s"] = {k: statistics.median(p.get(k, 0.0) for p in phased) for k in phased[0]}
+    return out
+
+
+def compare(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Current and (when measured) baseline summaries, speedup = baseline median / current median, and the
+    same ratio per round (a round's pair ran back to back, so it sees nearly the same machine)."""
+    current = summarize_side([r["current"] for r in rounds])
+    out: dict[str, Any] = {**current, "rounds": [
+        {k: {n: v for n, v in c.items() if n != "param_counts"} if isinstance(c, dict) else c for k, c in r.items()}
+        for r in rounds]}  # parameter counts once per side, not per child
+    if "baseline" not in rounds[0]:
+        return out
+    out["baseline"] = summarize_side([r["baseline"] for r in rounds])
+    both = "agent_update" in current and "agent_update" in out["baseline"]
+    out["speedup"] = (out["baseline"]["agent_update"]["median_s"] / current["agent_update"]["median_s"]
+                      if both else None)
+    out["speedup_per_round"] = [
+        r["baseline"]["agent_update"]["median_s"] / r["current"]["agent_update"]["median_s"]
+        if "agent_update" in r["current"] and "agent_update" in r["baseline"] else None for r in rounds]
+    return out
+
+
+def _child_line(child: dict[str, Any]) -> str:
+    if "error" in child:
+        return child["error"].splitlines()[-1]
+    mem = child.get("peak_cuda_mem_mb", child["peak_rss_mb"])
+    return f"{child['agent_update']['median_s'] * 1e3:8.1f} ms  peak {mem:7.0f} MB  ({child['wall_s']:.0f} s)"
+
+
+def run_agent_config(spec: dict[str, Any], sides: dict[str, Path], rounds: int, profile: bool,
+                     baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """Time one configuration on every side (interleaved), and profile the current code when asked."""
+    start = time.perf_counter()
+    per_round = interleave(spec, sides, rounds, report=lambda line: print(line, flush=True))
+    result: dict[str, Any] = {**spec, **compare(per_round)}
+    if baseline is not None:
+        result["baseline"] = {**baseline, **result["baseline"]}
+    if profile:
+        child = run_agent_child({**spec, "profile": True}, sides["current"])
+        result["profile"] = child.get("profile", {"error": child.get("error")})
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one spec in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, "-m", "benchmarks.wm_throughput", "--child", json.dumps(spec)]
@@ -208,10 +343,18 @@ def _shapes(items: list[str]) -> dict[str, tuple[int, int]]:
 def _summary(r: dict[str, Any]) -> str:
     if "error" in r:
         return r["error"]
-    if "agent_update" in r:
+    if r.get("mode") == "agent_update":
+        if "agent_update" not in r:
+            return "current: " + "; ".join(r.get("errors", ["no timing"]))
         mem = r.get("peak_cuda_mem_mb", r["peak_rss_mb"])
-        return (f"agent update {r['agent_update']['median_s'] * 1e3:8.1f} ms  "
+        line = (f"agent update {r['agent_update']['median_s'] * 1e3:8.1f} ms  "
                 f"params {r['param_counts']['total'] / 1e6:6.2f}M  peak {mem:7.0f} MB")
+        if "baseline" in r:
+            base = r["baseline"]
+            line += (f" | baseline {base['revision']} {base['agent_update']['median_s'] * 1e3:.1f} ms, "
+                     f"speedup x{r['speedup']:.3f}" if r.get("speedup") else
+                     f" | baseline {base['revision']}: {'; '.join(base.get('errors', ['no timing']))}")
+        return line
     if "update" in r:
         mem = r.get("peak_cuda_mem_mb", r["peak_rss_mb"])
         return (f"update {r['update']['median_s'] * 1e3:8.1f} ms  "
@@ -239,17 +382,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rssm-loop", action="store_true", help="time the RSSM observe loop, eager vs compile")
     p.add_argument("--agent", action="store_true",
                    help="time the whole update (world model + actor-critic in imagination) instead")
+    p.add_argument("--obs", choices=["pixels", "state"], default="pixels",
+                   help="--agent: 64x64x3 images or a 5-dim state vector")
+    p.add_argument("--action-dim", type=int, default=None, help="--agent: A (default: 6 for pixels, 1 for state)")
+    p.add_argument("--set", nargs="*", default=[], help="config overrides for every run, e.g. precision=bf16")
+    p.add_argument("--baseline", default=None, help="--agent: also time this git revision, interleaved")
+    p.add_argument("--rounds", type=int, default=1, help="--agent: children per side, alternating sides")
+    p.add_argument("--phase-repeats", type=int, default=2,
+                   help="--agent: extra updates per child timed phase by phase (0: none)")
+    p.add_argument("--profile", action="store_true", help="--agent: torch.profiler summary of one update")
     p.add_argument("--params-only", action="store_true", help="only count parameters (no timing)")
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every configuration)")
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if (args.baseline or args.profile or args.obs != "pixels" or args.action_dim) and not args.agent:
+        p.error("--baseline, --profile, --obs and --action-dim need --agent")
 
     if args.child:
         spec = json.loads(args.child)
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
-        runner = {"rssm_loop": run_rssm_loop, "agent_update": run_agent_update, "update": run_update}[spec["mode"]]
+        runner = {"rssm_loop": run_rssm_loop, "agent_update": speed_child.run, "update": run_update}[spec["mode"]]
         result = runner(spec)
         print(json.dumps(result))
         return
@@ -274,33 +428,51 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.presets:
             B, T = shapes.get(name, (args.batch, args.length))
             base = {"preset": name, "device": device, "batch": B, "length": T, "warmup": args.warmup,
-                    "repeats": args.repeats, "threads": args.threads}
+                    "repeats": args.repeats, "threads": args.threads, "overrides": args.set}
             if args.rssm_loop:
                 specs.append({**base, "mode": "rssm_loop"})
                 continue
             for enc in args.encoders:
                 for dec in args.decoders:
-                    mode = "agent_update" if args.agent else "update"
-                    specs.append({**base, "mode": mode, "encoder": enc, "decoder": dec})
+                    if args.agent:
+                        A = args.action_dim or (1 if args.obs == "state" else 6)
+                        specs.append({**base, "mode": "agent_update", "obs": args.obs, "action_dim": A,
+                                      "encoder": enc, "decoder": dec, "phase_repeats": args.phase_repeats})
+                    else:
+                        specs.append({**base, "mode": "update", "encoder": enc, "decoder": dec})
     report = {"machine": {d: _machine(d) for d in devices}, "argv": [sys.argv[1:]], "results": []}
     if args.append and args.out and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
         report = {"machine": {**old["machine"], **report["machine"]}, "argv": old["argv"] + report["argv"],
                   "results": old["results"]}
-    for i, spec in enumerate(specs):
-        keys = ("device", "preset", "encoder", "decoder", "batch", "length", "threads")
-        label = " ".join(f"{k}={spec[k]}" for k in keys if k in spec)
-        print(f"[{i + 1}/{len(specs)}] {label} ...", flush=True)
-        start = time.perf_counter()
-        result = _child(spec)
-        result["wall_s"] = time.perf_counter() - start
-        print(f"    {_summary(result)}  ({result['wall_s']:.0f} s)", flush=True)
-        report["results"].append(result)
-        if args.out:
-            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(report, f, indent=1)
+    if args.agent:
+        report["code"] = current_code()
+    if args.baseline:  # so that a killed run still removes its worktree (the context manager's finally)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    with ExitStack() as stack:
+        sides, baseline = {"current": ROOT}, None
+        if args.baseline:
+            tree, commit = stack.enter_context(baseline_worktree(args.baseline))
+            sides["baseline"], baseline = tree, {"revision": args.baseline, "commit": commit}
+            report["code"]["baseline"] = baseline
+        for i, spec in enumerate(specs):
+            keys = ("device", "preset", "obs", "encoder", "decoder", "batch", "length", "threads", "overrides")
+            label = " ".join(f"{k}={spec[k]}" for k in keys if spec.get(k))
+            print(f"[{i + 1}/{len(specs)}] {label} ...", flush=True)
+            start = time.perf_counter()
+            if args.agent:
+                result = {**run_agent_config(spec, sides, args.rounds, args.profile, baseline),
+                          "code": report["code"]}
+            else:
+                result = _child(spec)
+            result["wall_s"] = time.perf_counter() - start
+            print(f"    {_summary(result)}  ({result['wall_s']:.0f} s)", flush=True)
+            report["results"].append(result)
+            if args.out:
+                os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+                with open(args.out, "w") as f:
+                    json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":

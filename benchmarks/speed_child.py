@@ -1,0 +1,224 @@
+"""One timed configuration of the whole agent update, run in a fresh interpreter by `wm_throughput --agent`.
+
+    PYTHONPATH=<tree> python benchmarks/speed_child.py '<spec as JSON>'
+
+Its last stdout line is the JSON result. The same file times the current code and, with PYTHONPATH
+pointing at a git worktree of an older revision, that revision's code: the harness (batch, timer,
+phase wrappers, profiler) stays the same on both sides, so only the agent differs. For that it is a
+self-contained script (no `benchmarks` imports) that uses only agent APIs older revisions have too:
+`Agent(obs_space, act_space, cfg)`, `Agent.train_step(batch of numpy arrays)`, `preset`,
+`apply_overrides`. `spec["root"]`, when given, is the tree `agent` must be imported from; a mismatch is
+an error rather than a silently wrong comparison.
+
+Spec keys: preset, device, obs (state | pixels), action_dim, batch, length, encoder, decoder, threads,
+warmup, repeats, overrides, phase_repeats (extra updates timed phase by phase; 0: none), profile (true:
+after warm-up, one update under torch.profiler instead of the timed ones), root.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import gymnasium.spaces as spaces
+import numpy as np
+import torch
+
+STATE_DIM = 5  # like dmc:cartpole-balance from state
+IMAGE_SHAPE = (64, 64, 3)
+TOP_OPS = 15
+
+
+def obs_space(obs: str) -> spaces.Dict:
+    """The observation space of an observation kind: a 5-dim state vector or a 64x64x3 uint8 image."""
+    if obs == "state":
+        return spaces.Dict({"state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)})
+    if obs == "pixels":
+        return spaces.Dict({"image": spaces.Box(0, 255, IMAGE_SHAPE, np.uint8)})
+    raise ValueError(f"unknown observation kind {obs!r}; expected state or pixels")
+
+
+def make_batch(obs: str, B: int, T: int, A: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A replay-like batch of numpy arrays, as the loop hands it to `Agent.train_step`."""
+    rng = np.random.default_rng(seed)
+    flags = {k: np.zeros((B, T), bool) for k in ("is_first", "is_last", "is_terminal")}
+    flags["is_first"][:, 0] = True
+    if obs == "state":
+        observation = {"state": rng.standard_normal((B, T, STATE_DIM), dtype=np.float32)}  # (B, T, 5)
+    else:
+        observation = {"image": rng.integers(0, 256, (B, T, *IMAGE_SHAPE), dtype=np.uint8)}  # (B, T, 64, 64, 3)
+    return {**observation, "action": rng.uniform(-1, 1, (B, T, A)).astype(np.float32),
+            "reward": rng.standard_normal((B, T), dtype=np.float32), **flags}
+
+
+def rss_mb() -> float:
+    """Peak resident set of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def time_stats(times: list[float]) -> dict[str, Any]:
+    """Median, min, max and count of ``times`` (seconds), and the times themselves."""
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times),
+            "times_s": times}
+
+
+# Methods timed as phases of one update, wrapped on the instance from outside (no agent code edited):
+# (phase name, owner attribute path under the agent ("" = the agent itself), method name).
+PHASES = (("world_model", "wm", "train_step"), ("imagine", "", "imagine"),
+          ("actor_critic_losses", "ac", "losses"), ("replay_value_loss", "ac", "replay_value_loss"),
+          ("actor_critic_update", "ac", "update"))
+
+
+@contextmanager
+def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
+    """Accumulate the wall time of each phase's calls into ``totals`` (seconds) while active; each call is
+    also a `record_function` range, so a profile shows the phases too. Phases a revision lacks are skipped."""
+    wrapped = []
+    for name, owner_path, method in PHASES:
+        owner = getattr(agent, owner_path) if owner_path else agent
+        original = getattr(owner, method, None)
+        if original is None:
+            continue
+
+        def timed(*args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
+            with torch.profiler.record_function(f"phase/{_name}"):
+                _sync(device)
+                start = time.perf_counter()
+                out = _original(*args, **kwargs)
+                _sync(device)
+                totals[_name] = totals.get(_name, 0.0) + time.perf_counter() - start
+            return out
+
+        object.__setattr__(owner, method, timed)  # an instance attribute shadows the class's method
+        wrapped.append((owner, method))
+    try:
+        yield
+    finally:
+        for owner, method in wrapped:
+            object.__delattr__(owner, method)
+
+
+def time_phases(agent: Any, batch: dict[str, np.ndarray], device: torch.device, repeats: int) -> dict[str, Any]:
+    """Median seconds per phase over ``repeats`` updates, plus the whole update and what no phase covers."""
+    per_update: list[dict[str, float]] = []
+    for _ in range(repeats):
+        totals: dict[str, float] = {}
+        with phase_timers(agent, device, totals):
+            totals["total"] = _timed(lambda: agent.train_step(batch), device)
+        per_update.append(totals)
+    names = [n for n in per_update[0] if n != "total"]
+    out = {n: statistics.median(u.get(n, 0.0) for u in per_update) for n in names}
+    out["total"] = statistics.median(u["total"] for u in per_update)
+    out["other"] = out["total"] - sum(out[n] for n in names)  # batch transfer, starts, metrics' .item()
+    return {"median_s": out, "n": repeats}
+
+
+def profile_update(agent: Any, batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Any]:
+    """torch.profiler over one update: op counts, the top ops by self CPU time and the phase split."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    totals: dict[str, float] = {}
+    with phase_timers(agent, device, totals), profile(activities=activities) as prof:
+        wall = _timed(lambda: agent.train_step(batch), device)
+    events = prof.key_averages()
+    ops = [e for e in events if not e.key.startswith("phase/")]
+    self_cpu_us = sum(e.self_cpu_time_total for e in ops)
+    summary: dict[str, Any] = {
+        "wall_s_under_profiler": wall,
+        "op_calls": sum(e.count for e in ops), "distinct_ops": len(ops),
+        "self_cpu_total_ms": self_cpu_us / 1e3,
+        "top_ops_by_self_cpu": [_op_row(e, self_cpu_us) for e in
+                                sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_OPS]],
+        # Wall time of each phase's calls during the profiled update (inflated by the profiler's overhead).
+        "phases_s": {**totals, "total": wall, "other": wall - sum(totals.values())},
+    }
+    if device.type == "cuda":
+        device_us = sum(_self_device_us(e) for e in ops)
+        summary["self_device_total_ms"] = device_us / 1e3
+        summary["top_ops_by_self_device"] = [
+            {"name": e.key, "calls": e.count, "self_device_ms": _self_device_us(e) / 1e3,
+             "pct": 100.0 * _self_device_us(e) / max(device_us, 1e-9)}
+            for e in sorted(ops, key=_self_device_us, reverse=True)[:TOP_OPS]]
+    return summary
+
+
+def _op_row(e: Any, total_us: float) -> dict[str, Any]:
+    return {"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+            "pct": 100.0 * e.self_cpu_time_total / max(total_us, 1e-9)}
+
+
+def _self_device_us(e: Any) -> float:
+    # torch >= 2.4 says "device", older versions "cuda".
+    return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+
+
+def _config(spec: dict[str, Any]) -> Any:
+    from agent.config import apply_overrides, preset
+
+    overrides = [f"device={spec['device']}"]
+    if spec.get("encoder"):
+        overrides.append(f"world_model.encoder.kind={spec['encoder']}")
+    if spec.get("decoder"):
+        overrides.append(f"world_model.decoder.kind={spec['decoder']}")
+    return apply_overrides(preset(spec["preset"]), [*overrides, *spec.get("overrides", [])])
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the agent of ``spec`` and time its update (or profile one); returns a JSON-able dict."""
+    import agent as agent_package
+    from agent.agent import Agent
+
+    agent_file = str(Path(agent_package.__file__).resolve())
+    if spec.get("root") and not agent_file.startswith(str(Path(spec["root"]).resolve()) + "/"):
+        raise RuntimeError(f"agent imported from {agent_file}, not from the tree {spec['root']}")
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    A = spec["action_dim"]
+    batch = make_batch(spec["obs"], spec["batch"], spec["length"], A)
+    rss_before = rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
+    result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__,
+                              "torch_threads": torch.get_num_threads(), "param_counts": agent.param_counts(),
+                              "rss_before_model_mb": rss_before}
+    for _ in range(spec["warmup"]):
+        agent.train_step(batch)
+    if spec.get("profile"):
+        result["profile"] = profile_update(agent, batch, device)
+    else:
+        result["agent_update"] = time_stats([_timed(lambda: agent.train_step(batch), device)
+                                             for _ in range(spec["repeats"])])
+        if spec.get("phase_repeats", 0) > 0:
+            result["phases"] = time_phases(agent, batch, device, spec["phase_repeats"])
+    if device.type == "cuda":
+        result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["peak_rss_mb"] = rss_mb()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(json.loads(sys.argv[1]))))
