@@ -10,7 +10,7 @@ VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 export MUJOCO_GL ?= egl
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint train bench-envs bench-wm bench-learning bench-insight bench-continual readme clean
+.PHONY: install test lint train bench-envs bench-wm bench-speed bench-learning bench-insight bench-continual readme clean
 
 install: $(STAMP)
 
@@ -42,6 +42,19 @@ bench-wm: $(STAMP)
 	$(BIN)/python -m benchmarks.wm_throughput --agent --presets cpu 12m --encoders patch cnn --threads 1 \
 		--warmup 1 --repeats 3 --out results/agent_update_cpu.json
 	$(BIN)/python -m benchmarks.param_counts --out results/param_counts.json
+
+# The whole agent update of the working tree against SPEED_BASELINE, timed in the same run: children alternate
+# between the two trees for SPEED_FLAGS' rounds (see benchmarks/wm_throughput.py). About 10 minutes on 2 cores.
+# A smoke run: make bench-speed SPEED_FLAGS="--presets debug --batch 2 --length 8 --threads 1 --warmup 1 \
+#   --repeats 1 --rounds 1" SPEED_OUT=/tmp/speed_smoke.json
+SPEED_BASELINE ?= e8b2407
+SPEED_FLAGS ?= --presets cpu --batch 16 --length 64 --threads 1 --warmup 2 --repeats 5 --rounds 3
+SPEED_OUT ?= results/speed_cpu.json
+bench-speed: $(STAMP)
+	$(BIN)/python -m benchmarks.wm_throughput --agent --obs state --encoders patch $(SPEED_FLAGS) \
+		--baseline $(SPEED_BASELINE) --profile --out $(SPEED_OUT)
+	$(BIN)/python -m benchmarks.wm_throughput --agent --obs pixels --encoders patch cnn $(SPEED_FLAGS) \
+		--baseline $(SPEED_BASELINE) --profile --append --out $(SPEED_OUT)
 
 bench-learning: $(STAMP)
 	$(BIN)/python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
