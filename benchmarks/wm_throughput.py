@@ -340,12 +340,17 @@ def _shapes(items: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _errors(side: dict[str, Any]) -> str:
+    """The last line of each child's error (the JSON keeps the traceback's tail)."""
+    return "; ".join(e.strip().splitlines()[-1] for e in side.get("errors", ["no timing"]))
+
+
 def _summary(r: dict[str, Any]) -> str:
     if "error" in r:
         return r["error"]
     if r.get("mode") == "agent_update":
         if "agent_update" not in r:
-            return "current: " + "; ".join(r.get("errors", ["no timing"]))
+            return "current: " + _errors(r)
         mem = r.get("peak_cuda_mem_mb", r["peak_rss_mb"])
         line = (f"agent update {r['agent_update']['median_s'] * 1e3:8.1f} ms  "
                 f"params {r['param_counts']['total'] / 1e6:6.2f}M  peak {mem:7.0f} MB")
@@ -353,7 +358,7 @@ def _summary(r: dict[str, Any]) -> str:
             base = r["baseline"]
             line += (f" | baseline {base['revision']} {base['agent_update']['median_s'] * 1e3:.1f} ms, "
                      f"speedup x{r['speedup']:.3f}" if r.get("speedup") else
-                     f" | baseline {base['revision']}: {'; '.join(base.get('errors', ['no timing']))}")
+                     f" | baseline {base['revision']}: {_errors(base)}")
         return line
     if "update" in r:
         mem = r.get("peak_cuda_mem_mb", r["peak_rss_mb"])
