@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# One check of a CUDA machine, everything into results/gpu_check.json:
+#   - the GPU's name, memory and driver (nvidia-smi);
+#   - the whole agent update of the 12m preset at B16 x T64 on 64x64 pixels through the patch encoder
+#     (benchmarks/wm_throughput.py --agent), float32 and precision=bf16, each also with
+#     world_model.rssm.compile=true; the float32 run adds a torch.profiler summary;
+#   - a short pixel training run, `python -m agent train --logdir runs/gpu-check --set train.steps=20000`
+#     (on CUDA the default job: dmc:cartpole-swingup from pixels, small preset), with its wall-clock time.
+# Without CUDA it prints one line saying so and exits 0. Each step's exit status, wall time and log tail
+# are recorded and a failed step does not stop the next one.
+#
+# On the GPU machine (see ../shared/gpu/README.md): build .gpu/ here once with ../shared/gpu/make-bundle.sh,
+# then a device call with carry [".gpu"] and command `bash benchmarks/gpu_check.sh`; the script sources
+# .gpu/setup.sh itself (wheels, EGL) unless that was done already. Only $OUT comes back from the device
+# machine, so the results file and the logs are copied there when $OUT is set.
+#
+# Knobs (environment): GPU_CHECK_ONLY="bench train" (which steps; a second call with the other step
+# merges into the same results file, the parts stay under runs/gpu-check-parts/), GPU_CHECK_TRAIN_STEPS
+# (20000), GPU_CHECK_BENCH_TIMEOUT and GPU_CHECK_TRAIN_TIMEOUT (seconds per step: 400, 1800),
+# GPU_CHECK_BASELINE (a git revision to time against too; needs the .git directory), PYTHON, and for tests
+# GPU_CHECK_RESULT, GPU_CHECK_PARTS, GPU_CHECK_LOGDIR (where the results, the parts and the run go).
+set -u
+cd "$(dirname "$0")/.." || exit 0
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
+# The first Python whose torch sees a CUDA device: $PYTHON if set, else the project's .venv, else python3
+# (on the GPU machine its system Python has torch + CUDA; a .venv there would be a CPU build).
+PY=
+for candidate in ${PYTHON:-.venv/bin/python python3}; do
+  if [ "$("$candidate" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)" = "True" ]; then
+    PY=$candidate
+    break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "gpu_check: no CUDA device (torch.cuda.is_available() is not True for ${PYTHON:-.venv/bin/python python3}); nothing checked."
+  exit 0
+fi
+
+if [ -f .gpu/setup.sh ] && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
+  # shellcheck disable=SC1091
+  source .gpu/setup.sh || echo "gpu_check: .gpu/setup.sh failed; going on"
+fi
+
+RESULT=${GPU_CHECK_RESULT:-results/gpu_check.json}
+PARTS=${GPU_CHECK_PARTS:-runs/gpu-check-parts}
+LOGDIR=${GPU_CHECK_LOGDIR:-runs/gpu-check}
+ONLY=${GPU_CHECK_ONLY:-bench train}
+TRAIN_STEPS=${GPU_CHECK_TRAIN_STEPS:-20000}
+BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-400}
+TRAIN_TIMEOUT=${GPU_CHECK_TRAIN_TIMEOUT:-1800}
+mkdir -p "$PARTS" "$(dirname "$RESULT")"
+
+# step NAME TIMEOUT CMD...: run CMD with a time limit, its output in $PARTS/NAME.log, and its exit status
+# and wall time in $PARTS/NAME.step (read back by the merge below).
+step() {
+  local name=$1 limit=$2
+  shift 2
+  echo "gpu_check: $name: $*"
+  local start end rc
+  start=$(date +%s.%N)
+  timeout --signal=TERM --kill-after=30 "$limit" "$@" > "$PARTS/$name.log" 2>&1
+  rc=$?
+  end=$(date +%s.%N)
+  printf '%s\n%s\n%s\n%s\n' "$rc" "$start" "$end" "$*" > "$PARTS/$name.step"
+  tail -n 3 "$PARTS/$name.log"
+  echo "gpu_check: $name exited with $rc"
+}
+
+step nvidia_smi 60 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+if [[ " $ONLY " == *" bench "* ]]; then
+  baseline=()
+  [ -n "${GPU_CHECK_BASELINE:-}" ] && baseline=(--baseline "$GPU_CHECK_BASELINE")
+  bench=("$PY" -m benchmarks.wm_throughput --agent --devices cuda --presets 12m --obs pixels --encoders patch
+         --batch 16 --length 64 --warmup 3 --repeats 10 ${baseline[@]+"${baseline[@]}"})
+  step bench_float32 "$BENCH_TIMEOUT" "${bench[@]}" --profile --out "$PARTS/bench_float32.json"
+  step bench_bf16 "$BENCH_TIMEOUT" "${bench[@]}" --set precision=bf16 --out "$PARTS/bench_bf16.json"
+  step bench_float32_compile "$BENCH_TIMEOUT" "${bench[@]}" --set world_model.rssm.compile=true \
+    --out "$PARTS/bench_float32_compile.json"
+  step bench_bf16_compile "$BENCH_TIMEOUT" "${bench[@]}" --set precision=bf16 world_model.rssm.compile=true \
+    --out "$PARTS/bench_bf16_compile.json"
+fi
+
+if [[ " $ONLY " == *" train "* ]]; then
+  [ -e "$LOGDIR" ] && mv "$LOGDIR" "$LOGDIR.$(date +%Y%m%d-%H%M%S)"  # train refuses a used logdir
+  step train "$TRAIN_TIMEOUT" "$PY" -m agent train --logdir "$LOGDIR" --set "train.steps=$TRAIN_STEPS" --no-progress
+fi
+
+# Merge every part present (this call's and an earlier call's) into one results file.
+"$PY" - "$PARTS" "$RESULT" <<'EOF' || echo "gpu_check: merging the results failed"
+import json, subprocess, sys, time
+from pathlib import Path
+
+parts, result = Path(sys.argv[1]), Path(sys.argv[2])
+out = {"written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "steps": {}, "throughput": {}}
+try:
+    out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                       check=True).stdout.strip()
+except (OSError, subprocess.SubprocessError):
+    out["git_commit"] = None  # the device machine gets the tree without .git
+try:
+    import torch
+    out["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda,
+                    "device_name": torch.cuda.get_device_name(0)}
+except Exception as e:  # recorded, not fatal
+    out["torch"] = {"error": repr(e)}
+for path in sorted(parts.glob("*.step")):
+    rc, start, end, cmd = path.read_text().split("\n", 3)
+    log = path.with_suffix(".log")
+    tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+    out["steps"][path.stem] = {"rc": int(rc), "ok": rc == "0", "timed_out": rc in ("124", "137"),
+                               "wall_s": float(end) - float(start), "command": cmd.strip(),
+                               "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(end))),
+                               "log_tail": tail}
+smi = out["steps"].get("nvidia_smi")
+if smi and smi["ok"] and smi["log_tail"]:
+    name, memory, driver = (x.strip() for x in (smi["log_tail"][0].split(",") + ["", ""])[:3])
+    out["gpu"] = {"name": name, "memory": memory, "driver": driver}
+for path in sorted(parts.glob("bench_*.json")):
+    out["throughput"][path.stem.removeprefix("bench_")] = json.loads(path.read_text())
+train = out["steps"].get("train")
+if train:
+    evals = [line for line in train["log_tail"] if line.startswith("final eval return")]
+    out["train"] = {"command": train["command"], "rc": train["rc"], "wall_s": train["wall_s"],
+                    "final_eval": evals[-1] if evals else None}
+result.write_text(json.dumps(out, indent=1) + "\n")
+print(f"gpu_check: wrote {result}")
+EOF
+
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then  # the device tool returns only what is under $OUT
+  cp "$RESULT" "$OUT/" 2>/dev/null
+  mkdir -p "$OUT/gpu-check-parts" && cp "$PARTS"/*.log "$PARTS"/*.step "$OUT/gpu-check-parts/" 2>/dev/null
+fi
+exit 0
