@@ -1,0 +1,153 @@
+"""The speed benchmark's bookkeeping (interleaving, medians, speedup), its child's batch and phase wrappers,
+the baseline worktree's clean-up, and gpu_check.sh without CUDA. Nothing here asserts a duration."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import speed_child
+from benchmarks.wm_throughput import ROOT, baseline_worktree, compare, interleave, run_agent_child
+
+SMALL = {"preset": "debug", "device": "cpu", "obs": "state", "action_dim": 1, "batch": 2, "length": 4,
+         "encoder": "patch", "decoder": "cnn", "threads": 1, "warmup": 0, "repeats": 1, "overrides": [],
+         "phase_repeats": 1}
+
+
+def fake_children(medians: dict[str, list[float | None]]):
+    """A child runner that returns the next of ``medians[side]`` (None: a failed child) and logs the calls."""
+    calls: list[str] = []
+
+    def run(spec, root):
+        side = str(root)
+        median = medians[side][sum(c == side for c in calls)]
+        calls.append(side)
+        if median is None:
+            return {"error": "child exited with 1: boom"}
+        return {"agent_update": {"median_s": median, "min_s": median / 2, "max_s": median * 2, "n": 3},
+                "peak_rss_mb": 100.0 * median, "param_counts": {"total": 7}, "wall_s": 1.0,
+                "phases": {"median_s": {"world_model": median / 2, "total": median}}}
+
+    return run, calls
+
+
+def test_rounds_alternate_sides_and_speedup_is_baseline_over_current():
+    run, calls = fake_children({"current": [2.0, 4.0, 3.0], "baseline": [3.0, 6.0, 6.0]})
+    rounds = interleave(SMALL, {"current": Path("current"), "baseline": Path("baseline")}, 3, run_child=run)
+    assert calls == ["current", "baseline", "baseline", "current", "current", "baseline"]
+    assert [r["order"] for r in rounds] == [["current", "baseline"], ["baseline", "current"], ["current", "baseline"]]
+    out = compare(rounds)
+    assert out["agent_update"]["median_s"] == 3.0 and out["baseline"]["agent_update"]["median_s"] == 6.0
+    assert out["agent_update"]["round_medians_s"] == [2.0, 4.0, 3.0]
+    assert out["agent_update"]["min_s"] == 1.0 and out["agent_update"]["max_s"] == 8.0
+    assert out["agent_update"]["n"] == 9
+    assert out["speedup"] == 2.0 and out["speedup_per_round"] == [1.5, 1.5, 2.0]
+    assert out["peak_rss_mb"] == 400.0 and out["baseline"]["peak_rss_mb"] == 600.0
+    assert out["phases_s"] == {"world_model": 1.5, "total": 3.0}
+    assert out["param_counts"] == {"total": 7} and "param_counts" not in out["rounds"][0]["current"]
+
+
+def test_failed_children_are_listed_and_left_out_of_the_medians():
+    run, _ = fake_children({"current": [2.0, 4.0], "baseline": [None, 8.0]})
+    out = compare(interleave(SMALL, {"current": Path("current"), "baseline": Path("baseline")}, 2, run_child=run))
+    assert out["baseline"]["errors"] == ["child exited with 1: boom"]
+    assert out["baseline"]["agent_update"]["median_s"] == 8.0 and out["speedup"] == 8.0 / 3.0
+    assert out["speedup_per_round"] == [None, 2.0]
+
+    run, _ = fake_children({"current": [2.0], "baseline": [None]})
+    out = compare(interleave(SMALL, {"current": Path("current"), "baseline": Path("baseline")}, 1, run_child=run))
+    assert out["speedup"] is None and "agent_update" not in out["baseline"]
+
+
+def test_without_a_baseline_there_is_no_speedup():
+    run, calls = fake_children({"current": [2.0, 5.0]})
+    out = compare(interleave(SMALL, {"current": Path("current")}, 2, run_child=run))
+    assert calls == ["current", "current"] and out["agent_update"]["median_s"] == 3.5
+    assert "baseline" not in out and "speedup" not in out
+
+
+@pytest.mark.parametrize("obs,key,shape,dtype", [("state", "state", (3, 5, 5), np.float32),
+                                                 ("pixels", "image", (3, 5, 64, 64, 3), np.uint8)])
+def test_batch_is_what_the_loop_hands_the_agent(obs, key, shape, dtype):
+    batch = speed_child.make_batch(obs, 3, 5, 2)
+    assert batch[key].shape == shape and batch[key].dtype == dtype
+    assert batch["action"].shape == (3, 5, 2) and batch["action"].dtype == np.float32
+    assert np.abs(batch["action"]).max() <= 1.0
+    assert batch["reward"].shape == (3, 5) and batch["reward"].dtype == np.float32
+    for flag in ("is_first", "is_last", "is_terminal"):
+        assert batch[flag].shape == (3, 5) and batch[flag].dtype == bool
+    assert batch["is_first"][:, 0].all() and not batch["is_first"][:, 1:].any()
+    assert set(speed_child.obs_space(obs).spaces) == {key}
+
+
+def test_phase_timers_see_every_phase_of_a_real_update_and_are_removed_after():
+    from agent.agent import Agent
+
+    spec = {**SMALL, "overrides": ["actor_critic.replay_value=0.3"]}  # so that replay_value_loss runs too
+    agent = Agent(speed_child.obs_space("state"), speed_child.spaces.Box(-1, 1, (1,), np.float32),
+                  speed_child._config(spec))
+    totals: dict[str, float] = {}
+    with speed_child.phase_timers(agent, torch.device("cpu"), totals):
+        assert "imagine" in vars(agent) and "train_step" in vars(agent.wm)
+        agent.train_step(speed_child.make_batch("state", 2, 4, 1))
+    assert set(totals) == {name for name, _, _ in speed_child.PHASES}
+    assert "imagine" not in vars(agent) and "train_step" not in vars(agent.wm) and "update" not in vars(agent.ac)
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_baseline_worktree_is_removed_even_on_error():
+    with pytest.raises(RuntimeError):
+        with baseline_worktree("HEAD") as (tree, commit):
+            assert (tree / "agent" / "agent.py").exists() and len(commit) == 40
+            raise RuntimeError("a failing benchmark")
+    assert not tree.exists() and not tree.parent.exists()
+    listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert str(tree) not in listed
+
+
+@pytest.mark.slow
+def test_child_imports_agent_from_the_tree_it_is_given(tmp_path):
+    result = run_agent_child(SMALL, ROOT)
+    assert result["agent_file"] == str(ROOT / "agent" / "__init__.py")
+    assert result["agent_update"]["n"] == 1 and result["peak_rss_mb"] > 0
+    assert {"world_model", "imagine", "total", "other"} <= set(result["phases"]["median_s"])
+    # A tree without `agent`: the child would import another copy, and must refuse rather than time it.
+    wrong = run_agent_child(SMALL, tmp_path)
+    assert "error" in wrong and "not from the tree" in wrong["error"]
+
+
+def _gpu_check(tmp_path: Path, python: str, only: str = "bench train") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": python, "GPU_CHECK_ONLY": only, "OUT": "",
+           "GPU_CHECK_RESULT": str(tmp_path / "gpu_check.json"), "GPU_CHECK_PARTS": str(tmp_path / "parts"),
+           "GPU_CHECK_LOGDIR": str(tmp_path / "run")}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
+    proc = _gpu_check(tmp_path, sys.executable)
+    assert proc.returncode == 0
+    assert proc.stdout.strip().count("\n") == 0 and "no CUDA" in proc.stdout
+    assert not (tmp_path / "gpu_check.json").exists() and not (tmp_path / "parts").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="checks a failing step")
+def test_gpu_check_records_a_failed_step_and_goes_on(tmp_path):
+    """A Python that claims CUDA for the detection only: nvidia-smi is missing here, so that step fails,
+    and the merge still writes the results file with the failure in it."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\nif [ "$1" = "-c" ] && [[ "$2" == *cuda.is_available* ]]; then echo True; '
+                    f'exit 0; fi\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    proc = _gpu_check(tmp_path, str(fake), only="none")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["steps"]["nvidia_smi"]["rc"] == 127 and not result["steps"]["nvidia_smi"]["ok"]
+    assert "gpu" not in result and result["throughput"] == {} and "train" not in result
