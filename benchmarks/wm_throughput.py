@@ -273,6 +273,7 @@ def summarize_side(children: list[dict[str, Any]]) -> dict[str, Any]:
                            "n": sum(c["agent_update"]["n"] for c in ok), "round_medians_s": medians}
     out["peak_rss_mb"] = max(c["peak_rss_mb"] for c in ok)
     out["param_counts"] = ok[0].get("param_counts")
+    out["torch_threads"] = ok[0].get("torch_threads")  # what the child ran with (README table reads it)
     if all("peak_cuda_mem_mb" in c for c in ok):
         out["peak_cuda_mem_mb"] = max(c["peak_cuda_mem_mb"] for c in ok)
     phased = [c["phases"]["median_s"] for c in ok if "phases" in c]

@@ -31,7 +31,7 @@ def fake_children(medians: dict[str, list[float | None]]):
         if median is None:
             return {"error": "child exited with 1: boom"}
         return {"agent_update": {"median_s": median, "min_s": median / 2, "max_s": median * 2, "n": 3},
-                "peak_rss_mb": 100.0 * median, "param_counts": {"total": 7}, "wall_s": 1.0,
+                "peak_rss_mb": 100.0 * median, "param_counts": {"total": 7}, "wall_s": 1.0, "torch_threads": 1,
                 "phases": {"median_s": {"world_model": median / 2, "total": median}}}
 
     return run, calls
@@ -51,6 +51,7 @@ def test_rounds_alternate_sides_and_speedup_is_baseline_over_current():
     assert out["peak_rss_mb"] == 400.0 and out["baseline"]["peak_rss_mb"] == 600.0
     assert out["phases_s"] == {"world_model": 1.5, "total": 3.0}
     assert out["param_counts"] == {"total": 7} and "param_counts" not in out["rounds"][0]["current"]
+    assert out["torch_threads"] == 1
 
 
 def test_failed_children_are_listed_and_left_out_of_the_medians():
