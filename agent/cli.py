@@ -86,6 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .config import RunConfig, apply_overrides, config_from_dict
     from .loop import CheckpointError, load_agent, load_checkpoint, space_signature
+    from .rollout import Rollout
 
     state = load_checkpoint(args.checkpoint)
     cfg = config_from_dict(state["config"], RunConfig)
@@ -104,16 +105,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         agent = Agent(obs_space, env.single_action_space, cfg.agent)
         load_agent(agent, state["agent"], args.checkpoint)
         discrete = hasattr(env.single_action_space, "n")
-        obs, _ = env.reset(seed=args.seed)
-        is_first, carry, returns, frames = np.ones(1, bool), None, [], []
+        carry, returns, frames = None, [], []
+
+        def policy(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+            nonlocal carry
+            action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=False)
+            return action
+
+        rollout = Rollout(env, args.seed, lambda action: action.argmax(-1) if discrete else action)
         while len(returns) < args.episodes:
             if args.video and not returns:
-                frames.append(obs["image"][0])
-            action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=False)
-            obs, _, terminated, truncated, info = env.step(action.argmax(-1) if discrete else action)
-            is_first = np.logical_or(terminated, truncated)
-            if "episode" in info and info["_episode"][0]:
-                returns.append(float(info["episode"]["r"][0]))
+                frames.append(rollout.obs["image"][0])
+            _, outcome = rollout.step(policy)
+            for ret in outcome.returns:
+                returns.append(float(ret))
                 print(f"episode {len(returns)}: return {returns[-1]:.1f}", flush=True)
     finally:
         env.close()

@@ -7,8 +7,8 @@ an entry point, never building them itself.
 Step records follow DreamerV3's convention: the record for observation t holds that observation, the
 reward received on arriving at it (0 at an episode's first step), ``is_first``/``is_last``/
 ``is_terminal`` of it, and the action the agent chose at it. Gymnasium's ``terminated``/``truncated``
-become these flags here and nowhere else: ``is_last = terminated or truncated``, ``is_terminal =
-terminated``, and with NEXT_STEP autoreset the step after an ``is_last`` is the next episode's first.
+become these flags in ``agent.rollout`` and nowhere else; training and evaluation both step envs
+through its ``Rollout``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .agent import Agent
 from .config import RunConfig, config_diff, config_from_dict, config_to_dict
 from .logger import Logger, dump_json, git_revision
 from .replay import MixedReplay, Replay
+from .rollout import Outcome, Rollout, episode_returns
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 10_000  # evaluation episodes start from this seed, the same for every evaluation of a run
@@ -138,29 +139,24 @@ class Trainer:
         t = self.cfg.train
         N = env.num_envs
         repeat = self.cfg.env.action_repeat
-        obs, _ = env.reset(seed=seed)
-        is_first = np.ones(N, bool)
-        reward = np.zeros(N, np.float32)
-        is_last = np.zeros(N, bool)
-        is_terminal = np.zeros(N, bool)
-        carry = None
+        rollout = Rollout(env, seed, self.env_action)
+        carry, prefill = None, True
         batch_steps = t.batch_size * t.batch_length
+
+        def policy(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+            nonlocal carry
+            if prefill:  # uniform actions for the run's first t.prefill env steps
+                return self.random_action(N)
+            action, carry = self.agent.act(obs, is_first, carry, explore=True)
+            return action
+
         while self.env_steps < until_env_steps:
             prefill = self.env_steps < t.prefill
-            if prefill:
-                action = self.random_action(N)
-            else:
-                action, carry = self.agent.act(obs, is_first, carry, explore=True)
-            self.replay.add({**obs, "action": action, "reward": reward, "is_first": is_first,
-                             "is_last": is_last, "is_terminal": is_terminal})
-            obs, reward, terminated, truncated, info = env.step(self.env_action(action))
-            reward = np.asarray(reward, np.float32)
-            is_first = is_last  # NEXT_STEP autoreset: the step after an end starts a new episode
-            is_last = np.logical_or(terminated, truncated)
-            is_terminal = np.asarray(terminated, bool)
+            record, outcome = rollout.step(policy)
+            self.replay.add(record)
             self.counters["env_steps"] += N * repeat
             self.counters["agent_steps"] += N
-            self._episodes(info)
+            self._episodes(outcome)
             if not prefill and self.replay.can_sample(t.batch_length):
                 self.counters["train_credit"] += N * t.train_ratio / batch_steps
                 while self.counters["train_credit"] >= 1.0:
@@ -172,13 +168,12 @@ class Trainer:
             if self._bar is not None:
                 self._bar.update(N * repeat)
 
-    def _episodes(self, info: dict[str, Any]) -> None:
-        if "episode" in info:
-            for i in np.flatnonzero(info["_episode"]):
-                ret, length = float(info["episode"]["r"][i]), int(info["episode"]["l"][i])
-                self.counters["episodes"] += 1
-                self._recent_returns = (self._recent_returns + [ret])[-10:]
-                self.logger.scalars({"episode/return": ret, "episode/length": length}, self.env_steps)
+    def _episodes(self, outcome: Outcome) -> None:
+        for ret, length in zip(outcome.returns, outcome.lengths):
+            self.counters["episodes"] += 1
+            self._recent_returns = (self._recent_returns + [float(ret)])[-10:]
+            self.logger.scalars({"episode/return": float(ret), "episode/length": int(length)}, self.env_steps)
+        info = outcome.info
         if "simulator_failure" in info:
             failures = int(np.sum(info["_simulator_failure"]))
             self.counters["sim_failures"] += failures
@@ -194,16 +189,14 @@ class Trainer:
 
     def evaluate(self, env: gym.vector.VectorEnv, episodes: int, seed: int = EVAL_SEED) -> list[float]:
         """Returns of ``episodes`` episodes with the deterministic policy (the actor's mode)."""
-        obs, _ = env.reset(seed=seed)
-        is_first = np.ones(env.num_envs, bool)
-        carry, returns = None, []
-        while len(returns) < episodes:
+        carry = None
+
+        def policy(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+            nonlocal carry
             action, carry = self.agent.act(obs, is_first, carry, explore=False)
-            obs, _, terminated, truncated, info = env.step(self.env_action(action))
-            is_first = np.logical_or(terminated, truncated)
-            if "episode" in info:
-                returns += [float(r) for r in info["episode"]["r"][info["_episode"]]]
-        return returns[:episodes]
+            return action
+
+        return episode_returns(env, policy, episodes, seed, self.env_action)
 
     # ----- periodic work
 
