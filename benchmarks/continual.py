@@ -378,23 +378,23 @@ def untouched_rng(agent: Any, seed: int | None = None) -> Iterator[None]:
 
 def record_episodes(trainer: Any, env: Any, episodes: int, seed: int) -> dict[str, np.ndarray]:
     """Run the exploring policy for ``episodes`` whole episodes on a one-env vector env, WITHOUT adding
-    to the replay; returns the steps as (L, ...) arrays in the replay's format (the loop's convention:
-    the record of observation t holds the reward on arriving there, its flags and the action chosen)."""
+    to the replay; returns the steps as (L, ...) arrays in the replay's format (``agent.rollout``'s
+    records), ending with the last episode's final observation."""
+    from agent.rollout import Rollout
+
     assert env.num_envs == 1, "held-out data is recorded from one env"
-    obs, _ = env.reset(seed=seed)
-    is_first, is_last, is_terminal = np.ones(1, bool), np.zeros(1, bool), np.zeros(1, bool)
-    reward, carry, steps, ended = np.zeros(1, np.float32), None, [], 0
+    carry, steps = None, []
+
+    def policy(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+        nonlocal carry
+        action, carry = trainer.agent.act(obs, is_first, carry, explore=True)
+        return action
+
     with untouched_rng(trainer.agent, seed):
-        while True:
-            action, carry = trainer.agent.act(obs, is_first, carry, explore=True)
-            steps.append({**obs, "action": action, "reward": reward, "is_first": is_first, "is_last": is_last,
-                          "is_terminal": is_terminal})
-            ended += int(is_last[0])
-            if ended >= episodes:
-                break
-            obs, reward, terminated, truncated, _ = env.step(trainer.env_action(action))
-            reward = np.asarray(reward, np.float32)
-            is_first, is_last, is_terminal = is_last, np.logical_or(terminated, truncated), np.asarray(terminated)
+        rollout = Rollout(env, seed, trainer.env_action)
+        while rollout.episodes_ended < episodes:
+            steps.append(rollout.step(policy)[0])
+        steps.append(rollout.act(policy))  # the last episode's final observation; its action is never executed
     return {key: np.concatenate([s[key] for s in steps]) for key in steps[0]}  # (L, ...)
 
 

@@ -109,47 +109,50 @@ def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed:
     and qvel (T, nv), the simulator's state at obs_t. An episode whose simulation diverges ends at the
     last step before that.
     """
+    import gymnasium as gym
+
     import envs
+    from agent.rollout import Rollout
 
     if policy not in ("sample", "mode", "random"):
         raise ValueError(f"policy must be sample, mode or random, got {policy!r}.")
     discrete = hasattr(env.action_space, "n")
     rng = np.random.default_rng(seed)
     with_sim = envs.has_sim_state(env)
+    # A one-env vector view of ``env`` itself, so the simulator read below is the one being stepped.
+    vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    carry = None
+
+    def choose(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
+        nonlocal carry
+        if policy == "random":
+            action = (np.eye(env.action_space.n, dtype=np.float32)[rng.integers(env.action_space.n)] if discrete
+                      else rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+            return action[None]  # (1, A)
+        action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=policy == "sample")
+        return action
+
     out = []
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
+        carry = None
+        rollout = Rollout(vec, seed + i, lambda action: action.argmax(-1) if discrete else action)
         rows: dict[str, list] = {k: [] for k in [*keys, "action", "reward", "is_first", "is_terminal"]}
         if with_sim:
             rows.update(qpos=[], qvel=[])
-        reward, is_first, terminal, done, carry = 0.0, True, False, False, None
         while True:
-            if policy == "random":
-                action = (np.eye(env.action_space.n, dtype=np.float32)[rng.integers(env.action_space.n)] if discrete
-                          else rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
-            else:
-                batch = {k: obs[k][None] for k in keys}
-                action, carry = agent.act(batch, np.array([is_first]), carry, explore=policy == "sample")
-                action = action[0]
-            for k in keys:
-                rows[k].append(obs[k])
+            record = rollout.act(choose)
+            for k in [*keys, "action", "reward", "is_first", "is_terminal"]:
+                rows[k].append(record[k][0])
             if with_sim:
                 sim = envs.sim_state(env)
                 rows["qpos"].append(sim["qpos"])
                 rows["qvel"].append(sim["qvel"])
-            rows["action"].append(action)
-            rows["reward"].append(reward)
-            rows["is_first"].append(is_first)
-            rows["is_terminal"].append(terminal)
-            if done or (max_steps and len(rows["reward"]) >= max_steps):
+            if record["is_last"][0] or (max_steps and len(rows["reward"]) >= max_steps):
                 break
-            obs, reward, terminated, truncated, info = env.step(int(action.argmax()) if discrete else action)
-            if info.get("simulator_failure"):  # the simulator diverged: its state no longer matches obs
+            outcome = rollout.advance()
+            if outcome.info.get("_simulator_failure", [False])[0]:  # diverged: its state no longer matches obs
                 break
-            is_first, terminal, done = False, bool(terminated), bool(terminated or truncated)
-        episode = {k: np.stack(v) for k, v in rows.items()}
-        episode["reward"] = episode["reward"].astype(np.float32)
-        out.append(episode)
+        out.append({k: np.stack(v) for k, v in rows.items()})
     return out
 
 

@@ -27,8 +27,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .common import machine_info, write_json
 
@@ -177,6 +179,20 @@ def run_commits(rundir: Path) -> list[str]:
     return [f"{s['git_commit']}{'+dirty' if s.get('git_dirty') else ''}" for s in starts]
 
 
+def trivial_policy(name: str, space: Any, rng: Any) -> Callable[[dict, Any], Any]:
+    """A one-env policy ``(obs, is_first) -> action``: ``random`` (uniform actions from ``rng``) or ``zero``
+    (doing nothing: zero force, or the first discrete action)."""
+    import numpy as np
+
+    def act(obs: dict, is_first: np.ndarray) -> np.ndarray:
+        if hasattr(space, "n"):
+            return rng.integers(space.n, size=1) if name == "random" else np.zeros(1, np.int64)
+        shape = (1, *space.shape)
+        return (rng.uniform(-1, 1, shape) if name == "random" else np.zeros(shape)).astype(np.float32)
+
+    return act
+
+
 def trivial_returns(task: Task) -> dict[str, float]:
     """Mean return of a uniform-random and a do-nothing policy over the task's evaluation episodes (the
     run's evaluation seed, episode count and action repeat; state observations: the return does not
@@ -186,26 +202,18 @@ def trivial_returns(task: Task) -> dict[str, float]:
     import envs
     from agent.config import RunConfig, apply_overrides
     from agent.loop import EVAL_SEED
+    from agent.rollout import episode_returns
 
     cfg = apply_overrides(RunConfig(), task.overrides)
     episodes, repeat = cfg.train.eval_episodes, cfg.env.action_repeat
     out = {}
     for policy in ("random", "zero"):
         env = envs.make_vec(task.spec, 1, obs="state", action_repeat=repeat)
-        rng = np.random.default_rng(0)
-        space = env.single_action_space
-        env.reset(seed=EVAL_SEED)
-        returns: list[float] = []
-        while len(returns) < episodes:
-            if hasattr(space, "n"):
-                action = rng.integers(space.n, size=1) if policy == "random" else np.zeros(1, np.int64)
-            else:
-                shape = (1, *space.shape)
-                action = (rng.uniform(-1, 1, shape) if policy == "random" else np.zeros(shape)).astype(np.float32)
-            _, _, _, _, info = env.step(action)
-            if "episode" in info and info["_episode"][0]:
-                returns.append(float(info["episode"]["r"][0]))
-        env.close()
+        act = trivial_policy(policy, env.single_action_space, np.random.default_rng(0))
+        try:
+            returns = episode_returns(env, act, episodes, seed=EVAL_SEED)
+        finally:
+            env.close()
         out[policy] = sum(returns) / len(returns)
     return out
 
