@@ -9,9 +9,18 @@ closed: the insertion policy picks the slot it is copied to, or drops it:
 - ``reservoir``: once every slot is used, a closed chunk replaces a random slot with probability
   slots / chunks_seen, so the buffer stays a uniform sample of the whole run (as in Continual-Dreamer).
 
-A sampled window is T consecutive steps of one row (closed or open), at any offset, uniformly over all
-such windows; it may cross episode boundaries, which ``is_first`` marks. A batch costs one
-fancy-indexing copy per key.
+Sampling. A sampled window is T consecutive steps of one stream, drawn uniformly over all such windows
+held. Every chunk is labelled (stream, index) when it is opened, and a window that starts in a full
+chunk may run on into the chunk labelled (same stream, index + 1) when that one is held too: the next
+closed chunk, or the stream's open chunk. So a step lies in T windows wherever its stream's stored steps
+run on T - 1 steps either side of it, not only in the middle of its chunk (chunk 256, T 64: with windows
+kept inside chunks, a quarter of the steps lay in fewer windows, those at a chunk's edge in one). With
+``fifo`` the chunks of a stream are consecutive, so only the oldest and newest T - 1 steps of each
+stream lie in fewer windows. With ``reservoir`` the kept chunks are a random subset and mostly not
+consecutive; since a window only crosses into a chunk labelled as the very next one of the same stream,
+it never joins steps that were not consecutive in time: it stays inside its chunk unless the chunk's
+successor happens to be kept as well. Windows may cross episode boundaries, which ``is_first`` marks.
+A batch costs one fancy-indexing copy per key.
 
 Persistence. A closed chunk is written once, to its own file, when it is kept. ``state_dict`` writes the
 open chunks and returns the list of files that make up the buffer; ``collect_garbage`` (called after a
@@ -58,6 +67,9 @@ class Replay:
         self.streams = 0
         self.filled = np.zeros(self.slots, np.int64)  # grows by `streams` rows at the first add
         self.files: list[str | None] = [None] * self.slots  # the file of each closed chunk
+        # (stream, index within the stream) of each row's chunk; (-1, -1) for none or unknown
+        self.labels = np.full((self.slots, 2), -1, np.int64)
+        self.closed = np.zeros(0, np.int64)  # chunks each stream has closed so far
         self.next_fifo = 0
         self.chunks_seen = 0
         self.steps_added = 0
@@ -71,6 +83,8 @@ class Replay:
             value = np.asarray(value)
             self.data[key] = np.zeros((rows, self.chunk, *value.shape[1:]), value.dtype)
         self.filled = np.concatenate([self.filled, np.zeros(self.streams, np.int64)])
+        self.closed = np.zeros(self.streams, np.int64)
+        self.labels = np.concatenate([self.labels, np.stack([np.arange(self.streams), self.closed], 1)])
 
     def add(self, step: dict[str, np.ndarray]) -> None:
         """Add one step of every stream: each value has a leading axis of N streams."""
@@ -98,8 +112,11 @@ class Replay:
             for array in self.data.values():
                 array[slot] = array[row]
             self.filled[slot] = self.chunk
+            self.labels[slot] = self.labels[row]
             self.files[slot] = self._write_chunk(slot, "chunk") if self.directory is not None else None
         self.filled[row] = 0
+        self.closed[stream] += 1
+        self.labels[row] = (stream, self.closed[stream])
 
     def _choose_slot(self) -> int | None:
         self.chunks_seen += 1
@@ -118,13 +135,36 @@ class Replay:
         return int(self.filled.sum())
 
     def can_sample(self, length: int) -> bool:
+        # A window that runs into a successor starts in a full chunk, which holds one of its own.
         return bool(np.any(self.filled >= length))
+
+    def _successors(self) -> np.ndarray:
+        """(rows,) the row holding the chunk that follows each row's chunk in its stream, or -1."""
+        successor = np.full(len(self.filled), -1, np.int64)
+        held = np.flatnonzero((self.filled > 0) & (self.labels[:, 0] >= 0))
+        if len(held) == 0:
+            return successor
+        key = self.labels[held, 0] * 2**40 + self.labels[held, 1]  # (stream, index) as one sortable number
+        order = np.argsort(key)
+        position = np.minimum(np.searchsorted(key[order], key + 1), len(held) - 1)
+        found = key[order][position] == key + 1
+        successor[held[found]] = held[order[position[found]]]
+        return successor
+
+    def _windows(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the number of windows of ``length`` steps that start in it (at offsets 0, 1, ...), and
+        the row its windows run on into (-1: none)."""
+        successor = self._successors()
+        inside = np.maximum(self.filled - length + 1, 0)
+        crossing = np.where((self.filled == self.chunk) & (successor >= 0),
+                            np.minimum(length - 1, self.filled[successor]), 0)
+        return inside + crossing, successor
 
     def sample(self, batch: int, length: int) -> dict[str, np.ndarray]:
         """``batch`` windows of ``length`` consecutive steps, uniformly over all stored windows: (B, T, ...)."""
         if length > self.chunk:
             raise ValueError(f"cannot sample windows of {length} steps from chunks of {self.chunk}.")
-        windows = np.maximum(self.filled - length + 1, 0)
+        windows, successor = self._windows(length)
         total = int(windows.sum())
         if total == 0:
             raise ValueError(f"replay holds no window of {length} steps yet ({len(self)} steps stored).")
@@ -132,8 +172,11 @@ class Replay:
         ends = np.cumsum(windows)
         rows = np.searchsorted(ends, pick, side="right")
         offsets = pick - (ends[rows] - windows[rows])
-        steps = offsets[:, None] + np.arange(length)  # (B, T)
-        return {key: array[rows[:, None], steps] for key, array in self.data.items()}
+        steps = offsets[:, None] + np.arange(length)  # (B, T), past the chunk's end into its successor
+        beyond = steps >= self.chunk
+        rows = np.where(beyond, successor[rows][:, None], rows[:, None])  # (B, T)
+        steps = steps - self.chunk * beyond
+        return {key: array[rows, steps] for key, array in self.data.items()}
 
     def bytes_per_step(self) -> int:
         """Memory one stored step takes, all keys together (64x64 pixels: about 12 KB)."""
@@ -159,6 +202,7 @@ class Replay:
         return {"chunk": self.chunk, "slots": self.slots, "policy": self.policy, "streams": self.streams,
                 "files": list(self.files), "open_files": open_files, "next_fifo": self.next_fifo,
                 "chunks_seen": self.chunks_seen, "steps_added": self.steps_added,
+                "labels": self.labels[: self.slots].tolist(), "closed": self.closed.tolist(),
                 "rng": self.rng.bit_generator.state,
                 "layout": {k: (str(a.dtype), list(a.shape[2:])) for k, a in self.data.items()}}
 
@@ -169,6 +213,7 @@ class Replay:
                 raise ValueError(f"replay {field} in the checkpoint ({state[field]!r}) differs from this run's "
                                  f"({getattr(self, field)!r}).")
         self.data, self.filled, self.streams = {}, np.zeros(self.slots, np.int64), 0
+        self.labels, self.closed = np.full((self.slots, 2), -1, np.int64), np.zeros(0, np.int64)
         if state["layout"]:
             self.streams = state["streams"]
             template = {k: np.zeros((self.streams, *shape), dtype) for k, (dtype, shape) in state["layout"].items()}
@@ -187,6 +232,10 @@ class Replay:
                     self.data[key][row, :count] = chunk[key]
             self.filled[row] = count
         self.files = list(state["files"])
+        if "labels" in state:  # checkpoints written before chunks were labelled leave them unknown (-1)
+            self.labels[: self.slots] = state["labels"]
+            self.closed = np.array(state["closed"], np.int64)
+            self.labels[self.slots:] = np.stack([np.arange(self.streams), self.closed], 1)
         self.next_fifo, self.chunks_seen = state["next_fifo"], state["chunks_seen"]
         self.steps_added = state["steps_added"]
         self.rng.bit_generator.state = state["rng"]

@@ -47,6 +47,35 @@ def test_fifo_keeps_the_newest_steps():
     assert replay.sample(256, 10)["t"].min() >= 1000 - 100 - 20
 
 
+@pytest.mark.parametrize("steps", [150, 1010])  # nothing dropped yet; the oldest chunks overwritten
+def test_fifo_draws_every_stored_step_about_equally_often(steps):
+    """Windows run on across chunk edges within a stream, so a step at a chunk's edge is drawn as often
+    as one in its middle; only the first and last T - 1 steps a stream holds lie in fewer windows."""
+    T, draws = 16, 50_000
+    replay = Replay(capacity=400, chunk=40, seed=0)  # 10 slots: 5 closed chunks per stream, and an open one
+    fill(replay, steps, streams=2)
+    batch = replay.sample(draws, T)
+    np.testing.assert_array_equal(np.diff(batch["t"], axis=1), 1)
+    assert np.all(batch["stream"] == batch["stream"][:, :1])
+    held = min(steps, 200 + steps % 40)  # steps each stream holds: the newest ones
+    counts = np.zeros((2, steps))
+    np.add.at(counts, (batch["stream"], batch["t"]), 1)
+    middle = counts[:, steps - held + T - 1: steps - T + 1]  # steps with T - 1 held steps either side
+    expected = draws * T / (2 * (held - T + 1))  # each lies in T of the held windows
+    assert np.abs(middle / expected - 1).max() < 0.12
+    assert counts[:, : steps - held].sum() == 0
+
+
+def test_reservoir_windows_never_join_chunks_that_were_not_consecutive():
+    replay = Replay(capacity=400, chunk=10, policy="reservoir", seed=1)
+    fill(replay, 2000, streams=1)
+    batch = replay.sample(5000, 8)
+    np.testing.assert_array_equal(np.diff(batch["t"], axis=1), 1)
+    kept = np.sort(replay.data["t"][: replay.slots, 0])
+    # Where two consecutive chunks were both kept, windows run from one into the other.
+    assert np.any(np.diff(kept) == 10) and np.any(batch["t"][:, 0] % 10 > 10 - 8)
+
+
 def test_reservoir_keeps_a_sample_of_the_whole_run():
     replay = Replay(capacity=400, chunk=10, policy="reservoir", seed=1)
     fill(replay, 5000, streams=1)
@@ -95,6 +124,22 @@ def test_save_and_resume_restores_exact_contents(tmp_path, policy):
     # Adding continues where the checkpoint stopped.
     fill(restored, 40, start=333)
     assert restored.sample(64, 8)["t"].max() >= 333
+
+
+def test_checkpoints_without_chunk_labels_still_load(tmp_path):
+    """Replay state written before chunks were labelled: its chunks are sampled each on its own."""
+    replay = Replay(capacity=200, chunk=20, directory=tmp_path)
+    fill(replay, 100)
+    state = replay.state_dict()
+    del state["labels"], state["closed"]
+    restored = Replay(capacity=200, chunk=20, directory=tmp_path)
+    restored.load_state_dict(state)
+    assert len(restored) == 200
+    batch = restored.sample(500, 8)
+    np.testing.assert_array_equal(np.diff(batch["t"], axis=1), 1)
+    assert (batch["t"][:, 0] % 20).max() <= 20 - 8  # no window crosses a chunk edge
+    fill(restored, 40, start=100)  # chunks closed from now on are labelled and joined
+    assert np.any(restored.sample(500, 8)["t"][:, 0] % 20 > 20 - 8)
 
 
 def test_resume_with_a_missing_chunk_file_is_a_clear_error(tmp_path):
