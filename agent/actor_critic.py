@@ -93,8 +93,16 @@ class Actor(nn.Module):
         self.body = MLP(feat_dim, cfg.units, cfg.layers, norm)
         self.head = nn.Linear(cfg.units, self.act_dim if self.discrete else 2 * self.act_dim)
 
+    def raw(self, feat: Tensor) -> Tensor:
+        """The distribution's parameters before squashing: (..., A) logits or (..., 2A) mean and std."""
+        return self.head(self.body(feat))
+
+    def dist(self, raw: Tensor) -> ActionDist:
+        """The action distribution of parameters ``raw`` (from `raw`)."""
+        return ActionDist(raw, self.discrete, self.cfg)
+
     def forward(self, feat: Tensor) -> ActionDist:
-        return ActionDist(self.head(self.body(feat)), self.discrete, self.cfg)
+        return self.dist(self.raw(feat))
 
 
 class Critic(nn.Module):
@@ -135,17 +143,26 @@ class ActorCritic(nn.Module):
         """Expected return of each state (decoded from the two-hot bins)."""
         return twohot_decode((self.slow_critic if slow else self.critic)(feat), self.bins)
 
-    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor
-               ) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """Unreduced (H, N) actor and critic losses of an imagined trajectory.
+    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor,
+               policy: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Unreduced (H, N) actor and critic losses of an imagined trajectory, and scalar metric tensors.
 
         feat, action: (H+1, N, F) and (H+1, N, A), row 0 the start state and action[t] chosen at state t;
-        reward, continue_: (H+1, N), predicted on arriving at each state. With ``dynamics`` gradients the
-        trajectory must be differentiable with respect to the actor (``Agent.imagine(grad=True)``).
+        reward, continue_: (H+1, N), predicted on arriving at each state. ``policy`` (H+1, N, ...): the
+        actor's `raw` outputs at those states as the rollout computed them, with the actor's gradient
+        (None: computed here). With ``dynamics`` gradients the trajectory must be differentiable with
+        respect to the actor.
         """
         cfg = self.cfg
-        with frozen(self.critic):  # the actor's gradient may pass through values, never into the critic
-            value = self.value(feat)  # (H+1, N)
+        if self.dynamics_grad:
+            with frozen(self.critic):  # the actor's gradient passes through values, never into the critic
+                value = self.value(feat)  # (H+1, N)
+            logits = self.critic(feat[:-1].detach())  # the critic's own forward on fixed states
+        else:
+            # Nothing upstream of feat needs a gradient: one critic forward serves values and the critic loss.
+            all_logits = self.critic(feat.detach())  # (H+1, N, K)
+            value = twohot_decode(all_logits.detach(), self.bins)
+            logits = all_logits[:-1]
         ret = lambda_return(reward[1:], value[:-1], continue_[1:], value[-1], cfg.lambda_, cfg.discount)
         with torch.no_grad():
             # Weight of state t: the chance the imagined episode is still running there, discounted.
@@ -155,7 +172,7 @@ class ActorCritic(nn.Module):
             advantage = (ret - value[:-1]) / scale  # (H, N)
             slow_value = self.value(feat[:-1], slow=True)
 
-        dist = self.actor(feat[:-1])
+        dist = self.actor(feat[:-1]) if policy is None else self.actor.dist(policy[:-1])
         entropy = dist.entropy()
         if self.dynamics_grad:
             # Backpropagation through the model's dynamics: maximise the normalised return itself.
@@ -165,23 +182,22 @@ class ActorCritic(nn.Module):
             actor = -dist.log_prob(action[:-1].detach()) * advantage - cfg.entropy * entropy
 
         # The critic regresses fixed targets from fixed states: detach both.
-        logits = self.critic(feat[:-1].detach())
         critic = symlog_twohot_loss(logits, ret.detach(), self.bins) + cfg.slow_reg * symlog_twohot_loss(
             logits, slow_value, self.bins)
         losses = {"actor": actor * weight, "critic": critic * weight}
         metrics = {
-            "imagine/return": ret.mean().item(),
-            "imagine/value": value.mean().item(),
-            "imagine/reward": reward[1:].mean().item(),
-            "imagine/continue": continue_[1:].mean().item(),
-            "actor/entropy": entropy.mean().item(),
-            "actor/advantage_std": advantage.std().item(),
-            "actor/return_scale": self.normalizer.scale().item(),
+            "imagine/return": ret.mean(),
+            "imagine/value": value.mean(),
+            "imagine/reward": reward[1:].mean(),
+            "imagine/continue": continue_[1:].mean(),
+            "actor/entropy": entropy.mean(),
+            "actor/advantage_std": advantage.std(),
+            "actor/return_scale": scale,
         }
-        return losses, metrics
+        return losses, {k: v.detach() for k, v in metrics.items()}
 
     def replay_value_loss(self, feat: Tensor, reward: Tensor, is_first: Tensor, is_terminal: Tensor
-                          ) -> tuple[Tensor, dict[str, float]]:
+                          ) -> tuple[Tensor, dict[str, Tensor]]:
         """Critic loss on replayed sequences, time on the first axis (T, N): the critic regresses lambda
         returns built from the real rewards along the sequence, bootstrapped with its own values.
 
@@ -201,13 +217,14 @@ class ActorCritic(nn.Module):
             logits, slow_value, self.bins)
         mask = inside.float()
         loss = (loss * mask).sum() / mask.sum().clamp(min=1.0)
-        return loss, {"replay/return": (ret * mask).sum().item() / max(mask.sum().item(), 1.0),
-                      "replay/value": value.mean().item()}
+        return loss, {"replay/return": (ret * mask).sum() / mask.sum().clamp(min=1.0), "replay/value": value.mean()}
 
-    def update(self, losses: dict[str, Tensor]) -> dict[str, float]:
-        """One optimizer step of actor and critic; returns their losses and gradient norms. An optional
+    def update(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One optimizer step of actor and critic; returns their losses and gradient norms (scalar tensors)
+        and ``skipped`` (1.0 where a non-finite loss or gradient skipped a step). An optional
         ``replay_value`` loss (a scalar) is added to the critic's, scaled by ``replay_value``."""
-        metrics = {"skipped": 0.0}
+        metrics: dict[str, Tensor] = {}
+        skipped = []
         for name, opt, module in (("actor", self.actor_opt, self.actor), ("critic", self.critic_opt, self.critic)):
             opt.zero_grad(set_to_none=True)
             loss = losses[name].mean()
@@ -219,17 +236,17 @@ class ActorCritic(nn.Module):
                 opt.step()
             else:  # skip rather than poison parameters and Adam's moments
                 opt.zero_grad(set_to_none=True)
-                metrics["skipped"] = 1.0
-            metrics[f"train/loss/{name}"] = loss.item()
-            metrics[f"train/grad_norm/{name}"] = norm.item()
+                skipped.append(name)
+            metrics[f"train/loss/{name}"] = loss.detach()
+            metrics[f"train/grad_norm/{name}"] = norm
         self.update_slow_critic()
+        metrics["skipped"] = torch.tensor(float(bool(skipped)))
         return metrics
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:
         """Move the slow critic a fraction ``slow_rate`` towards the critic."""
-        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
-            slow.lerp_(fast, self.cfg.slow_rate)
+        torch._foreach_lerp_(list(self.slow_critic.parameters()), list(self.critic.parameters()), self.cfg.slow_rate)
 
     def optimizer_state(self) -> dict[str, Any]:
         return {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict()}

@@ -82,7 +82,7 @@ class Agent(nn.Module):
         data = self.to_torch(batch)
         wm_metrics, outputs = self.wm.train_step(data)
         metrics = {f"train/{k}": v for k, v in wm_metrics.items()}
-        if wm_metrics.get("skipped", 0.0):
+        if wm_metrics["skipped"]:
             self.skipped_updates += 1
             metrics["train/skipped_updates"] = float(self.skipped_updates)
             return metrics
@@ -99,45 +99,62 @@ class Agent(nn.Module):
         if self.cfg.actor_critic.replay_value > 0:  # the replayed sequences, time first: (T, B, ...)
             replay = {"feat": self.wm.rssm.features(posterior).transpose(0, 1),  # posterior is detached
                       **{k: data[k].transpose(0, 1) for k in ("reward", "is_first", "is_terminal")}}
-        metrics.update(self.actor_critic_step(start, start_continue, replay))
+        ac_metrics = self.actor_critic_step(start, start_continue, replay)
+        values = torch.stack([v.float() for v in ac_metrics.values()]).tolist()  # one device sync
+        metrics.update(zip(ac_metrics.keys(), values))
         metrics["train/skipped_updates"] = float(self.skipped_updates)
         return metrics
 
     def actor_critic_step(self, start: dict[str, torch.Tensor], start_continue: torch.Tensor,
-                          replay: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                          replay: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Imagine from ``start`` (N, ...) and update actor and critic; the world model stays as it is.
         ``replay`` (features, rewards and flags of the replayed sequences, time first) adds the critic's
-        replay-return loss."""
+        replay-return loss. Returns scalar metric tensors (read back once by the caller)."""
         with frozen(self.wm):  # no gradient ever reaches the world model's parameters from here
             with torch.set_grad_enabled(self.ac.dynamics_grad):  # differentiable rollouts only when used
-                feat, action, reward, continue_ = self.imagine(start, start_continue)
-            losses, metrics = self.ac.losses(feat, action, reward, continue_)
+                traj = self.imagine(start, start_continue)
+            losses, metrics = self.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"],
+                                             traj["policy"])
         if replay is not None:
             losses["replay_value"], replay_metrics = self.ac.replay_value_loss(
                 replay["feat"], replay["reward"].float(), replay["is_first"], replay["is_terminal"])
             metrics.update(replay_metrics)
         update = self.ac.update(losses)
-        if update.pop("skipped", 0.0):
+        if update.pop("skipped"):
             self.skipped_updates += 1
         return {**metrics, **update}
 
-    def imagine(self, start: dict[str, torch.Tensor], start_continue: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def imagine(self, start: dict[str, torch.Tensor], start_continue: torch.Tensor) -> dict[str, torch.Tensor]:
         """Roll the world model ``horizon`` steps under the actor from detached starts.
 
-        Returns features (H+1, N, F), actions (H+1, N, A), predicted rewards and continue
-        probabilities (H+1, N); row 0 is the start, whose continue flag is the replayed one. Under
-        ``torch.no_grad`` for REINFORCE; with gradients on (and the world model frozen) the trajectory is
-        differentiable with respect to the actor, for dynamics backpropagation.
+        Returns a trajectory: ``feat`` (H+1, N, F), ``action`` (H+1, N, A), predicted ``reward`` and
+        ``continue_`` probabilities (H+1, N) (row 0 is the start: its reward is 0 and unused, its
+        continue flag the replayed one), and ``policy`` (H+1, N, ...): the actor's raw outputs at each
+        state, which always carry the actor's gradient so that its loss need not run the actor again.
+        Under ``torch.no_grad`` the rollout itself is not differentiable (REINFORCE); with gradients on
+        (and the world model frozen) it is differentiable with respect to the actor, for dynamics
+        backpropagation.
         """
-        rssm = self.wm.rssm
-        traj = rssm.imagine(start, lambda s: self.ac.actor(rssm.features(s)).sample(),
-                            self.cfg.actor_critic.horizon)
+        rssm, actor = self.wm.rssm, self.ac.actor
+        raws = []
+
+        def policy(state: dict[str, torch.Tensor]) -> torch.Tensor:
+            with torch.enable_grad():
+                raw = actor.raw(rssm.features(state))  # (N, ...)
+            raws.append(raw)
+            # Without dynamics gradients the sampled action is data, not part of the actor's graph.
+            return actor.dist(raw if torch.is_grad_enabled() else raw.detach()).sample()
+
+        traj = rssm.imagine(start, policy, self.cfg.actor_critic.horizon)
         feat = rssm.features(traj)  # (H+1, N, F)
-        reward = twohot_decode(self.wm.reward(feat), self.wm.bins)
-        continue_ = torch.sigmoid(self.wm.continue_(feat).float())
-        continue_ = torch.cat([start_continue[None], continue_[1:]], 0)
-        return feat, traj["action"], reward, continue_
+        # The start's reward and continue flag are not predicted: rows 1..H only.
+        reward = twohot_decode(self.wm.reward(feat[1:]), self.wm.bins)  # (H, N)
+        continue_ = torch.sigmoid(self.wm.continue_(feat[1:]).float())  # (H, N)
+        with torch.enable_grad():
+            policy_raw = torch.stack(raws)  # (H+1, N, ...)
+        return {"feat": feat, "action": traj["action"], "policy": policy_raw,
+                "reward": torch.cat([torch.zeros_like(reward[:1]), reward]),
+                "continue_": torch.cat([start_continue[None], continue_])}
 
     # ----- reports
 

@@ -51,20 +51,29 @@ def twohot_encode(x: Tensor, bins: Tensor) -> Tensor:
 def twohot_decode(logits: Tensor, bins: Tensor) -> Tensor:
     """symexp of the expected bin value under softmax(logits): (..., K) -> (...).
 
-    The sum runs over the two halves of the symmetric bins from the outside in, so that uniform
-    probabilities (zero-initialised logits) decode to exactly 0 (DreamerV3 does the same).
+    `bins` are symmetric around an exact 0 (`symlog_bins`), so the expectation is
+    sum_i bins[i] * (p[i] - p[K-1-i]) over the lower half: uniform probabilities (zero-initialised
+    logits) decode to exactly 0, as DreamerV3 ensures, and it is one matrix-vector product.
     """
     probs = torch.softmax(logits.float(), -1)
     m = bins.shape[0] // 2
-    lower = (probs[..., :m] * bins[:m]).sum(-1)
-    upper = (probs[..., m + 1 :] * bins[m + 1 :]).flip(-1).sum(-1)
-    middle = probs[..., m] * bins[m]
-    return symexp(lower + upper + middle)
+    mirrored = probs[..., :m] - probs[..., m + 1 :].flip(-1)  # (..., m): p[i] - p[K-1-i]
+    return symexp(mirrored @ bins[:m])
 
 
 def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
-    """Cross-entropy of `logits` (..., K) against two-hot(symlog(target)) for raw `target` (...) -> (...)."""
-    return -(twohot_encode(symlog(target.float()), bins) * F.log_softmax(logits.float(), -1)).sum(-1)
+    """Cross-entropy of `logits` (..., K) against two-hot(symlog(target)) for raw `target` (...) -> (...).
+
+    Only the two target bins have weight, so it is logsumexp(logits) minus their weighted logits: the
+    same number as the dense sum over K, without building the (..., K) two-hot tensor.
+    """
+    K = bins.shape[0]
+    x = symlog(target.float()).clamp(bins[0], bins[-1])
+    below = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, K - 2)  # (...)
+    w_hi = (x - bins[below]) / (bins[below + 1] - bins[below])
+    logits = logits.float()
+    picked = logits.gather(-1, torch.stack([below, below + 1], -1))  # (..., 2)
+    return torch.logsumexp(logits, -1) - ((1.0 - w_hi) * picked[..., 0] + w_hi * picked[..., 1])
 
 
 def lambda_return(
