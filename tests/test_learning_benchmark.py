@@ -33,8 +33,8 @@ def test_ablation_overrides_reach_every_task_and_get_their_own_name():
     tasks, variant = select_tasks(parser, "cpu", None, [])
     assert [t.name for t in tasks] == [t.name for t in SUITES["cpu"]] and variant == ""
     extra = ["agent.actor_critic.actor_lr=1e-4"]
-    tasks, variant = select_tasks(parser, "cpu", ["cartpole_balance"], extra)
-    assert [t.name for t in tasks] == ["cartpole_balance"] and tasks[0].overrides[-1] == extra[0]
+    tasks, variant = select_tasks(parser, "dmc-proprio", ["walker_walk"], extra)
+    assert [t.name for t in tasks] == ["walker_walk"] and tasks[0].overrides[-1] == extra[0]
     other = select_tasks(parser, "cpu", None, ["agent.actor_critic.critic_lr=1e-4"])[1]
     assert variant.startswith("-") and variant != other
     for bad in (["agent.actor_critic.no_such_field=1"], None):
@@ -72,7 +72,7 @@ def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatc
     import benchmarks.readme as readme
     from benchmarks.learning import SUITES, summarize
 
-    task = SUITES["cpu"][1]
+    task = SUITES["cpu"][0]
     curve = [{"env_steps": 10, "return": 50.0}, {"env_steps": 20, "return": 150.0}, {"env_steps": 30, "return": 9.0}]
     run = {"name": task.name, "seed": 0, "overrides": list(task.overrides), "steps": 20, "curve": curve,
            "final_return": 79.5, "wall_s": 60.0, "threshold": task.threshold}
@@ -86,7 +86,7 @@ def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatc
     monkeypatch.setattr(readme, "RESULTS", Path(tmp_path))
     rows = [line for line in readme.learning_ablations().splitlines() if line.startswith(f"| {task.name}")]
     # The suite's run is read at the ablation's 20 steps: (50 + 150) / 2 = 100, not its final 79.5.
-    assert rows == ["| cartpole_balance | `agent.actor_critic.actor_lr=1e-4` | 20 | 2 | 100 | 300 (250, 350) "
+    assert rows == ["| pendulum | `agent.actor_critic.actor_lr=1e-4` | 20 | 2 | 100 | 300 (250, 350) "
                     "| 2 | `results/learning_cpu-0123abcd.json` |"]
     # An ablation made on an earlier version of the task would be compared with the wrong suite: refused.
     stale = [{**r, "overrides": ["train.eval_every=1", *extra]} for r in seeds]
