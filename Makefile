@@ -45,6 +45,8 @@ bench-wm: $(STAMP)
 
 # The whole agent update of the working tree against SPEED_BASELINE, timed in the same run: children alternate
 # between the two trees for SPEED_FLAGS' rounds (see benchmarks/wm_throughput.py). About 10 minutes on 2 cores.
+# The first round also runs --check-updates (default 3) seeded updates per side and prints whether the losses
+# are the same (`equivalence` and `same_losses` per result; --check-updates 0 in SPEED_FLAGS turns it off).
 # A smoke run: make bench-speed SPEED_FLAGS="--presets debug --batch 2 --length 8 --threads 1 --warmup 1 \
 #   --repeats 1 --rounds 1" SPEED_OUT=/tmp/speed_smoke.json
 SPEED_BASELINE ?= e8b2407

@@ -12,11 +12,18 @@ an error rather than a silently wrong comparison.
 
 Spec keys: preset, device, obs (state | pixels), action_dim, batch, length, encoder, decoder, threads,
 warmup, repeats, overrides, phase_repeats (extra updates timed phase by phase; 0: none), profile (true:
-after warm-up, one update under torch.profiler instead of the timed ones), root.
+after warm-up, one update under torch.profiler instead of the timed ones), root, check_updates (default 3;
+0: off).
+
+Before the timing, `check_updates` updates of a separate, freshly seeded agent (global torch and numpy
+seeds 0, each update on its own batch, seeds 100, 101, ...) record the metric dict `train_step` returns, as
+`check_metrics` (one dict per update): run with the same spec on two trees, they show whether both give the
+same losses. That agent is deleted before the timed one is built, so it times nothing and shares no state.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import statistics
@@ -173,6 +180,39 @@ def _self_device_us(e: Any) -> float:
     return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
 
 
+CHECK_UPDATES = 3  # default number of updates whose metrics are recorded for the equivalence check
+CHECK_BATCH_SEED = 100  # update i of the check trains on make_batch(..., seed=CHECK_BATCH_SEED + i)
+
+
+def check_metrics(spec: dict[str, Any], updates: int) -> list[dict[str, float]]:
+    """The metric dicts of ``updates`` updates of a fresh agent built with ``spec``'s config after seeding
+    the global torch and numpy RNGs (the agent seeds its parameters from cfg.seed, but actor sampling draws
+    from the global torch RNG); update i trains on a batch of its own (seed 100 + i). Non-numeric metrics
+    are left out; non-finite ones stay (JSON writes them as NaN / Infinity)."""
+    from agent.agent import Agent
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    A = spec["action_dim"]
+    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
+    out = []
+    for i in range(updates):
+        batch = make_batch(spec["obs"], spec["batch"], spec["length"], A, seed=CHECK_BATCH_SEED + i)
+        numbers = {k: _number(v) for k, v in agent.train_step(batch).items()}
+        out.append({k: v for k, v in numbers.items() if v is not None})
+    return out
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a Python float when it is a real scalar (float, int, bool, one-element tensor or array)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
+        return None
+
+
 def _config(spec: dict[str, Any]) -> Any:
     from agent.config import apply_overrides, preset
 
@@ -198,13 +238,19 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     A = spec["action_dim"]
     batch = make_batch(spec["obs"], spec["batch"], spec["length"], A)
     rss_before = rss_mb()
+    checked = {}
+    if spec.get("check_updates", CHECK_UPDATES) > 0:  # before the timed agent exists, and gone before it does
+        checked["check_metrics"] = check_metrics(spec, spec.get("check_updates", CHECK_UPDATES))
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
     result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__,
                               "torch_threads": torch.get_num_threads(), "param_counts": agent.param_counts(),
-                              "rss_before_model_mb": rss_before}
+                              "rss_before_model_mb": rss_before, **checked}
     for _ in range(spec["warmup"]):
         agent.train_step(batch)
     if spec.get("profile"):

@@ -35,12 +35,23 @@ counts, the top ops by self CPU time and the time per phase. `--set` passes conf
 alone (random embeddings), eager against torch.compile of the step cell
 (`world_model.rssm.compile=true`), forward and forward + backward, and checks that both give the same
 numbers. `--shape PRESET=BxT` gives one preset a smaller batch (the JSON records it).
+
+With `--baseline`, the same run also checks that both revisions give the same losses from the same seed:
+the first round's children first run `--check-updates` updates (default 3; 0: off) of a separate,
+identically seeded agent on fixed batches and return their metric dicts (`check_metrics`, see
+`speed_child.py`). Each result then holds `equivalence`: per metric both sides report, the largest
+absolute and relative difference over the updates and at the first update; the keys only one side has;
+the worst key; and `same_losses`, true when every `train/loss/*` agrees at the FIRST update within
+`tolerance` (|a - b| <= atol + rtol * max(|a|, |b|)). Later updates start from parameters that already
+differ by float rounding, so they may drift further without either side being wrong: they are reported
+(`max_rel_diff`), not judged.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -245,14 +256,16 @@ def run_agent_child(spec: dict[str, Any], root: Path) -> dict[str, Any]:
 def interleave(spec: dict[str, Any], sides: dict[str, Path], rounds: int,
                run_child: Callable[[dict[str, Any], Path], dict[str, Any]] = run_agent_child,
                report: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
-    """``rounds`` rounds of one child per side; the side that goes first alternates from round to round."""
+    """``rounds`` rounds of one child per side; the side that goes first alternates from round to round.
+    Only the first round's children run the equivalence check (its updates are the same in every round)."""
     names = list(sides)
     out = []
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         entry: dict[str, Any] = {"round": r, "order": order}
+        round_spec = spec if r == 0 else {**spec, "check_updates": 0}
         for name in order:
-            entry[name] = child = run_child(spec, sides[name])
+            entry[name] = child = run_child(round_spec, sides[name])
             report(f"    round {r + 1}/{rounds} {name:8} {_child_line(child)}")
         out.append(entry)
     return out
@@ -263,6 +276,9 @@ def summarize_side(children: list[dict[str, Any]]) -> dict[str, Any]:
     and the median time per phase; failed children are listed under ``errors``."""
     ok = [c for c in children if "agent_update" in c]
     out: dict[str, Any] = {}
+    checked = [c["check_metrics"] for c in children if "check_metrics" in c]
+    if checked:
+        out["check_metrics"] = checked[0]
     if len(ok) < len(children):
         out["errors"] = [c.get("error", "no timing") for c in children if "agent_update" not in c]
     if not ok:
@@ -282,16 +298,79 @@ def summarize_side(children: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def compare(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+LOSS_RTOL = 1e-3  # `same_losses`: every train/loss/* at the first check update within rtol ...
+LOSS_ATOL = 1e-8  # ... or within this absolute floor (numpy's), for losses at or next to zero
+LOSS_PREFIX = "train/loss/"
+
+
+def _diff(a: float, b: float) -> tuple[float, float]:
+    """Absolute and relative (to the larger magnitude) difference; two NaNs agree, one NaN is infinitely off."""
+    if math.isnan(a) or math.isnan(b):
+        return (0.0, 0.0) if math.isnan(a) and math.isnan(b) else (math.inf, math.inf)
+    if a == b:  # also equal infinities
+        return 0.0, 0.0
+    diff = abs(a - b)
+    return diff, diff / max(abs(a), abs(b))
+
+
+def equivalence(current: list[dict[str, float]], baseline: list[dict[str, float]],
+                rtol: float = LOSS_RTOL, atol: float = LOSS_ATOL) -> dict[str, Any]:
+    """Compare two sides' `check_metrics` (one metric dict per update, same seed and batches) on the keys
+    both have, over the updates both ran. ``same_losses`` judges the first update only: later ones start from
+    parameters that float reordering has already nudged apart, so they are reported, not judged."""
+    K = min(len(current), len(baseline))
+    cur_keys = set().union(*current[:K]) if K else set()
+    base_keys = set().union(*baseline[:K]) if K else set()
+    per_key: dict[str, dict[str, float]] = {}
+    for key in sorted(cur_keys & base_keys):
+        diffs = [_diff(c[key], b[key]) for c, b in zip(current[:K], baseline[:K]) if key in c and key in b]
+        first = _diff(current[0][key], baseline[0][key]) if key in current[0] and key in baseline[0] else None
+        per_key[key] = {"max_abs_diff": max(d[0] for d in diffs), "max_rel_diff": max(d[1] for d in diffs),
+                        "first_update_abs_diff": first[0] if first else None,
+                        "first_update_rel_diff": first[1] if first else None,
+                        "first_update": [current[0].get(key), baseline[0].get(key)]}  # [current, baseline]
+    worst = max(per_key, key=lambda k: per_key[k]["max_rel_diff"], default=None)
+    first_rel = [v["first_update_rel_diff"] for v in per_key.values() if v["first_update_rel_diff"] is not None]
+    losses = [k for k in per_key if k.startswith(LOSS_PREFIX) and per_key[k]["first_update_abs_diff"] is not None]
+    differing = [k for k in losses if not _close(current[0][k], baseline[0][k], rtol, atol)]
+    return {"updates": K, "keys_compared": len(per_key),
+            "max_rel_diff": per_key[worst]["max_rel_diff"] if worst else None, "worst_key": worst,
+            "first_update_max_rel_diff": max(first_rel, default=None),
+            "same_losses": bool(losses) and not differing, "losses_compared": len(losses),
+            "losses_differing": differing,
+            "tolerance": {"rtol": rtol, "atol": atol, "keys": LOSS_PREFIX + "*", "updates_judged": "first",
+                          "rule": "|a - b| <= atol + rtol * max(|a|, |b|)"},
+            "per_key": per_key, "only_in_current": sorted(cur_keys - base_keys),
+            "only_in_baseline": sorted(base_keys - cur_keys)}
+
+
+def _close(a: float, b: float, rtol: float, atol: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or abs(a - b) <= atol + rtol * max(abs(a), abs(b))
+
+
+def compare(rounds: list[dict[str, Any]], check: bool = True) -> dict[str, Any]:
     """Current and (when measured) baseline summaries, speedup = baseline median / current median, and the
-    same ratio per round (a round's pair ran back to back, so it sees nearly the same machine)."""
+    same ratio per round (a round's pair ran back to back, so it sees nearly the same machine); when the
+    children ran the equivalence check (``check``), the `equivalence` of their metrics and its `same_losses`
+    verdict (None when a side has no metrics)."""
     current = summarize_side([r["current"] for r in rounds])
+    drop = ("param_counts", "check_metrics")  # once per side, not per child
     out: dict[str, Any] = {**current, "rounds": [
-        {k: {n: v for n, v in c.items() if n != "param_counts"} if isinstance(c, dict) else c for k, c in r.items()}
-        for r in rounds]}  # parameter counts once per side, not per child
+        {k: {n: v for n, v in c.items() if n not in drop} if isinstance(c, dict) else c for k, c in r.items()}
+        for r in rounds]}
     if "baseline" not in rounds[0]:
         return out
     out["baseline"] = summarize_side([r["baseline"] for r in rounds])
+    checked = ["check_metrics" in side for side in (current, out["baseline"])]
+    if all(checked):
+        out["equivalence"] = equivalence(current["check_metrics"], out["baseline"]["check_metrics"])
+        out["same_losses"] = out["equivalence"]["same_losses"]
+    elif check:
+        missing = [name for name, has in zip(("current", "baseline"), checked) if not has]
+        out["equivalence"] = {"error": "no check_metrics from " + " and ".join(missing)}
+        out["same_losses"] = None
     both = "agent_update" in current and "agent_update" in out["baseline"]
     out["speedup"] = (out["baseline"]["agent_update"]["median_s"] / current["agent_update"]["median_s"]
                       if both else None)
@@ -313,11 +392,12 @@ def run_agent_config(spec: dict[str, Any], sides: dict[str, Path], rounds: int, 
     """Time one configuration on every side (interleaved), and profile the current code when asked."""
     start = time.perf_counter()
     per_round = interleave(spec, sides, rounds, report=lambda line: print(line, flush=True))
-    result: dict[str, Any] = {**spec, **compare(per_round)}
+    check = spec.get("check_updates", speed_child.CHECK_UPDATES) > 0
+    result: dict[str, Any] = {**spec, **compare(per_round, check)}
     if baseline is not None:
         result["baseline"] = {**baseline, **result["baseline"]}
     if profile:
-        child = run_agent_child({**spec, "profile": True}, sides["current"])
+        child = run_agent_child({**spec, "profile": True, "check_updates": 0}, sides["current"])
         result["profile"] = child.get("profile", {"error": child.get("error")})
     result["wall_s"] = time.perf_counter() - start
     return result
@@ -372,6 +452,29 @@ def _summary(r: dict[str, Any]) -> str:
             f"{r['compiled_forward_backward']['median_s'] * 1e3:7.1f} ms (compile {r['compile_s']:.0f} s)")
 
 
+def _equivalence_line(r: dict[str, Any]) -> str | None:
+    """One line with the same-losses verdict of an agent result against its baseline (None: not checked)."""
+    eq = r.get("equivalence")
+    if eq is None:
+        return None
+    revision = r["baseline"].get("revision", "baseline")
+    if "error" in eq:
+        return f"same losses as {revision}: unknown ({eq['error']})"
+    tol, worst = eq["tolerance"], eq["per_key"].get(eq["worst_key"])
+    verdict = "yes" if eq["same_losses"] else "NO (" + ", ".join(eq["losses_differing"]) + ")"
+    if not eq["losses_compared"]:
+        verdict = "NO (no train/loss/* key on both sides)"
+
+    def g(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2g}"
+
+    return (f"same losses as {revision}: {verdict} ({eq['losses_compared']} train/loss/* at update 1 within "
+            f"rtol {tol['rtol']:g}, atol {tol['atol']:g}); max rel diff at update 1 "
+            f"{g(eq['first_update_max_rel_diff'])}, over {eq['updates']} updates {g(eq['max_rel_diff'])} "
+            f"({eq['worst_key']}, abs {g(worst['max_abs_diff'] if worst else None)}); {eq['keys_compared']} keys "
+            f"compared, {len(eq['only_in_current'])} only in current, {len(eq['only_in_baseline'])} only in baseline")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point; see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -397,6 +500,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--phase-repeats", type=int, default=2,
                    help="--agent: extra updates per child timed phase by phase (0: none)")
     p.add_argument("--profile", action="store_true", help="--agent: torch.profiler summary of one update")
+    p.add_argument("--check-updates", type=int, default=speed_child.CHECK_UPDATES,
+                   help="--agent: updates of a seeded agent whose metrics both sides compare (0: no check)")
     p.add_argument("--params-only", action="store_true", help="only count parameters (no timing)")
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every configuration)")
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
@@ -443,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
                     if args.agent:
                         A = args.action_dim or (1 if args.obs == "state" else 6)
                         specs.append({**base, "mode": "agent_update", "obs": args.obs, "action_dim": A,
-                                      "encoder": enc, "decoder": dec, "phase_repeats": args.phase_repeats})
+                                      "encoder": enc, "decoder": dec, "phase_repeats": args.phase_repeats,
+                                      "check_updates": args.check_updates})
                     else:
                         specs.append({**base, "mode": "update", "encoder": enc, "decoder": dec})
     report = {"machine": {d: _machine(d) for d in devices}, "argv": [sys.argv[1:]], "results": []}
@@ -474,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
                 result = _child(spec)
             result["wall_s"] = time.perf_counter() - start
             print(f"    {_summary(result)}  ({result['wall_s']:.0f} s)", flush=True)
+            if args.agent and _equivalence_line(result):
+                print(f"    {_equivalence_line(result)}", flush=True)
             report["results"].append(result)
             if args.out:
                 os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -1,5 +1,6 @@
-"""The speed benchmark's bookkeeping (interleaving, medians, speedup), its child's batch and phase wrappers,
-the baseline worktree's clean-up, and gpu_check.sh without CUDA. Nothing here asserts a duration."""
+"""The speed benchmark's bookkeeping (interleaving, medians, speedup, the same-losses comparison), its child's
+batch, phase wrappers and equivalence check, the baseline worktree's clean-up, and gpu_check.sh without CUDA.
+Nothing here asserts a duration."""
 
 import json
 import os
@@ -13,7 +14,15 @@ import pytest
 import torch
 
 from benchmarks import speed_child
-from benchmarks.wm_throughput import ROOT, baseline_worktree, compare, interleave, run_agent_child
+from benchmarks.wm_throughput import (
+    LOSS_RTOL,
+    ROOT,
+    baseline_worktree,
+    compare,
+    equivalence,
+    interleave,
+    run_agent_child,
+)
 
 SMALL = {"preset": "debug", "device": "cpu", "obs": "state", "action_dim": 1, "batch": 2, "length": 4,
          "encoder": "patch", "decoder": "cnn", "threads": 1, "warmup": 0, "repeats": 1, "overrides": [],
@@ -71,6 +80,114 @@ def test_without_a_baseline_there_is_no_speedup():
     out = compare(interleave(SMALL, {"current": Path("current")}, 2, run_child=run))
     assert calls == ["current", "current"] and out["agent_update"]["median_s"] == 3.5
     assert "baseline" not in out and "speedup" not in out
+
+
+CHECKED = [{"train/loss/reward": 2.0, "train/loss/actor": -3e-9, "imagine/return": 0.5, "train/kl": 1.0},
+           {"train/loss/reward": 1.5, "train/loss/actor": -1e-9, "imagine/return": 0.25, "train/kl": 0.8}]
+
+
+def _with(metrics: list[dict[str, float]], update: int, **changes: float) -> list[dict[str, float]]:
+    out = [dict(m) for m in metrics]
+    out[update].update({k.replace("__", "/"): v for k, v in changes.items()})
+    return out
+
+
+def test_identical_check_metrics_are_the_same_losses():
+    eq = equivalence(CHECKED, [dict(m) for m in CHECKED])
+    assert eq["same_losses"] is True and eq["updates"] == 2 and eq["keys_compared"] == 4
+    assert eq["max_rel_diff"] == 0.0 and eq["first_update_max_rel_diff"] == 0.0 and eq["losses_differing"] == []
+    assert eq["only_in_current"] == [] and eq["only_in_baseline"] == [] and eq["losses_compared"] == 2
+    assert eq["tolerance"]["rtol"] == LOSS_RTOL and eq["tolerance"]["updates_judged"] == "first"
+
+
+def test_a_differing_first_update_loss_is_not_the_same_losses():
+    eq = equivalence(_with(CHECKED, 0, train__loss__reward=2.02), CHECKED)  # 1% off
+    assert eq["same_losses"] is False and eq["losses_differing"] == ["train/loss/reward"]
+    assert eq["worst_key"] == "train/loss/reward"
+    assert eq["per_key"]["train/loss/reward"]["first_update_abs_diff"] == pytest.approx(0.02)
+    assert eq["per_key"]["train/loss/reward"]["max_rel_diff"] == pytest.approx(0.02 / 2.02)
+    assert eq["per_key"]["train/loss/reward"]["first_update"] == [2.02, 2.0]
+    # A non-loss metric off by as much does not decide the verdict, but is reported.
+    eq = equivalence(_with(CHECKED, 0, train__kl=1.5), CHECKED)
+    assert eq["same_losses"] is True and eq["worst_key"] == "train/kl" and eq["first_update_max_rel_diff"] > 0.3
+    # NaN against a number differs; NaN on both sides agrees.
+    assert equivalence(_with(CHECKED, 0, train__loss__reward=float("nan")), CHECKED)["same_losses"] is False
+    nan = _with(CHECKED, 0, train__loss__reward=float("nan"))
+    assert equivalence(nan, nan)["same_losses"] is True
+
+
+def test_only_the_first_update_is_judged_and_near_zero_losses_have_an_absolute_floor():
+    # Within rtol at update 1 (and the actor loss, ~1e-9, within the absolute floor), 10% off at update 2.
+    current = _with(_with(CHECKED, 0, train__loss__reward=2.0002, train__loss__actor=-8e-9), 1,
+                    train__loss__reward=1.65)
+    eq = equivalence(current, CHECKED)
+    assert eq["same_losses"] is True
+    assert eq["first_update_max_rel_diff"] == pytest.approx(5 / 8)  # the actor loss: 5e-9 of 8e-9
+    assert eq["per_key"]["train/loss/reward"]["first_update_rel_diff"] == pytest.approx(1e-4, rel=1e-3)
+    assert eq["per_key"]["train/loss/reward"]["max_rel_diff"] == pytest.approx(0.15 / 1.65)
+    assert eq["max_rel_diff"] == pytest.approx(5 / 8) and eq["worst_key"] == "train/loss/actor"
+
+
+def test_keys_on_one_side_only_are_listed_not_compared():
+    current = [{**m, "train/loss/new": 1.0} for m in CHECKED]
+    baseline = [{k: v for k, v in m.items() if k != "imagine/return"} | {"train/old": 3.0} for m in CHECKED]
+    eq = equivalence(current, baseline[:1])  # and the baseline ran one update only
+    assert eq["updates"] == 1 and eq["keys_compared"] == 3 and set(eq["per_key"]) == {
+        "train/loss/reward", "train/loss/actor", "train/kl"}
+    assert eq["only_in_current"] == ["imagine/return", "train/loss/new"] and eq["only_in_baseline"] == ["train/old"]
+    assert eq["same_losses"] is True and eq["losses_compared"] == 2
+    # No loss key on both sides: nothing shows the losses are the same.
+    assert equivalence([{"train/loss/a": 1.0}], [{"train/loss/b": 1.0}])["same_losses"] is False
+
+
+def checking_children(metrics: dict[str, list[dict[str, float]] | None]):
+    """Fake children that time like `fake_children` and return ``metrics[side]`` as their check when the spec
+    asks for one (None: the child fails); logs (side, check_updates) per call."""
+    calls: list[tuple[str, int]] = []
+
+    def run(spec, root):
+        side = str(root)
+        calls.append((side, spec.get("check_updates", 3)))
+        if metrics[side] is None:
+            return {"error": "child exited with 1: boom"}
+        child = {"agent_update": {"median_s": 1.0, "min_s": 1.0, "max_s": 1.0, "n": 1}, "peak_rss_mb": 1.0,
+                 "wall_s": 1.0}
+        return {**child, "check_metrics": metrics[side]} if spec.get("check_updates", 3) > 0 else child
+
+    return run, calls
+
+
+def test_only_the_first_round_checks_and_the_result_carries_the_verdict():
+    sides = {"current": Path("current"), "baseline": Path("baseline")}
+    run, calls = checking_children({"current": CHECKED, "baseline": _with(CHECKED, 0, train__loss__reward=3.0)})
+    out = compare(interleave({**SMALL, "check_updates": 2}, sides, 3, run_child=run))
+    assert calls == [("current", 2), ("baseline", 2), ("baseline", 0), ("current", 0), ("current", 0),
+                     ("baseline", 0)]
+    assert out["same_losses"] is False and out["equivalence"]["losses_differing"] == ["train/loss/reward"]
+    assert out["check_metrics"] == CHECKED and out["baseline"]["check_metrics"][0]["train/loss/reward"] == 3.0
+    assert all("check_metrics" not in r[side] for r in out["rounds"] for side in sides)
+
+    run, _ = checking_children({"current": CHECKED, "baseline": None})  # the baseline's child failed
+    out = compare(interleave(SMALL, sides, 1, run_child=run))
+    assert out["same_losses"] is None and out["equivalence"] == {"error": "no check_metrics from baseline"}
+
+    run, _ = checking_children({"current": CHECKED, "baseline": CHECKED})
+    out = compare(interleave({**SMALL, "check_updates": 0}, sides, 1, run_child=run), check=False)
+    assert "equivalence" not in out and "same_losses" not in out
+
+
+@pytest.mark.slow
+def test_the_check_of_a_real_child_is_deterministic():
+    """Two runs of the same code give identical check metrics: a difference against a baseline is the code's."""
+    spec = {**SMALL, "length": 8, "warmup": 0, "phase_repeats": 0, "check_updates": 2}
+    first, second = run_agent_child(spec, ROOT), run_agent_child(spec, ROOT)
+    assert "error" not in first, first.get("error")
+    assert len(first["check_metrics"]) == 2 and first["check_metrics"] == second["check_metrics"]
+    assert {"train/loss/reward", "train/loss/actor", "train/loss/critic"} <= set(first["check_metrics"][0])
+    # Distinct batches (and a changed model): the second update's losses are not the first's.
+    assert first["check_metrics"][0]["train/loss/reward"] != first["check_metrics"][1]["train/loss/reward"]
+    eq = equivalence(first["check_metrics"], second["check_metrics"])
+    assert eq["same_losses"] is True and eq["max_rel_diff"] == 0.0 and eq["keys_compared"] >= 10
 
 
 @pytest.mark.parametrize("obs,key,shape,dtype", [("state", "state", (3, 5, 5), np.float32),
