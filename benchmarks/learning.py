@@ -1,21 +1,33 @@
-"""Learning evidence: train on a small suite of tasks and check each against a threshold.
+"""Learning evidence: train on a small suite of tasks and judge each against a bar.
 
     python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
     python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
+    python -m benchmarks.learning --suite dmc-proprio --seeds 0 1 --parallel 2   # against DreamerV3's curves
+    python -m benchmarks.learning --suite dmc-proprio --report-only   # results from the finished runs only
     python -m benchmarks.learning --suite gpu --out results/learning_gpu.json   # a CUDA machine
-    python -m benchmarks.learning --tasks cartpole_balance --set agent.actor_critic.actor_lr=1e-4   # an ablation
-    python -m benchmarks.learning --tasks cartpole_balance --seeds 0 1 2    # more seeds of a task
+    python -m benchmarks.learning --suite dmc-proprio --tasks walker_walk --set agent.actor_critic.actor_lr=3e-5
+    python -m benchmarks.learning --tasks pendulum --seeds 0 1 2    # more seeds of a task
 
 Each task is a real ``python -m agent train`` run in its own process (runs go in parallel, one torch
-thread each, up to ``--parallel``). The eval returns it logs (deterministic policy) are read back from
-its ``metrics.jsonl`` and written, with the wall time and DreamerV3's published score where one
-exists, to the results JSON, together with the returns of two trivial policies on the same evaluation
-episodes (uniform random actions, and doing nothing: zero force or the first discrete action) so a curve
-can be read against them; the curves also go to a PNG next to it. A run directory that already
-holds a finished run is reused (or resumed, when the task now asks for more steps), so an interrupted
-benchmark picks up where it stopped (``--fresh`` starts over). Seed 0 runs in ``<task>``, seed N in
-``<task>-seed<N>``; the results file gathers every finished run under the run root, and a task passes
-when the mean of its seeds' final evaluations reaches its threshold.
+thread each, up to ``--parallel``). Seed 0 runs in ``<task>``, seed N in ``<task>-seed<N>``, under the
+suite's run root (``runs/learning``; ``runs/dmc_proprio`` for dmc-proprio). A run directory that already
+holds a finished run is reused (or resumed, when the task now asks for more steps), and an unfinished one
+is resumed from its checkpoint, so an interrupted benchmark picks up where it stopped (``--fresh`` starts
+over). The results file (default ``results/learning_<suite>.json``, dashes as underscores) gathers every
+finished run under the run root, with a PNG of the curves next to it.
+
+Two ways to judge a task:
+
+- ``cpu``, ``cpu-pixels``, ``gpu``: the eval returns each run logs (deterministic policy) are read back
+  from its ``metrics.jsonl``; a task passes when the mean of its seeds' final evaluations (the last two)
+  reaches its threshold. The returns of two trivial policies on the same evaluation episodes (uniform
+  random actions, and doing nothing) are written beside them.
+- ``dmc-proprio``: DreamerV3's own metric, so that its published curves can be laid over ours. Every
+  training episode (the exploring policy) counts in the 10,000-env-step bin in which it ended,
+  (x - 10,000, x]; a bin's value is the mean return of its episodes. A task's ``ours_100k`` is the mean
+  over its seeds of the bin ending at 100,000 steps, and it passes when that reaches DreamerV3's seed mean
+  in the same bin. Only DreamerV3's proprio curves are used: the vision entries of the reference file are
+  per-episode points, not bins. The eval curve is kept, labelled as the deterministic policy's.
 """
 
 from __future__ import annotations
@@ -71,6 +83,34 @@ def dreamerv3_mean_at(task: str, steps: int, kind: str = "proprio") -> float:
     curve = json.loads(CURVES.read_text())[kind][task.replace("-", "_")]
     return curve["mean"][curve["x"].index(steps)]
 
+
+# Suites judged by DreamerV3's own metric against its published curves: suite -> the curves file's section.
+# Proprio only: the file's "vision" entries are raw per-episode points (with nulls), not 10K bins.
+DREAMERV3_SUITES = {"dmc-proprio": "proprio"}
+BIN = 10_000  # env steps per bin of DreamerV3's score curves
+MARKS = (50_000, 100_000)  # the bins that the results and the README compare
+
+
+def dreamerv3_curve(task: str, kind: str = "proprio") -> dict | None:
+    """DreamerV3's binned curve of ``task`` (``x``, seed ``mean``, ``seeds``), or None where the reference
+    has none."""
+    if not CURVES.exists():
+        return None
+    return json.loads(CURVES.read_text())[kind].get(task.replace("-", "_"))
+
+
+def dreamerv3_at(curve: dict | None, steps: int) -> dict[str, float | None]:
+    """DreamerV3's seed mean and the lowest and highest seed in the bin ending at ``steps`` (None where the
+    curve does not reach it)."""
+    if curve is None or steps not in curve["x"]:
+        return {"mean": None, "min": None, "max": None, "seeds": 0}
+    i = curve["x"].index(steps)
+    seeds = [s[i] for s in curve["seeds"] if i < len(s) and s[i] is not None]
+    return {"mean": curve["mean"][i], "min": min(seeds, default=None), "max": max(seeds, default=None),
+            "seeds": len(seeds)}
+
+
+DEFAULT_RUNDIR = {"dmc-proprio": "runs/dmc_proprio"}  # any other suite: runs/learning
 
 SUITES = {
     "cpu": [
@@ -171,6 +211,7 @@ def run_steps(rundir: Path) -> int:
 
 
 def eval_curve(rundir: Path) -> list[dict[str, float]]:
+    """The run's evaluations (deterministic policy): env steps and mean return of each."""
     curve = []
     for line in (rundir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -193,6 +234,35 @@ def run_commits(rundir: Path) -> list[str]:
         return []
     starts = [json.loads(line) for line in path.read_text().splitlines() if line]
     return [f"{s['git_commit']}{'+dirty' if s.get('git_dirty') else ''}" for s in starts]
+
+
+def training_episodes(rundir: Path) -> list[tuple[int, float]]:
+    """(env step at which it ended, return) of every training episode in a run's ``metrics.jsonl`` (one line
+    each; a resume has already dropped the lines logged after its checkpoint)."""
+    rows = (json.loads(line) for line in (rundir / "metrics.jsonl").read_text().splitlines() if line)
+    return [(row["step"], row["episode/return"]) for row in rows if "episode/return" in row]
+
+
+def binned_returns(episodes: list[tuple[int, float]], steps: int, width: int = BIN) -> list[dict]:
+    """DreamerV3's metric: for x = width, 2 width, ... up to ``steps``, the mean return of the episodes that
+    ended in (x - width, x] env steps, and how many did; ``return`` is None for a bin in which none ended.
+    Episodes after the last whole bin are left out."""
+    sums: dict[int, list[float]] = {}
+    for step, ret in episodes:
+        right = -(-step // width) * width  # the bin's right edge: an episode ending exactly at x counts for x
+        total = sums.setdefault(right, [0.0, 0])
+        total[0] += ret
+        total[1] += 1
+    curve = []
+    for x in range(width, steps + 1, width):
+        total, count = sums.get(x, (0.0, 0))
+        curve.append({"env_steps": x, "return": total / count if count else None, "episodes": count})
+    return curve
+
+
+def bin_value(curve: list[dict], steps: int) -> float | None:
+    """The value of the bin ending at ``steps`` (None when the curve has no such bin or it is empty)."""
+    return next((p["return"] for p in curve if p["env_steps"] == steps), None)
 
 
 def trivial_policy(name: str, space: Any, rng: Any) -> Callable[[dict, Any], Any]:
@@ -270,6 +340,52 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], kind: str, path: Path) -> None:
+    """One panel per task: each seed's binned training-episode returns (solid) and deterministic eval
+    (dashed) over DreamerV3's seed mean and min-max band, up to our budget in env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False)
+    nan = float("nan")
+    for ax, task in zip(axes.flat, tasks):
+        seeds = [r for r in runs if r["name"] == task["name"]]
+        budget = max(r["steps"] for r in seeds)
+        curve = dreamerv3_curve(task["spec"].split(":", 1)[1], kind)
+        if curve is not None:
+            points = [dreamerv3_at(curve, x) for x in curve["x"] if x <= budget]
+            xs = curve["x"][:len(points)]
+            ax.fill_between(xs, [nan if p["min"] is None else p["min"] for p in points],
+                            [nan if p["max"] is None else p["max"] for p in points], color="gray", alpha=0.25,
+                            label=f"DreamerV3, min-max of {len(curve['seeds'])} seeds")
+            ax.plot(xs, [p["mean"] for p in points], color="black", label="DreamerV3, seed mean")
+        for i, r in enumerate(seeds):
+            color = f"C{i}"
+            ax.plot([p["env_steps"] for p in r["train_curve"]],
+                    [nan if p["return"] is None else p["return"] for p in r["train_curve"]], color=color,
+                    marker="o", markersize=3, label=f"ours seed {r['seed']}, training episodes")
+            evals = [p for p in r["curve"] if p["env_steps"] <= budget]
+            ax.plot([p["env_steps"] for p in evals], [p["return"] for p in evals], color=color, linestyle="--",
+                    linewidth=1, label=f"ours seed {r['seed']}, eval (deterministic policy)")
+        ax.set_xlim(0, budget)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:.0f}K"))
+        verdict = "at or above" if task["passed"] else "below"
+        ax.set_title(f"{task['spec']}: {verdict} DreamerV3 at {MARKS[-1] // 1000}K", fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"return (training episodes, {BIN // 1000}K bins)", fontsize=8)
+    axes.flat[0].legend(fontsize=6)  # the same lines in every panel
+    for ax in axes.flat[len(tasks):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def select_tasks(parser: argparse.ArgumentParser, suite: str, names: list[str] | None, extra: list[str]
                  ) -> tuple[list[Task], str]:
     """The suite's tasks (those named, if any) with ``extra`` overrides appended, and the name suffix that
@@ -298,25 +414,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=list(SUITES), default="cpu", help="which tasks to run")
     parser.add_argument("--tasks", nargs="*", help="run only these task names of the suite")
-    parser.add_argument("--rundir", default="runs/learning", help="where the training runs go")
+    parser.add_argument("--rundir", default=None,
+                        help="where the training runs go (default runs/learning; runs/dmc_proprio for dmc-proprio)")
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at a time")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
-    parser.add_argument("--out", default=None, help="results JSON (default results/learning_<suite>.json)")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default results/learning_<suite>.json, dashes as underscores)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="start no run: write the results from the finished runs under the run root")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="seeds per task (runs <task> for seed 0, <task>-seed<N> for seed N); a task passes "
-                             "when the mean of its seeds' final evals clears the threshold")
+                        help="seeds per task (runs <task> for seed 0, <task>-seed<N> for seed N); a task is judged "
+                             "on the mean over its seeds")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides added to every task, for an ablation; its runs go to "
                              "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
     args = parser.parse_args(argv)
     tasks, variant = select_tasks(parser, args.suite, args.tasks, args.set)
-    out = Path(args.out or f"results/learning_{args.suite}{variant}.json")
-    root = Path(args.rundir + variant)
+    out = Path(args.out or f"results/learning_{args.suite.replace('-', '_')}{variant}.json")
+    root = Path((args.rundir or DEFAULT_RUNDIR.get(args.suite, "runs/learning")) + variant)
 
     if any(o.startswith("agent.seed=") for o in args.set):
         parser.error("give seeds with --seeds, not --set agent.seed=...")
 
-    pending, running = [(t, seed) for t in tasks for seed in args.seeds], {}
+    pending, running = ([] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]), {}
     # Before any run starts: every run this call would reuse or resume, and every finished one the results
     # gather, must match its task (those that --fresh retrains aside).
     checked = {root / run_name(t, seed): (t, seed) for t, seed in pending}
@@ -354,20 +474,64 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one
     # more seed adds to the results file instead of replacing it.
-    runs = finished_runs(root, select_tasks(parser, args.suite, None, args.set)[0])
+    suite = select_tasks(parser, args.suite, None, args.set)[0]
+    runs = finished_runs(root, suite)
+    if not runs:
+        print(f"no finished run of suite {args.suite!r} under {root}; nothing written", flush=True)
+        return 1
+    header = {"benchmark": "learning", "suite": args.suite, "added_overrides": args.set, "machine": machine_info()}
+    if args.suite in DREAMERV3_SUITES:
+        passed = write_dreamerv3_results(out, header, runs, suite, DREAMERV3_SUITES[args.suite])
+    else:
+        passed = write_threshold_results(out, header, runs)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0 if passed else 1
+
+
+def write_threshold_results(out: Path, header: dict, runs: list[dict]) -> bool:
+    """Results judged by the final eval against each task's threshold; True when every task passes."""
     summary = summarize(runs)
     for t in summary:
         print(f"{t['name']:24s} final {t['final_return']:8.1f} (seeds {t['seeds']}: "
               f"{', '.join(f'{v:.0f}' for v in t['final_returns'])})  threshold {t['threshold']:8.1f}  "
               f"{'PASS' if t['passed'] else 'FAIL'}")
-    write_json(out, {"benchmark": "learning", "suite": args.suite, "added_overrides": args.set,
-                     "machine": machine_info(),
+    write_json(out, {**header,
                      "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
                      "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
                      "tasks": summary, "runs": runs})
     plot(runs, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0 if all(t["passed"] for t in summary) else 1
+    return all(t["passed"] for t in summary)
+
+
+def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: list[Task], kind: str) -> bool:
+    """Results judged by DreamerV3's metric against its published ``kind`` curves; True when every task that
+    has runs reaches DreamerV3's seed mean at 100K env steps."""
+    tasks = compare_with_dreamerv3(runs, kind)
+    summary = suite_summary(tasks, suite)
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    for t in tasks:
+        print(f"{t['name']:18s} seeds {t['seeds']}  50K ours {fmt(t['ours_50k'])} DreamerV3 {fmt(t['dreamerv3_50k'])}"
+              f"  100K ours {fmt(t['ours_100k'])} ({', '.join(map(fmt, t['ours_100k_seeds']))}) DreamerV3 "
+              f"{fmt(t['dreamerv3_100k'])} [{fmt(t['dreamerv3_100k_min'])}, {fmt(t['dreamerv3_100k_max'])}]  "
+              f"{'AT OR ABOVE' if t['passed'] else 'BELOW'}")
+    print(f"suite: {summary['at_or_above_dreamerv3_100k']} of {len(summary['tasks_in_mean'])} tasks at or above "
+          f"DreamerV3 at 100K; mean ours {fmt(summary['ours_100k_mean'])}, DreamerV3 "
+          f"{fmt(summary['dreamerv3_100k_mean'])}; not run yet: {summary['tasks_not_run'] or 'none'}")
+    reference = json.loads(CURVES.read_text())["source"] if CURVES.exists() else None
+    write_json(out, {**header,
+                     "metric": f"DreamerV3's: the mean return of the training episodes (exploring policy) that "
+                               f"ended in the {BIN:,} env steps up to x, i.e. in (x - {BIN:,}, x]; null: none "
+                               f"ended there. ours_<k>: the mean over seeds of the bin ending at k env steps; "
+                               f"dreamerv3_<k>: DreamerV3's seed mean in that bin (_min, _max: its lowest and "
+                               f"highest seed); passed: ours_100k >= dreamerv3_100k",
+                     "curves": {"train_curve": "DreamerV3's metric, per bin (env_steps: the bin's right edge)",
+                                "curve": "eval (deterministic policy): mean return of the evaluation episodes"},
+                     "reference": {"file": os.path.relpath(CURVES, ROOT), "section": kind, "source": reference,
+                                   "note": "only the proprio section is read: the file's vision entries are "
+                                           "per-episode points, not 10K bins"},
+                     "bin": BIN, "summary": summary, "tasks": tasks, "runs": runs})
+    plot_against_dreamerv3(runs, tasks, kind, out.with_suffix(".png"))
+    return all(t["passed"] for t in tasks)
 
 
 def seed_dirs(root: Path, task: Task) -> list[tuple[int, Path]]:
@@ -378,8 +542,9 @@ def seed_dirs(root: Path, task: Task) -> list[tuple[int, Path]]:
 
 
 def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
-    """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order.
-    A run configured differently from its task is an error."""
+    """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order:
+    its eval curve (``curve``, deterministic policy) and its training episodes binned as DreamerV3 bins
+    them (``train_curve``). A run configured differently from its task is an error."""
     runs = []
     for task in tasks:
         trivial = None
@@ -387,13 +552,14 @@ def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
             if not (rundir / "done.json").exists():
                 continue
             check_config(task, seed, rundir)
-            curve = eval_curve(rundir)
+            curve, steps = eval_curve(rundir), run_steps(rundir)
             final = final_return(curve)
             trivial = trivial or trivial_returns(task)
             runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
-                         "preset": task.preset, "steps": run_steps(rundir), "overrides": task.overrides,
+                         "preset": task.preset, "steps": steps, "overrides": task.overrides,
                          "threshold": task.threshold, "threshold_why": task.why, "final_return": final,
                          "wall_s": json.loads((rundir / "done.json").read_text())["wall_s"], "curve": curve,
+                         "train_curve": binned_returns(training_episodes(rundir), steps),
                          "dreamerv3": reference_score(task), "trivial": trivial, "rundir": str(rundir),
                          "trained_at": run_commits(rundir)})
     return runs
@@ -411,6 +577,56 @@ def summarize(runs: list[dict]) -> list[dict]:
                     "passed": mean >= seeds[0]["threshold"]})
     return out
 
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def compare_with_dreamerv3(runs: list[dict], kind: str = "proprio") -> list[dict]:
+    """Per task, DreamerV3's metric at 50K and 100K env steps: ours (each seed's bin, ``ours_<k>_seeds``,
+    and their mean ``ours_<k>``) against DreamerV3's seed mean and its lowest and highest seed in the same
+    bin; ``passed`` when ``ours_100k`` reaches ``dreamerv3_100k``. Also each run's wall time, commits and
+    deterministic final eval."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in runs):
+        seeds = [r for r in runs if r["name"] == name]
+        curve = dreamerv3_curve(seeds[0]["spec"].split(":", 1)[1], kind)
+        task: dict[str, Any] = {"name": name, "spec": seeds[0]["spec"], "seeds": [r["seed"] for r in seeds]}
+        for mark in MARKS:
+            key = f"{mark // 1000}k"
+            ours = [bin_value(r["train_curve"], mark) for r in seeds]
+            ref = dreamerv3_at(curve, mark)
+            task.update({f"ours_{key}": _mean(ours), f"ours_{key}_seeds": ours, f"dreamerv3_{key}": ref["mean"],
+                         f"dreamerv3_{key}_min": ref["min"], f"dreamerv3_{key}_max": ref["max"]})
+        task["dreamerv3_seeds"] = len(curve["seeds"]) if curve else 0
+        task["passed"] = None not in (task["ours_100k"], task["dreamerv3_100k"]) and \
+            task["ours_100k"] >= task["dreamerv3_100k"]
+        finals = [r["final_return"] for r in seeds]
+        task.update({"final_evals": finals, "final_eval": _mean(finals), "wall_s": [r["wall_s"] for r in seeds],
+                     "trained_at": [r["trained_at"] for r in seeds]})
+        out.append(task)
+    return out
+
+
+def suite_summary(tasks: list[dict], suite: list[Task]) -> dict:
+    """The suite against DreamerV3: how many tasks reach its 100K seed mean, and the suite means of ours and
+    DreamerV3's at 50K and 100K over the tasks that have a value on both sides at 100K."""
+    judged = [t for t in tasks if None not in (t["ours_100k"], t["dreamerv3_100k"])]
+    summary: dict[str, Any] = {
+        "tasks_in_suite": len(suite), "tasks_run": [t["name"] for t in tasks],
+        "tasks_not_run": [t.name for t in suite if t.name not in {x["name"] for x in tasks}],
+        "runs": sum(len(t["seeds"]) for t in tasks), "seeds": {t["name"]: t["seeds"] for t in tasks},
+        "tasks_in_mean": [t["name"] for t in judged],
+        "at_or_above_dreamerv3_100k": sum(t["passed"] for t in judged)}
+    for mark in MARKS:
+        key = f"{mark // 1000}k"
+        pairs = [(t[f"ours_{key}"], t[f"dreamerv3_{key}"]) for t in judged
+                 if None not in (t[f"ours_{key}"], t[f"dreamerv3_{key}"])]
+        summary[f"ours_{key}_mean"] = _mean([a for a, _ in pairs])
+        summary[f"dreamerv3_{key}_mean"] = _mean([b for _, b in pairs])
+    return summary
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -93,9 +93,17 @@ def _task_runs(data: dict, name: str) -> list[dict]:
 
 
 def learning(name: str = "learning_cpu") -> str:
+    """A threshold-judged suite's table: the tasks the suite still has (a retired task's runs stay in the
+    file, as history, but are not shown as results)."""
+    from .learning import SUITES
+
     data = _load(f"{name}.json")
+    current = {t.name for t in SUITES[data["suite"]]}
+    retired = [t["name"] for t in data["tasks"] if t["name"] not in current]
     rows = []
     for t in data["tasks"]:
+        if t["name"] not in current:
+            continue
         runs = _task_runs(data, t["name"])
         r, n = runs[0], len(runs)
         trivial = r.get("trivial", {})
@@ -109,45 +117,46 @@ def learning(name: str = "learning_cpu") -> str:
             + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy), averaged over seeds (each "
             f"seed's in brackets); first eval likewise; a task passes when that mean reaches the threshold. "
             f"Random policy and zero action: mean returns of uniform-random actions and of doing nothing on the "
-            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`, plot `results/{name}.png`.")
+            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`, plot `results/{name}.png`."
+            + (f" The file also holds runs of tasks that are no longer in the suite ({', '.join(retired)}), "
+               f"left out here." if retired else ""))
 
 
-def learning_ablations() -> str:
-    """One row per task of every ``results/learning_cpu-<hash>.json`` (``benchmarks.learning --set``): the
-    overrides it added to the suite's task, and its final eval next to the suite's own run."""
-    from .learning import SUITES
+def learning_dmc_proprio() -> str:
+    """The DMC proprio suite against DreamerV3 on DreamerV3's metric at 50K and 100K env steps: one row per
+    task that has runs, then the suite mean."""
+    data = _load("learning_dmc_proprio.json")
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
 
-    suite = _load("learning_cpu.json")
-    tasks = {t.name: t for t in SUITES["cpu"]}
-    rows = []
-    # Only the cpu suite's ablations: `learning_cpu-<8 hex>.json`, not another suite's (learning_cpu-pixels-...).
-    paths = [p for p in RESULTS.glob("learning_cpu-*.json") if re.fullmatch(r"learning_cpu-[0-9a-f]{8}\.json", p.name)]
-    for path in sorted(paths):
-        data = json.loads(path.read_text())
-        for t in data["tasks"]:
-            runs = _task_runs(data, t["name"])
-            extra = data["added_overrides"]
-            if runs[0]["overrides"] != [*tasks[t["name"]].overrides, *extra]:  # compared with the suite as it is now
-                raise ValueError(f"results/{path.name} added {extra} to an earlier version of task {t['name']!r}; "
-                                 f"rerun its command or delete it")
-            rows.append([t["name"], " ".join(f"`{o}`" for o in extra), f"{runs[0]['steps']:,}", str(len(runs)),
-                         _seed_finals(_final_at(_task_runs(suite, t["name"]), runs[0]["steps"])), _seed_finals(t),
-                         f"{sum(r['wall_s'] for r in runs) / len(runs) / 60:.0f}", f"`results/{path.name}`"])
-    if not rows:
-        return "No ablation run yet."
-    return (_table(["run", "added overrides", "env steps", "seeds", "suite at these steps", "final eval, ablation",
-                    "wall min", "source"], rows)
-            + "\n\nSame protocol as the suite's run; final eval as above (mean over seeds, each seed's in brackets). "
-            "Suite at these steps: the suite's runs read at the ablation's budget (mean of their last two "
-            "evaluations up to it).")
+    def ours(t: dict, key: str) -> str:
+        seeds = t[f"ours_{key}_seeds"]
+        return fmt(t[f"ours_{key}"]) + (f" ({', '.join(map(fmt, seeds))})" if len(seeds) > 1 else "")
 
+    def dreamerv3(t: dict, key: str) -> str:
+        return f"{fmt(t[f'dreamerv3_{key}'])} ({fmt(t[f'dreamerv3_{key}_min'])}-{fmt(t[f'dreamerv3_{key}_max'])})"
 
-def _final_at(runs: list[dict], steps: int) -> dict:
-    """A task summary like the results file's, from each run's evaluations up to ``steps`` env steps."""
-    from .learning import final_return
-
-    finals = [final_return(r["curve"], up_to=steps) for r in runs]
-    return {"final_returns": finals, "final_return": sum(finals) / len(finals)}
+    rows = [[t["name"], ", ".join(map(str, t["seeds"])), ours(t, "50k"), dreamerv3(t, "50k"), ours(t, "100k"),
+             dreamerv3(t, "100k"), "yes" if t["passed"] else "no", fmt(t["final_eval"]),
+             ", ".join(f"{w / 60:.0f}" for w in t["wall_s"])] for t in data["tasks"]]
+    s = data["summary"]
+    n = len(s["tasks_in_mean"])
+    rows.append([f"suite mean, {n} of {s['tasks_in_suite']} tasks", f"{s['runs']} runs", fmt(s["ours_50k_mean"]),
+                 fmt(s["dreamerv3_50k_mean"]), fmt(s["ours_100k_mean"]), fmt(s["dreamerv3_100k_mean"]),
+                 f"{s['at_or_above_dreamerv3_100k']} of {n}", "", ""])
+    commits = sorted({c for t in data["tasks"] for run in t["trained_at"] for c in run})
+    seeds = sorted({t["dreamerv3_seeds"] for t in data["tasks"]})
+    return (_table(["task", "seeds", "ours 50K", "DreamerV3 50K", "ours 100K", "DreamerV3 100K",
+                    "at or above DreamerV3 at 100K", "final eval (deterministic)", "wall min per run"], rows)
+            + "\n\nOurs: the mean return of the training episodes (exploring policy) that ended in the 10,000 env "
+            "steps up to 50K or 100K, averaged over seeds (each seed's in brackets). DreamerV3: its seed mean in the "
+            f"same bin ({' or '.join(map(str, seeds))} seeds, the lowest and highest seed in brackets). Final eval: "
+            "our deterministic policy, mean of the last two evaluations averaged over seeds; not DreamerV3's "
+            "metric. Wall min: each run's, with the runs in parallel on a shared "
+            f"{data['machine'].get('cpu_count')}-core machine. "
+            + (f"Not run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
+            + f"Trained at {'commits' if len(commits) > 1 else 'commit'} {', '.join(commits) or 'unknown'}. "
+            "Source `results/learning_dmc_proprio.json`."
+            + "\n\n![DMC proprio against DreamerV3](results/learning_dmc_proprio.png)")
 
 
 def continual() -> str:
@@ -190,13 +199,13 @@ def insight() -> str:
 
 RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
              "learning": learning, "learning_pixels": lambda: learning("learning_cpu_pixels"),
-             "learning_ablations": learning_ablations, "continual": continual, "insight": insight,
+             "learning_dmc_proprio": learning_dmc_proprio, "continual": continual, "insight": insight,
              "agent_update": agent_update}
 
 
 SOURCES = {"env_throughput": "env_throughput.json", "param_counts": "param_counts.json",
            "wm_throughput": "wm_throughput_cpu.json", "learning": "learning_cpu.json",
-           "learning_pixels": "learning_cpu_pixels.json", "learning_ablations": "learning_cpu.json",
+           "learning_pixels": "learning_cpu_pixels.json", "learning_dmc_proprio": "learning_dmc_proprio.json",
            "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json",
            "agent_update": "agent_update_cpu.json"}
 

@@ -65,37 +65,142 @@ def test_results_gather_every_finished_seed_and_judge_the_mean(tmp_path, monkeyp
     assert learning.summarize(runs[:1])[0]["passed"]  # seed 0 alone clears 500
 
 
-def test_ablation_table_lists_the_cpu_suites_ablations_only(tmp_path, monkeypatch):
+def _write_run(rundir, episodes, evals, steps, wall_s=60.0, commit="abc1234"):
+    """A finished run as `python -m agent train` and the benchmark leave it: training episodes and evals in
+    metrics.jsonl (among other scalars), done.json, starts.jsonl."""
     import json
-    from pathlib import Path
+
+    rundir.mkdir(parents=True)
+    rows = [{"step": s, "episode/return": r, "episode/length": 500.0} for s, r in episodes]
+    rows += [{"step": s, "eval/return": r} for s, r in evals] + [{"step": steps, "fps/env": 10.0}]
+    rows.sort(key=lambda row: row["step"])
+    (rundir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (rundir / "done.json").write_text(json.dumps({"wall_s": wall_s, "steps": steps}))
+    (rundir / "starts.jsonl").write_text(json.dumps({"git_commit": commit, "git_dirty": False}) + "\n")
+
+
+def test_training_episodes_are_binned_by_the_env_step_they_ended_at(tmp_path):
+    """DreamerV3's bins are (x - 10,000, x]: an episode ending exactly at 10,000 counts for 10K, one ending at
+    10,001 for 20K; an empty bin is None; evals and other scalars are not training episodes."""
+    import benchmarks.learning as learning
+
+    episodes = [(9_000, 100.0), (10_000, 300.0), (10_001, 50.0), (25_000, 7.0), (41_000, 1e6)]
+    _write_run(tmp_path / "run", episodes, evals=[(10_000, 999.0), (20_000, 999.0)], steps=40_000)
+    assert learning.training_episodes(tmp_path / "run") == episodes
+    curve = learning.binned_returns(learning.training_episodes(tmp_path / "run"), 40_000)
+    assert curve == [{"env_steps": 10_000, "return": 200.0, "episodes": 2},
+                     {"env_steps": 20_000, "return": 50.0, "episodes": 1},
+                     {"env_steps": 30_000, "return": 7.0, "episodes": 1},
+                     {"env_steps": 40_000, "return": None, "episodes": 0}]  # 41,000 lies past the run's steps
+    assert learning.bin_value(curve, 20_000) == 50.0 and learning.bin_value(curve, 40_000) is None
+    assert learning.bin_value(curve, 50_000) is None
+    assert learning.binned_returns(episodes, 25_000, width=5_000)[:3] == [
+        {"env_steps": 5_000, "return": None, "episodes": 0}, {"env_steps": 10_000, "return": 200.0, "episodes": 2},
+        {"env_steps": 15_000, "return": 50.0, "episodes": 1}]
+
+
+def _fake_curves(tmp_path, monkeypatch, mean_100k):
+    """A stand-in for DreamerV3's curves file: cartpole_balance with three seeds over 12 bins."""
+    import json
+
+    import benchmarks.learning as learning
+
+    x = [10_000 * (i + 1) for i in range(12)]
+    seeds = [[10.0 * i for i in range(12)], [20.0 * i for i in range(12)], [30.0 * i for i in range(12)]]
+    mean = [20.0 * i for i in range(12)]
+    mean[9] = mean_100k
+    seeds[1][9] = None  # a missing seed value is left out of the band
+    path = tmp_path / "curves.json"
+    path.write_text(json.dumps({"source": "test curves", "proprio": {"cartpole_balance": {
+        "x": x, "mean": mean, "seeds": seeds}}}))
+    monkeypatch.setattr(learning, "CURVES", path)
+
+
+def _two_seeds(root):
+    """Seed 0: 50K bin 200 (two episodes), 100K bin 900; seed 1: 50K bin 400, 100K bin 700."""
+    first = [(41_000, 100.0), (50_000, 300.0), (60_000, 5.0), (99_000, 900.0), (100_001, 0.0)]
+    _write_run(root / "cartpole_balance", first, [(50_000, 10.0), (100_000, 30.0)], 100_000, wall_s=6000.0,
+               commit="aaa1111")
+    _write_run(root / "cartpole_balance-seed1", [(45_000, 400.0), (100_000, 700.0)],
+               [(50_000, 20.0), (100_000, 50.0)], 100_000, wall_s=7200.0, commit="bbb2222")
+
+
+def test_ours_at_100k_is_the_seed_mean_of_the_bin_and_passes_at_dreamerv3s_mean(tmp_path, monkeypatch):
+    import benchmarks.learning as learning
+
+    monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
+    _two_seeds(tmp_path)
+    tasks = [t for t in learning.SUITES["dmc-proprio"] if t.name == "cartpole_balance"]
+    runs = learning.finished_runs(tmp_path, tasks)
+    assert [len(r["train_curve"]) for r in runs] == [10, 10]
+    for mean_100k, passed in ((800.0, True), (800.5, False)):
+        _fake_curves(tmp_path, monkeypatch, mean_100k)
+        (task,) = learning.compare_with_dreamerv3(runs)
+        assert task["seeds"] == [0, 1] and task["ours_100k_seeds"] == [900.0, 700.0]
+        assert task["ours_100k"] == 800.0 and task["ours_50k"] == 300.0 and task["ours_50k_seeds"] == [200.0, 400.0]
+        assert task["dreamerv3_100k"] == mean_100k and task["passed"] is passed
+        assert (task["dreamerv3_100k_min"], task["dreamerv3_100k_max"]) == (90.0, 270.0)  # seed 1's None skipped
+        assert (task["dreamerv3_50k"], task["dreamerv3_50k_min"], task["dreamerv3_50k_max"]) == (80.0, 40.0, 120.0)
+        assert task["final_evals"] == [20.0, 35.0] and task["wall_s"] == [6000.0, 7200.0]
+        assert task["trained_at"] == [["aaa1111"], ["bbb2222"]]
+    summary = learning.suite_summary([task], learning.SUITES["dmc-proprio"])
+    assert summary["tasks_in_mean"] == ["cartpole_balance"] and summary["runs"] == 2
+    assert summary["at_or_above_dreamerv3_100k"] == 0 and len(summary["tasks_not_run"]) == 5
+    assert (summary["ours_100k_mean"], summary["dreamerv3_100k_mean"]) == (800.0, 800.5)
+
+
+def test_the_dmc_proprio_command_writes_results_plot_and_readme_section(tmp_path, monkeypatch):
+    """`--suite dmc-proprio --report-only` with its default run root and results path: no run starts, the
+    finished runs are judged on DreamerV3's metric, the plot is written and the README section renders."""
+    import json
+
+    import benchmarks.learning as learning
+    import benchmarks.readme as readme
+
+    started = []
+    monkeypatch.setattr(learning.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
+    monkeypatch.setattr(learning, "machine_info", lambda: {"cpu_count": 2})
+    _fake_curves(tmp_path, monkeypatch, 790.0)
+    monkeypatch.chdir(tmp_path)
+    _two_seeds(tmp_path / "runs" / "dmc_proprio")
+    assert learning.main(["--suite", "dmc-proprio", "--seeds", "0", "1", "--report-only"]) == 0
+    assert not started
+    out = tmp_path / "results" / "learning_dmc_proprio.json"
+    data = json.loads(out.read_text())
+    (task,) = data["tasks"]
+    assert task["ours_100k"] == 800.0 and task["passed"] and data["summary"]["at_or_above_dreamerv3_100k"] == 1
+    assert data["runs"][1]["train_curve"][4] == {"env_steps": 50_000, "return": 400.0, "episodes": 1}
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setattr(readme, "RESULTS", tmp_path / "results")
+    section = readme.learning_dmc_proprio()
+    # Final eval (deterministic): seeds (10 + 30) / 2 and (20 + 50) / 2, mean 27.5; wall: 6000 s and 7200 s.
+    assert "| cartpole_balance | 0, 1 | 300 (200, 400) | 80 (40-120) | 800 (900, 700) | 790 (90-270) | yes " \
+           "| 28 | 100, 120 |" in section
+    assert "| suite mean, 1 of 6 tasks | 2 runs | 300 | 80 | 800 | 790 | 1 of 1 |  |  |" in section
+    assert "aaa1111, bbb2222" in section and "Not run yet: cartpole_swingup" in section
+    # Without its results file, the section says so instead of showing numbers.
+    out.unlink()
+    text = "<!-- table:learning_dmc_proprio -->\nold numbers\n<!-- end -->"
+    assert "Not run yet" in readme.render(text) and "old numbers" not in readme.render(text)
+
+
+def test_the_cpu_table_leaves_out_tasks_no_longer_in_the_suite(tmp_path, monkeypatch):
+    import json
 
     import benchmarks.readme as readme
-    from benchmarks.learning import SUITES, summarize
+    from benchmarks.learning import summarize
 
-    task = SUITES["cpu"][0]
-    curve = [{"env_steps": 10, "return": 50.0}, {"env_steps": 20, "return": 150.0}, {"env_steps": 30, "return": 9.0}]
-    run = {"name": task.name, "seed": 0, "overrides": list(task.overrides), "steps": 20, "curve": curve,
-           "final_return": 79.5, "wall_s": 60.0, "threshold": task.threshold}
-    (tmp_path / "learning_cpu.json").write_text(json.dumps({"runs": [run], "tasks": summarize([run])}))
-    extra = [*task.overrides, "agent.actor_critic.actor_lr=1e-4"]
-    seeds = [{**run, "overrides": extra, "final_return": 250.0}, {**run, "seed": 1, "overrides": extra,
-                                                                   "final_return": 350.0, "wall_s": 180.0}]
-    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": seeds, "tasks": summarize(seeds),
-                                                                      "added_overrides": extra[-1:]}))
-    (tmp_path / "learning_cpu-pixels-0123abcd.json").write_text(json.dumps({"runs": [{"name": "other"}]}))
-    monkeypatch.setattr(readme, "RESULTS", Path(tmp_path))
-    rows = [line for line in readme.learning_ablations().splitlines() if line.startswith(f"| {task.name}")]
-    # The suite's run is read at the ablation's 20 steps: (50 + 150) / 2 = 100, not its final 79.5.
-    assert rows == ["| pendulum | `agent.actor_critic.actor_lr=1e-4` | 20 | 2 | 100 | 300 (250, 350) "
-                    "| 2 | `results/learning_cpu-0123abcd.json` |"]
-    # An ablation made on an earlier version of the task would be compared with the wrong suite: refused.
-    stale = [{**r, "overrides": ["train.eval_every=1", *extra]} for r in seeds]
-    (tmp_path / "learning_cpu-0123abcd.json").write_text(json.dumps({"runs": stale, "tasks": summarize(stale),
-                                                                      "added_overrides": extra[-1:]}))
-    import pytest
-
-    with pytest.raises(ValueError, match="earlier version of task"):
-        readme.learning_ablations()
+    run = {"name": "pendulum", "seed": 0, "spec": "gym:Pendulum-v1", "obs": "state", "preset": "cpu",
+           "steps": 15_000, "curve": [{"env_steps": 1000, "return": -1200.0}], "final_return": -90.0,
+           "wall_s": 600.0, "threshold": -300.0}
+    old = {**run, "name": "cartpole_balance", "final_return": 800.0, "threshold": 800.0}
+    (tmp_path / "learning_cpu.json").write_text(json.dumps({"suite": "cpu", "runs": [run, old],
+                                                            "tasks": summarize([run, old])}))
+    monkeypatch.setattr(readme, "RESULTS", tmp_path)
+    table = readme.learning()
+    assert "| pendulum |" in table and "| cartpole_balance |" not in table
+    assert "no longer in the suite (cartpole_balance)" in table
 
 
 def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, monkeypatch):
