@@ -154,17 +154,28 @@ def task_config(task: Task, seed: int) -> dict:
     return config_to_dict(apply_overrides(RunConfig(agent=preset(task.preset)), [*flags, *task.overrides]))
 
 
+# Settings a run from state never reads (the image encoder's and decoder's): a change to them must not
+# invalidate state runs.
+IMAGE_ONLY = [*(f"agent.world_model.encoder.{k}" for k in ("kind", "tubelet_frames", "patch", "width", "depth",
+                                                           "heads", "mlp_ratio", "pool_queries", "cnn_depth",
+                                                           "cnn_min_res")),
+              *(f"agent.world_model.decoder.{k}" for k in ("kind", "cnn_depth", "cnn_min_res", "patch_width",
+                                                           "patch_depth", "patch_heads"))]
+
+
 def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
     """The fields (dotted, with both values) where the run in ``rundir`` was configured differently from
-    ``task``; the budget (``train.steps``) aside, since a finished run may be extended. Empty when they agree
-    or the directory holds no config yet."""
+    ``task``; the budget (``train.steps``) aside, since a finished run may be extended, and for state runs
+    the image networks' settings, which they never read. Empty when they agree or the directory holds no
+    config yet."""
     from agent.config import RunConfig, config_diff, config_from_dict, config_to_dict
 
     path = rundir / "config.json"
     if not path.exists():
         return []
     run = config_to_dict(config_from_dict(json.loads(path.read_text()), RunConfig))  # older runs: new fields default
-    diff = config_diff(run, task_config(task, seed), skip=["train.steps"])
+    skip = ["train.steps", *(IMAGE_ONLY if task.obs == "state" else [])]
+    diff = config_diff(run, task_config(task, seed), skip=skip)
     return [f"{k}: run {u!r}, task {v!r}" for k, u, v in diff]
 
 

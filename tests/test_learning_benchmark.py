@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 
 import envs
@@ -254,6 +256,13 @@ def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path
     changed = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=3e-4"])
     assert learning.config_mismatch(changed, 0, run) == ["agent.actor_critic.critic_lr: run 0.0001, task 0.0003"]
     assert learning.config_mismatch(task, 1, run) == ["agent.seed: run 0, task 1"]
+    # The image networks' settings do not matter to a state run; from pixels they do.
+    image = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "",
+                 [*task.overrides, "agent.world_model.encoder.mlp_ratio=3", "agent.world_model.decoder.cnn_depth=8"])
+    assert learning.config_mismatch(image, 0, run) == []
+    pixels = replace(image, obs="pixels")
+    assert [d.split(":")[0] for d in learning.config_mismatch(pixels, 0, run)] == [
+        "env.obs", "agent.world_model.encoder.mlp_ratio", "agent.world_model.decoder.cnn_depth"]
     with pytest.raises(ValueError, match="critic_lr"):
         learning.run_task(changed, 0, run, fresh=False)
     with pytest.raises(ValueError, match="critic_lr"):
