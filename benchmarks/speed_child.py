@@ -160,6 +160,7 @@ def profile_update(agent: Any, batch: dict[str, np.ndarray], device: torch.devic
         # Wall time of each phase's calls during the profiled update (inflated by the profiler's overhead).
         "phases_s": {**totals, "total": wall, "other": wall - sum(totals.values())},
     }
+    summary.update(compute_floor(agent, batch, device))
     if device.type == "cuda":
         device_us = sum(_self_device_us(e) for e in ops)
         summary["self_device_total_ms"] = device_us / 1e3
@@ -168,6 +169,26 @@ def profile_update(agent: Any, batch: dict[str, np.ndarray], device: torch.devic
              "pct": 100.0 * _self_device_us(e) / max(device_us, 1e-9)}
             for e in sorted(ops, key=_self_device_us, reverse=True)[:TOP_OPS]]
     return summary
+
+
+def compute_floor(agent: Any, batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Any]:
+    """How far the update is from the device's arithmetic: its FLOPs (matmuls and convolutions, counted by
+    torch's FlopCounterMode over one update), the throughput of a large float32 matrix product on the same
+    device and threads, and their ratio: the time the update's arithmetic alone would take at that rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        agent.train_step(batch)
+    flops = counter.get_total_flops()
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    seconds = min(_timed(lambda: a @ b, device) for _ in range(3))
+    gemm = 2 * n**3 / seconds
+    return {"flops_per_update": flops,
+            "flops_by_op": {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()},
+            "gemm_flops_per_s": gemm, "gemm_shape": [n, n, n], "arithmetic_floor_s": flops / gemm}
 
 
 def _op_row(e: Any, total_us: float) -> dict[str, Any]:
