@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,11 @@ import numpy as np
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
+
+try:
+    import resource
+except ImportError:  # Windows: no getrusage
+    resource = None
 
 
 def gif_bytes(video: np.ndarray, fps: int = 10) -> bytes:
@@ -35,6 +42,21 @@ def git_revision(where: str | Path | None = None) -> dict[str, Any]:
         return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None}
+
+
+def memory_mb() -> dict[str, float | None]:
+    """This process's resident memory now and its peak so far, in MB (2**20 bytes): ``memory/rss_mb`` from
+    ``/proc/self/statm``, ``memory/peak_rss_mb`` from ``getrusage``; None where the OS has neither."""
+    try:
+        with open("/proc/self/statm") as file:
+            rss = int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20  # field 2: resident pages
+    except (OSError, ValueError, IndexError):
+        rss = None
+    peak = None
+    if resource is not None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        peak = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return {"memory/rss_mb": rss, "memory/peak_rss_mb": peak}
 
 
 class Logger:

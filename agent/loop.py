@@ -30,7 +30,7 @@ import torch
 
 from .agent import Agent
 from .config import RunConfig, config_diff, config_from_dict, config_to_dict
-from .logger import Logger, dump_json, git_revision
+from .logger import Logger, dump_json, git_revision, memory_mb
 from .replay import MixedReplay, Replay
 from .rollout import Outcome, Rollout, episode_returns
 
@@ -78,6 +78,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, obs_space: gym.spaces.Dict, act_space: gym.Space, logdir: str | Path,
                  resume: bool = False, progress: bool = True):
+        self._wall_start = time.perf_counter()
         self.cfg = cfg
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -92,12 +93,14 @@ class Trainer:
         self.replay = make_replay(cfg, self.logdir / "replay")
         self.extra: dict[str, Any] = {}  # a caller's own progress (e.g. a task sequence), saved in checkpoints
         self.counters = {"env_steps": 0, "agent_steps": 0, "updates": 0, "episodes": 0, "sim_failures": 0,
-                         "train_credit": 0.0, "last_log": 0, "last_eval": 0, "last_video": 0, "last_checkpoint": 0}
+                         "train_credit": 0.0, "last_log": 0, "last_eval": 0, "last_video": 0, "last_checkpoint": 0,
+                         "wall_s": 0.0}  # wall_s: as of the last checkpoint
         purge = None
         if resume:
             self.restore(self.logdir / CHECKPOINT)
             # Everything logged at the checkpoint's step was logged before it was saved: keep it.
             purge = self.counters["env_steps"] + 1
+        self._wall_base = self.counters["wall_s"]  # the parts before a resume, up to their last checkpoint
         self.logger = Logger(self.logdir, purge_step=purge)
         self.progress = progress
         self.eval_hook: Callable[[], None] | None = None  # set by the caller: what "evaluate" means for the run
@@ -121,6 +124,11 @@ class Trainer:
     @property
     def updates(self) -> int:
         return self.counters["updates"]
+
+    def wall_s(self) -> float:
+        """Seconds since the run started (this process's part from the Trainer's creation, plus the parts
+        before a resume up to their last checkpoint): ``time/wall_s`` in the logs."""
+        return self._wall_base + time.perf_counter() - self._wall_start
 
     # ----- acting in envs
 
@@ -223,6 +231,8 @@ class Trainer:
         values["replay/size"] = len(self.replay)
         values["replay/bytes_per_step"] = self.replay.bytes_per_step() if len(self.replay) else None
         values["train/updates"] = self.updates
+        values["time/wall_s"] = self.wall_s()
+        values.update(memory_mb())  # memory/rss_mb, memory/peak_rss_mb: a leak shows as a rising line
         self.logger.scalars(values, self.env_steps)
         self._train_metrics.clear()
         self._timer = {"time": now, "env_steps": self.env_steps, "updates": self.updates}
@@ -244,6 +254,7 @@ class Trainer:
     def save(self) -> Path:
         """Write the checkpoint atomically; only then drop replay files it no longer names."""
         self.counters["last_checkpoint"] = self.env_steps
+        self.counters["wall_s"] = self.wall_s()
         replay_state = self.replay.state_dict()
         state = {
             "format": 1, "config": config_to_dict(self.cfg), "signature": self.signature,
@@ -331,7 +342,8 @@ def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.
                 return
             returns = trainer.evaluate(eval_env, cfg.train.eval_episodes)
             evaluations.append({"env_steps": trainer.env_steps, "returns": returns})
-            trainer.logger.scalars({"eval/return": float(np.mean(returns))}, trainer.env_steps)
+            trainer.logger.scalars({"eval/return": float(np.mean(returns)), "time/wall_s": trainer.wall_s()},
+                                   trainer.env_steps)
 
         trainer.eval_hook = run_eval
         if progress:

@@ -27,6 +27,10 @@ def train_cli(logdir, *extra, steps=600, env="gym:Pendulum-v1"):
                  "--no-progress", "--set", *FAST, *extra])
 
 
+def metrics_rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+
+
 @pytest.mark.slow
 def test_train_logs_checkpoints_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
@@ -47,9 +51,15 @@ def test_train_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert "report/openloop" in acc.Tags()["images"]
     assert acc.Images("report/openloop")[0].encoded_image_string[:3] == b"GIF"
     assert json.loads((run / "config.json").read_text())["env"]["obs"] == "pixels"
+    rows = metrics_rows(run)
+    logs = [r for r in rows if "fps/env" in r]
+    assert logs and all(r["memory/rss_mb"] > 50 and r["memory/peak_rss_mb"] > 50 for r in logs)  # torch alone
+    assert all("time/wall_s" in r for r in rows if "eval/return" in r or "fps/env" in r)
+    before_resume = max(r["time/wall_s"] for r in rows if "time/wall_s" in r)
 
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["counters"]["env_steps"] == 600 and state["replay"]["steps_added"] == 300
+    assert state["counters"]["wall_s"] >= before_resume  # the wall time so far, for a resume to count on from
 
     assert main(["train", "--logdir", str(run), "--resume", "--steps", "1000", "--no-progress"]) == 0
     state = torch.load(run / "checkpoint.pt", weights_only=False)
@@ -57,6 +67,8 @@ def test_train_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert state["counters"]["updates"] > 0
     steps = [step for step, _ in read_scalars(run)["fps/env"]]
     assert max(steps) == 1000 and len(steps) == len(set(steps))  # continued, nothing logged twice
+    walls = [r["time/wall_s"] for r in metrics_rows(run) if "time/wall_s" in r]
+    assert walls == sorted(walls) and walls[-1] > before_resume  # the resumed part counts on from the first
     starts = [json.loads(line) for line in (run / "starts.jsonl").read_text().splitlines()]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert [s["resume"] for s in starts] == [False, True] and {s["git_commit"] for s in starts} == {head or None}
