@@ -10,7 +10,7 @@ VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 export MUJOCO_GL ?= egl
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint train bench-envs bench-wm bench-speed bench-learning bench-dmc-proprio bench-insight bench-continual readme clean
+.PHONY: install test lint train bench-default-job bench-envs bench-wm bench-speed bench-learning bench-dmc-proprio bench-insight bench-continual readme clean
 
 install: $(STAMP)
 
@@ -32,6 +32,15 @@ clean:
 # The main job: a short real training run (see README), logs under runs/.
 train: $(STAMP)
 	$(BIN)/python -m agent train --logdir runs/train-$$(date +%Y%m%d-%H%M%S)
+
+# The main job timed end to end (make train's run, in runs/default_job-<time>): wall time from process start to
+# the first eval at the learning benchmark's threshold, the eval curve, and how busy the machine was meanwhile,
+# into results/default_job_cpu.json (default_job_cuda.json where the default job is the CUDA one). About 10
+# minutes on 2 idle cores; a loaded machine makes the times longer (the results file says how loaded).
+# DEFAULT_JOB_FLAGS=--stop-at-threshold ends the run there.
+DEFAULT_JOB_FLAGS ?=
+bench-default-job: $(STAMP)
+	$(BIN)/python -m benchmarks.default_job $(DEFAULT_JOB_FLAGS)
 
 bench-envs: $(STAMP)
 	$(BIN)/python -m benchmarks.env_throughput --out results/env_throughput.json

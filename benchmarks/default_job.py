@@ -1,0 +1,245 @@
+"""The main job end to end: how long ``make train`` takes to learn, from process start.
+
+    python -m benchmarks.default_job --out results/default_job_cpu.json
+    python -m benchmarks.default_job --stop-at-threshold --out results/default_job_cpu.json
+    python -m benchmarks.default_job --set train.steps=1500 train.eval_every=500 --out /tmp/smoke.json  # smoke
+
+Runs ``python -m agent train --logdir <dir>`` with no task or preset, as ``make train`` does (the default
+job: ``agent.config.default_job``), its progress bar and output going to this terminal. While it runs, the
+run's ``metrics.jsonl`` is read as it grows; every evaluation is printed and recorded with its env steps,
+return and the wall seconds since the process was started (when this command first saw the line: at most
+``--poll`` seconds late), next to the loop's own ``time/wall_s`` (which starts when the loop does, after
+imports). The threshold is the learning benchmark's for the same env and observations
+(``benchmarks.learning.SUITES``: on a CPU, task ``pendulum``, -300). The results JSON holds the time and
+env steps to the first evaluation that reaches it, the whole run's wall time, the eval curve, the peak
+memory, the machine, torch and git commit, and how busy the machine was: the load average at start and
+end, and the CPU time other processes took during the run (from /proc/stat). On a shared machine that
+number says whether the times can be trusted. Exit status 1 when the run failed or never reached the
+threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import machine_info, write_json
+from .learning import SUITES, Task
+
+# Other processes using more than this many cores on average while the job ran: its times are inflated.
+BUSY_CORES = 0.2
+
+
+def threshold_task(spec: str, obs: str) -> tuple[str, Task]:
+    """The learning benchmark's task (suite, task) with this env and observations: its threshold is the bar."""
+    for suite, tasks in SUITES.items():
+        for task in tasks:
+            if task.spec == spec and task.obs == obs:
+                return suite, task
+    raise ValueError(f"no learning-benchmark task trains {spec} from {obs}, so there is no threshold for it")
+
+
+class MetricsFollower:
+    """Reads a growing ``metrics.jsonl``: each ``poll`` returns the evaluations logged since the last one,
+    stamped with the ``clock`` seconds since ``start`` at which they were first seen."""
+
+    def __init__(self, path: Path, start: float, clock: Callable[[], float] = time.monotonic):
+        self.path, self.start, self.clock = path, start, clock
+        self.offset = 0  # bytes read so far: whole lines only, a line being written is read next time
+        self.rows: list[dict[str, Any]] = []
+
+    def poll(self) -> list[dict[str, Any]]:
+        """New evaluation points ``{"env_steps", "return", "wall_s", "run_wall_s"}``."""
+        if not self.path.exists():
+            return []
+        seen = self.clock() - self.start
+        with open(self.path, "rb") as file:
+            file.seek(self.offset)
+            text = file.read()
+        end = text.rfind(b"\n") + 1
+        self.offset += end
+        new = [json.loads(line) for line in text[:end].decode().splitlines() if line]
+        self.rows += new
+        return [{"env_steps": row["step"], "return": row["eval/return"], "wall_s": round(seen, 2),
+                 "run_wall_s": row.get("time/wall_s")} for row in new if "eval/return" in row]
+
+
+def first_reaching(curve: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
+    """The first evaluation whose return reaches ``threshold``, or None."""
+    return next((point for point in curve if point["return"] >= threshold), None)
+
+
+def cpu_times_s() -> tuple[float, float] | tuple[None, None]:
+    """CPU seconds since boot (/proc/stat) that all processes on the machine were busy, and that a hypervisor
+    took from this (virtual) machine ("steal"); None without /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, IndexError, ValueError):
+        return None, None
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished and waited-for children (and theirs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_load(start: dict[str, Any], end: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """How busy the machine was apart from the job: load averages and other processes' mean busy cores."""
+    cores = os.cpu_count() or 1
+    others = steal = None
+    if start["busy_s"] is not None and end["busy_s"] is not None:
+        job = end["children_cpu_s"] - start["children_cpu_s"]
+        others = max(0.0, (end["busy_s"] - start["busy_s"] - job) / max(wall_s, 1e-9))
+        steal = (end["steal_s"] - start["steal_s"]) / max(wall_s, 1e-9)
+    busy = others is not None and others + steal > BUSY_CORES
+    if others is None:
+        note = "unknown (no /proc/stat)"
+    elif busy:
+        note = "other processes (or virtual machines) took CPU while the job ran; its times are longer than when idle"
+    else:
+        note = "the machine was otherwise idle"
+    return {"cpu_count": cores, "loadavg_start": start["loadavg"], "loadavg_end": end["loadavg"],
+            "job_cpu_s": round(end["children_cpu_s"] - start["children_cpu_s"], 1),
+            "other_processes_cores": None if others is None else round(others, 2),
+            "steal_cores": None if steal is None else round(steal, 2), "shared": busy,
+            "note": f"shared machine: {note} (other_processes_cores: mean cores other processes used during the "
+                    "run, from /proc/stat minus the job's own CPU time; steal_cores: mean cores the hypervisor gave "
+                    "to other machines; loadavg_end includes the job's threads)"}
+
+
+def load_sample() -> dict[str, Any]:
+    """Load averages, the machine's busy and stolen CPU seconds, and this process's children's CPU seconds."""
+    busy, steal = cpu_times_s()
+    return {"loadavg": [round(v, 2) for v in os.getloadavg()], "busy_s": busy, "steal_s": steal,
+            "children_cpu_s": children_cpu_s()}
+
+
+def resolve(extra: list[str], logdir: Path) -> Any:
+    """The config ``python -m agent train --logdir <logdir> --set <extra>`` will run, resolved by the CLI's own
+    code (a bad override is an error here, before anything starts)."""
+    from agent.cli import build_config
+
+    return build_config(argparse.Namespace(logdir=str(logdir), resume=False, preset=None, env=None, seed=None,
+                                           steps=None, set=extra))
+
+
+def run(cmd: list[str], follower: MetricsFollower, threshold: float, stop_at_threshold: bool, poll: float
+        ) -> tuple[int, list[dict[str, Any]], bool]:
+    """Run the job, printing each evaluation as it appears; returns exit code, eval curve and whether it was
+    stopped at the threshold."""
+    env = {**os.environ}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as make train exports them
+    env.setdefault("MUJOCO_GL", "egl")
+    proc = subprocess.Popen(cmd, env=env)
+    curve, stopped = [], False
+
+    def read() -> None:
+        for point in follower.poll():
+            curve.append(point)
+            mark = "  (threshold reached)" if point is first_reaching(curve, threshold) else ""
+            print(f"[default_job] eval at {point['env_steps']:,} env steps: return {point['return']:.1f}, "
+                  f"{point['wall_s']:.0f} s since start{mark}", flush=True)
+
+    try:
+        while True:
+            done = proc.poll() is not None
+            read()  # after the exit check: once the job has ended, every line it wrote is read
+            if done:
+                break
+            if stop_at_threshold and not stopped and first_reaching(curve, threshold) is not None:
+                print("[default_job] threshold reached: stopping the run with SIGINT (a KeyboardInterrupt traceback "
+                      "from it is expected)", flush=True)
+                proc.send_signal(signal.SIGINT)
+                stopped = True
+            time.sleep(poll)
+    except KeyboardInterrupt:  # Ctrl-C reached the job too (same process group): let it end, keep the record
+        print("[default_job] interrupted", flush=True)
+    finally:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    read()
+    return proc.returncode, curve, stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="results JSON (default results/default_job_<cpu|cuda>.json)")
+    parser.add_argument("--logdir", default=None, help="the run's directory (default runs/default_job-<time>)")
+    parser.add_argument("--stop-at-threshold", action="store_true",
+                        help="end the run (SIGINT) once an evaluation reaches the threshold")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="overrides passed to `python -m agent train --set` (then it is not the default job "
+                             "any more; for smoke runs)")
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between reads of metrics.jsonl")
+    args = parser.parse_args(argv)
+    logdir = Path(args.logdir or f"runs/default_job-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if (logdir / "metrics.jsonl").exists():
+        parser.error(f"{logdir} already holds a run; the measurement needs a fresh --logdir")
+    try:
+        cfg = resolve(args.set, logdir)
+        suite, task = threshold_task(cfg.env.spec, cfg.env.obs)
+    except ValueError as error:
+        parser.error(str(error))
+    import torch
+
+    device = "cuda" if cfg.agent.device.startswith("cuda") else "cpu"
+    out = Path(args.out or f"results/default_job_{device}.json")
+    cmd = [sys.executable, "-m", "agent", "train", "--logdir", str(logdir), *(["--set", *args.set] if args.set else [])]
+    print(f"[default_job] {' '.join(cmd)}\n[default_job] {cfg.env.spec} ({cfg.env.obs}), {cfg.train.steps:,} env "
+          f"steps; threshold {task.threshold:g} (learning suite {suite!r}, task {task.name!r})", flush=True)
+
+    before = load_sample()
+    start = time.monotonic()
+    follower = MetricsFollower(logdir / "metrics.jsonl", start)
+    code, curve, stopped = run(cmd, follower, task.threshold, args.stop_at_threshold, args.poll)
+    wall = time.monotonic() - start
+    load = machine_load(before, load_sample(), wall)
+
+    reached = first_reaching(curve, task.threshold)
+    peaks = [row["memory/peak_rss_mb"] for row in follower.rows if "memory/peak_rss_mb" in row]
+    info = machine_info()
+    write_json(out, {
+        "benchmark": "default_job", "command": cmd[1:], "default_job": not args.set, "overrides": args.set,
+        "spec": cfg.env.spec, "obs": cfg.env.obs, "steps": cfg.train.steps, "logdir": str(logdir),
+        "threshold": task.threshold, "threshold_from": f"benchmarks.learning SUITES[{suite!r}] task {task.name!r}",
+        "threshold_why": task.why, "reached": reached is not None,
+        "time_to_threshold_s": None if reached is None else reached["wall_s"],
+        "env_steps_to_threshold": None if reached is None else reached["env_steps"],
+        "wall_s": round(wall, 2), "exit_code": code, "stopped_at_threshold": stopped,
+        "env_steps_done": max((row["step"] for row in follower.rows), default=0),
+        "peak_rss_mb": max(peaks, default=None),
+        "curve": curve,
+        "curve_fields": "wall_s: seconds since the process started, when this command first saw the eval (at most "
+                        f"{args.poll:g} s late); run_wall_s: the loop's time/wall_s (from the loop's start)",
+        "load": load, "machine": info, "torch": torch.__version__, "git_commit": info["git_commit"],
+        "git_dirty": info["git_dirty"],
+    })
+    if reached is not None:
+        print(f"[default_job] threshold {task.threshold:g} reached after {reached['wall_s']:.0f} s at "
+              f"{reached['env_steps']:,} env steps", flush=True)
+    else:
+        print(f"[default_job] threshold {task.threshold:g} not reached", flush=True)
+    print(f"[default_job] run: {wall:.0f} s, exit {code}; {load['note']}\n[default_job] wrote {out}", flush=True)
+    return 0 if reached is not None and (code == 0 or stopped) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
