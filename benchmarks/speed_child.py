@@ -8,7 +8,9 @@ phase wrappers, profiler) stays the same on both sides, so only the agent differ
 self-contained script (no `benchmarks` imports) that uses only agent APIs older revisions have too:
 `Agent(obs_space, act_space, cfg)`, `Agent.train_step(batch of numpy arrays)`, `preset`,
 `apply_overrides`. `spec["root"]`, when given, is the tree `agent` must be imported from; a mismatch is
-an error rather than a silently wrong comparison.
+an error rather than a silently wrong comparison. With one torch thread on a CPU, times are the process's
+CPU time (`clock: process_cpu` in the result), so other processes on the machine do not count in them;
+otherwise wall time.
 
 Spec keys: preset, device, obs (state | pixels), action_dim, batch, length, encoder, decoder, threads,
 warmup, repeats, overrides, phase_repeats (extra updates timed phase by phase; 0: none), profile (true:
@@ -75,12 +77,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# On a CPU with one torch thread the process's CPU time is the update's cost even when other processes share
+# the cores (a preempted update does not count the time it waited); elsewhere wall time.
+CLOCK = {"clock": "wall", "fn": time.perf_counter}
+
+
+def use_cpu_clock(device: torch.device, threads: int | None) -> None:
+    """Time with the process's CPU time when the update runs on one CPU thread."""
+    if device.type == "cpu" and threads == 1:
+        CLOCK.update(clock="process_cpu", fn=time.process_time)
+
+
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = CLOCK["fn"]()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return CLOCK["fn"]() - start
 
 
 def time_stats(times: list[float]) -> dict[str, Any]:
@@ -98,7 +111,7 @@ PHASES = (("world_model", "wm", "train_step"), ("imagine", "", "imagine"),
 
 @contextmanager
 def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
-    """Accumulate the wall time of each phase's calls into ``totals`` (seconds) while active; each call is
+    """Accumulate the time (CLOCK) of each phase's calls into ``totals`` (seconds) while active; each call is
     also a `record_function` range, so a profile shows the phases too. Phases a revision lacks are skipped."""
     wrapped = []
     for name, owner_path, method in PHASES:
@@ -110,10 +123,10 @@ def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
         def timed(*args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
             with torch.profiler.record_function(f"phase/{_name}"):
                 _sync(device)
-                start = time.perf_counter()
+                start = CLOCK["fn"]()
                 out = _original(*args, **kwargs)
                 _sync(device)
-                totals[_name] = totals.get(_name, 0.0) + time.perf_counter() - start
+                totals[_name] = totals.get(_name, 0.0) + CLOCK["fn"]() - start
             return out
 
         object.__setattr__(owner, method, timed)  # an instance attribute shadows the class's method
@@ -256,6 +269,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
+    use_cpu_clock(device, spec.get("threads"))
     A = spec["action_dim"]
     batch = make_batch(spec["obs"], spec["batch"], spec["length"], A)
     rss_before = rss_mb()
@@ -269,7 +283,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
-    result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__,
+    result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__, "clock": CLOCK["clock"],
                               "torch_threads": torch.get_num_threads(), "param_counts": agent.param_counts(),
                               "rss_before_model_mb": rss_before, **checked}
     for _ in range(spec["warmup"]):
