@@ -81,6 +81,40 @@ def agent_update() -> str:
             f"{m['cpu_model']}, torch {m['torch']}; source `results/agent_update_cpu.json`.")
 
 
+def speed() -> str:
+    """The whole update against the baseline revision (same settings, interleaved rounds), and where the time
+    of today's update goes."""
+    data = _load("speed_cpu.json")
+    rows, notes = [], []
+    for r in data["results"]:
+        base = r.get("baseline", {})
+        if "agent_update" not in r or "agent_update" not in base:
+            continue
+        same = {True: "yes", False: "no", None: "-"}[r.get("same_losses")]
+        rows.append([r["obs"], r["encoder"] if r["obs"] == "pixels" else "-", f"{r['batch']}x{r['length']}",
+                     f"{base['agent_update']['median_s'] * 1e3:,.0f}", f"{r['agent_update']['median_s'] * 1e3:,.0f}",
+                     f"{r['speedup']:.2f}x", same])
+        prof = r.get("profile", {})
+        if "flops_per_update" in prof:
+            notes.append(f"{r['obs']}{'/' + r['encoder'] if r['obs'] == 'pixels' else ''}: "
+                         f"{prof['flops_per_update'] / 1e9:.1f} GFLOP per update; at this core's "
+                         f"{prof['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s on a 2048^3 float32 matmul its arithmetic "
+                         f"alone takes {prof['arithmetic_floor_s'] * 1e3:,.0f} ms; "
+                         f"{prof['op_calls']:,} op calls, the top ones by self time: "
+                         + ", ".join(f"{o['name'].replace('aten::', '')} {o['pct']:.0f}%"
+                                     for o in prof["top_ops_by_self_cpu"][:4]))
+    code = data.get("code", {})
+    base = code.get("baseline", {})
+    clock = data["results"][0].get("rounds", [{}])[0].get("current", {}).get("clock", "wall")
+    return (_table(["obs", "encoder", "B x T", f"{base.get('revision', 'baseline')} ms", "now ms", "speedup",
+                    "same losses"], rows)
+            + f"\n\nMedian over {len(data['results'][0].get('rounds', []))} interleaved rounds of each side's median "
+              f"update ({clock.replace('_', ' ')} time, one torch thread, {data['machine']['cpu']['cpu_model']}, "
+              f"torch {data['machine']['cpu']['torch']}); both sides with the same settings (`--set` in the "
+              "Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
+              + " ".join(f"{n}." for n in notes) + " Source `results/speed_cpu.json` (`make bench-speed`).")
+
+
 def _seed_finals(task: dict) -> str:
     """A task's final eval: the mean over seeds, with each seed's value after it when there are several."""
     finals = task["final_returns"]
@@ -200,14 +234,14 @@ def insight() -> str:
 RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
              "learning": learning, "learning_pixels": lambda: learning("learning_cpu_pixels"),
              "learning_dmc_proprio": learning_dmc_proprio, "continual": continual, "insight": insight,
-             "agent_update": agent_update}
+             "agent_update": agent_update, "speed": speed}
 
 
 SOURCES = {"env_throughput": "env_throughput.json", "param_counts": "param_counts.json",
            "wm_throughput": "wm_throughput_cpu.json", "learning": "learning_cpu.json",
            "learning_pixels": "learning_cpu_pixels.json", "learning_dmc_proprio": "learning_dmc_proprio.json",
            "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json",
-           "agent_update": "agent_update_cpu.json"}
+           "agent_update": "agent_update_cpu.json", "speed": "speed_cpu.json"}
 
 
 def render(text: str) -> str:
