@@ -189,6 +189,12 @@ class EnvConfig:
     num_envs: int = _f(1, "parallel training envs (subprocesses when > 1)")
     eval_envs: int = _f(1, "parallel evaluation envs")
 
+    def make_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``envs.make`` and ``envs.make_vec`` (after the spec) for this section."""
+        camera = None if self.camera == "" else (int(self.camera) if self.camera.isdigit() else self.camera)
+        return dict(obs=self.obs, size=self.size, action_repeat=self.action_repeat,
+                    render_quality=self.render_quality, camera=camera)
+
 
 @dataclass(frozen=True)
 class ReplayConfig:
