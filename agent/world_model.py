@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.config import AgentConfig, validate
-from agent.math_utils import (
+from .config import AgentConfig, validate
+from .math_utils import (
     categorical_entropy,
     categorical_kl,
     symexp,
@@ -38,7 +38,7 @@ from agent.math_utils import (
     symlog_twohot_loss,
     twohot_decode,
 )
-from agent.nets import (
+from .nets import (
     ContinueHead,
     ConvDecoder,
     MultiEncoder,
@@ -47,7 +47,7 @@ from agent.nets import (
     StateDecoder,
     tubelet_indices,
 )
-from agent.rssm import RSSM
+from .rssm import RSSM
 
 Carry = dict[str, Tensor]
 
