@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,6 @@ def gif_bytes(video: np.ndarray, fps: int = 10) -> bytes:
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
     return buffer.getvalue()
-
-
-def git_revision(where: str | Path | None = None) -> dict[str, Any]:
-    """The commit the code at ``where`` (default: this package) is checked out at, and whether the
-    worktree has uncommitted changes; ``{"commit": None}`` outside a git checkout."""
-    cwd = Path(where) if where is not None else Path(__file__).parent
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd, timeout=10,
-                                  check=True).stdout.strip()
-
-        return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None}
 
 
 class Logger:

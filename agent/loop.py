@@ -31,8 +31,9 @@ import torch
 from .agent import Agent
 from .checkpoint import CheckpointError, load_agent, load_checkpoint, space_signature
 from .config import RunConfig, config_diff, config_from_dict, config_to_dict
-from .logger import Logger, dump_json, git_revision
+from .logger import Logger, dump_json
 from .replay import MixedReplay, Replay
+from .revision import git_revision
 from .rollout import Outcome, Rollout, episode_returns
 
 CHECKPOINT = "checkpoint.pt"

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from agent.logger import git_revision
+from agent.revision import git_revision
 
 
 def machine_info() -> dict[str, Any]:
