@@ -465,62 +465,101 @@ def _override(cfg: Any, parts: list[str], text: str, path: str) -> Any:
     return dataclasses.replace(cfg, **{name: _parse_value(text, typ, full)})
 
 
-def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None) -> AgentConfig:
+def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None, prefix: str = "") -> AgentConfig:
     """Check value ranges and cross-field constraints; raise ValueError naming the field. Returns cfg.
 
-    `image_shape` (H, W, C), when known, enables the checks that depend on the image size.
+    `image_shape` (H, W, C), when known, enables the checks that depend on the image size; `prefix` is
+    the config's place in a larger one (``agent.`` in a run config), for the field names in errors.
     """
-    wm = cfg.world_model
-    errors: list[str] = []
+    _raise(_agent_errors(cfg, image_shape, prefix))
+    return cfg
 
-    def need(ok: bool, name: str, msg: str) -> None:
-        if not ok:
-            errors.append(f"{name}: {msg}")
 
-    def positive(obj: Any, prefix: str, names: typing.Iterable[str]) -> None:
-        for n in names:
-            need(getattr(obj, n) > 0, f"{prefix}.{n}", f"must be positive, got {getattr(obj, n)}")
-
-    e, d, r, h, lo, o = wm.encoder, wm.decoder, wm.rssm, wm.heads, wm.loss, wm.optim
-    positive(e, "world_model.encoder", ["tubelet_frames", "patch", "width", "depth", "heads", "mlp_ratio",
-                                        "pool_queries", "cnn_depth", "cnn_min_res", "mlp_units",
-                                        "mlp_layers"])
-    positive(d, "world_model.decoder", ["cnn_depth", "cnn_min_res", "patch_width", "patch_heads",
-                                        "mlp_units", "mlp_layers"])
-    positive(r, "world_model.rssm", ["deter", "hidden", "stoch", "classes", "blocks", "dyn_layers",
-                                     "prior_layers", "posterior_layers"])
-    positive(h, "world_model.heads", ["bins", "bin_range", "units"])
-    positive(o, "world_model.optim", ["lr", "eps"])
-    need(d.patch_depth >= 0, "world_model.decoder.patch_depth", "must be >= 0")
-    need(h.layers >= 0, "world_model.heads.layers", "must be >= 0")
-    need(e.width % 4 == 0, "world_model.encoder.width", f"must divide by 4 (2D sin-cos), got {e.width}")
-    need(e.width % e.heads == 0, "world_model.encoder.width",
-         f"must divide by encoder.heads={e.heads}, got {e.width}")
-    need(d.patch_width % 4 == 0, "world_model.decoder.patch_width", "must divide by 4 (2D sin-cos)")
-    need(d.patch_width % d.patch_heads == 0, "world_model.decoder.patch_width", "must divide by patch_heads")
-    need(r.deter % r.blocks == 0, "world_model.rssm.deter", f"must divide by rssm.blocks={r.blocks}")
-    need(0.0 <= r.unimix < 1.0, "world_model.rssm.unimix", f"must be in [0, 1), got {r.unimix}")
-    need(h.bins >= 3 and h.bins % 2 == 1, "world_model.heads.bins", "must be odd and >= 3 (a bin at 0)")
-    need(lo.free_nats >= 0, "world_model.loss.free_nats", "must be >= 0")
-    for n in ("image", "state", "reward", "continue_", "dyn", "rep"):
-        need(getattr(lo, n) >= 0, f"world_model.loss.{n}", "must be >= 0")
-    need(cfg.precision != "bf16" or cfg.device.startswith("cuda"), "precision",
-         f"bf16 autocast is CUDA only, but device={cfg.device!r}")
-    if image_shape is not None:
-        H, W, _ = image_shape
-        for name, p in (("world_model.encoder.patch", e.patch),):
-            need(e.kind != "patch" or (H % p == 0 and W % p == 0), name,
-                 f"{p} must divide the image size {H}x{W}")
-        need(d.kind != "patch" or (H % e.patch == 0 and W % e.patch == 0), "world_model.encoder.patch",
-             f"the patch decoder uses encoder.patch={e.patch}, which must divide {H}x{W}")
-        for name, res in (("world_model.encoder.cnn_min_res", e.cnn_min_res),
-                          ("world_model.decoder.cnn_min_res", d.cnn_min_res)):
-            ok = H == W and res <= H and (H // res) & (H // res - 1) == 0 and H % res == 0
-            uses = (e.kind == "cnn") if "encoder" in name else (d.kind == "cnn")
-            need(not uses or ok, name, f"{H}x{W} must be square and {res} * a power of two")
+def _raise(errors: list[str]) -> None:
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))
-    return cfg
+
+
+def _positive(section: Any, prefix: str, names: typing.Iterable[str]) -> list[str]:
+    return [f"{prefix}.{n}: must be positive, got {getattr(section, n)}" for n in names if getattr(section, n) <= 0]
+
+
+def _non_negative(section: Any, prefix: str, names: typing.Iterable[str]) -> list[str]:
+    return [f"{prefix}.{n}: must be >= 0, got {getattr(section, n)}" for n in names if getattr(section, n) < 0]
+
+
+def _check(ok: bool, name: str, msg: str) -> list[str]:
+    return [] if ok else [f"{name}: {msg}"]
+
+
+def _agent_errors(cfg: AgentConfig, image_shape: tuple[int, int, int] | None, prefix: str) -> list[str]:
+    wm, at = cfg.world_model, f"{prefix}world_model"
+    return [*_encoder_errors(wm.encoder, image_shape, f"{at}.encoder"),
+            *_decoder_errors(wm.decoder, wm.encoder.patch, image_shape, f"{at}.decoder"),
+            *_rssm_errors(wm.rssm, f"{at}.rssm"), *_heads_errors(wm.heads, f"{at}.heads"),
+            *_positive(wm.optim, f"{at}.optim", ["lr", "eps"]),
+            *_non_negative(wm.loss, f"{at}.loss", ["free_nats", "image", "state", "reward", "continue_", "dyn", "rep"]),
+            *_actor_critic_errors(cfg.actor_critic, f"{prefix}actor_critic"),
+            *_check(cfg.precision != "bf16" or cfg.device.startswith("cuda"), f"{prefix}precision",
+                    f"bf16 autocast is CUDA only, but device={cfg.device!r}")]
+
+
+def _cnn_fits(image_shape: tuple[int, int, int], min_res: int) -> bool:
+    """A CNN halving the resolution down to `min_res` needs square images of `min_res` * a power of two."""
+    H, W, _ = image_shape
+    return H == W and min_res <= H and (H // min_res) & (H // min_res - 1) == 0 and H % min_res == 0
+
+
+def _encoder_errors(e: EncoderConfig, image_shape: tuple[int, int, int] | None, at: str) -> list[str]:
+    errors = _positive(e, at, ["tubelet_frames", "patch", "width", "depth", "heads", "mlp_ratio", "pool_queries",
+                               "cnn_depth", "cnn_min_res", "mlp_units", "mlp_layers"])
+    errors += _check(e.width % 4 == 0, f"{at}.width", f"must divide by 4 (2D sin-cos), got {e.width}")
+    errors += _check(e.width % e.heads == 0, f"{at}.width", f"must divide by encoder.heads={e.heads}, got {e.width}")
+    if image_shape is not None and e.kind == "patch":
+        H, W, _ = image_shape
+        errors += _check(H % e.patch == 0 and W % e.patch == 0, f"{at}.patch",
+                         f"{e.patch} must divide the image size {H}x{W}")
+    if image_shape is not None and e.kind == "cnn":
+        errors += _check(_cnn_fits(image_shape, e.cnn_min_res), f"{at}.cnn_min_res",
+                         f"{image_shape[0]}x{image_shape[1]} must be square and {e.cnn_min_res} * a power of two")
+    return errors
+
+
+def _decoder_errors(d: DecoderConfig, patch: int, image_shape: tuple[int, int, int] | None, at: str) -> list[str]:
+    """`patch`: the encoder's patch size, which the patch decoder shares."""
+    errors = _positive(d, at, ["cnn_depth", "cnn_min_res", "patch_width", "patch_heads", "mlp_units", "mlp_layers"])
+    errors += _check(d.patch_depth >= 0, f"{at}.patch_depth", "must be >= 0")
+    errors += _check(d.patch_width % 4 == 0, f"{at}.patch_width", "must divide by 4 (2D sin-cos)")
+    errors += _check(d.patch_width % d.patch_heads == 0, f"{at}.patch_width", "must divide by patch_heads")
+    if image_shape is not None and d.kind == "patch":
+        H, W, _ = image_shape
+        errors += _check(H % patch == 0 and W % patch == 0, at.rsplit(".", 1)[0] + ".encoder.patch",
+                         f"the patch decoder uses encoder.patch={patch}, which must divide {H}x{W}")
+    if image_shape is not None and d.kind == "cnn":
+        errors += _check(_cnn_fits(image_shape, d.cnn_min_res), f"{at}.cnn_min_res",
+                         f"{image_shape[0]}x{image_shape[1]} must be square and {d.cnn_min_res} * a power of two")
+    return errors
+
+
+def _rssm_errors(r: RSSMConfig, at: str) -> list[str]:
+    return [*_positive(r, at, ["deter", "hidden", "stoch", "classes", "blocks", "dyn_layers", "prior_layers",
+                               "posterior_layers"]),
+            *_check(r.deter % r.blocks == 0, f"{at}.deter", f"must divide by rssm.blocks={r.blocks}"),
+            *_check(0.0 <= r.unimix < 1.0, f"{at}.unimix", f"must be in [0, 1), got {r.unimix}")]
+
+
+def _heads_errors(h: HeadsConfig, at: str) -> list[str]:
+    return [*_positive(h, at, ["bins", "bin_range", "units"]),
+            *_check(h.layers >= 0, f"{at}.layers", "must be >= 0"),
+            *_check(h.bins >= 3 and h.bins % 2 == 1, f"{at}.bins", "must be odd and >= 3 (a bin at 0)")]
+
+
+def _actor_critic_errors(ac: ActorCriticConfig, at: str) -> list[str]:
+    return [*_positive(ac, at, ["horizon"]), *_non_negative(ac, at, ["starts"]),
+            *_check(0 < ac.discount <= 1, f"{at}.discount", f"must be in (0, 1], got {ac.discount}"),
+            *_check(0 <= ac.lambda_ <= 1, f"{at}.lambda_", f"must be in [0, 1], got {ac.lambda_}"),
+            *_check(0 < ac.min_std <= ac.max_std, f"{at}.min_std",
+                    f"need 0 < min_std <= max_std, got {ac.min_std}, {ac.max_std}")]
 
 
 def default_job(cuda: bool) -> RunConfig:
@@ -537,36 +576,20 @@ def default_job(cuda: bool) -> RunConfig:
                      train=TrainConfig(steps=15_000, prefill=2_000, train_ratio=256, batch_length=32,
                                        eval_every=2_500, eval_episodes=3, checkpoint_every=5_000, video_every=5_000))
 
+
 def validate_run(cfg: RunConfig) -> RunConfig:
-    """Check a run config (ranges and cross-field constraints), then its agent; errors name the field."""
-    errors = []
-    positive = {"env.size": cfg.env.size, "env.action_repeat": cfg.env.action_repeat, "env.num_envs": cfg.env.num_envs,
-                "env.eval_envs": cfg.env.eval_envs, "replay.capacity": cfg.replay.capacity,
-                "replay.chunk": cfg.replay.chunk, "train.steps": cfg.train.steps,
-                "train.train_ratio": cfg.train.train_ratio, "train.batch_size": cfg.train.batch_size,
-                "train.batch_length": cfg.train.batch_length, "train.log_every": cfg.train.log_every,
-                "agent.actor_critic.horizon": cfg.agent.actor_critic.horizon}
-    if cfg.agent.actor_critic.starts < 0:
-        errors.append(f"agent.actor_critic.starts: must be >= 0, got {cfg.agent.actor_critic.starts}")
-    errors += [f"{name}: must be positive, got {value}" for name, value in positive.items() if value <= 0]
-    non_negative = {"train.prefill": cfg.train.prefill, "train.eval_every": cfg.train.eval_every,
-                    "train.eval_episodes": cfg.train.eval_episodes, "train.video_every": cfg.train.video_every,
-                    "train.checkpoint_every": cfg.train.checkpoint_every, "train.threads": cfg.train.threads}
-    errors += [f"{name}: must be >= 0, got {value}" for name, value in non_negative.items() if value < 0]
-    if cfg.replay.chunk < cfg.train.batch_length:
-        errors.append(f"replay.chunk: must be >= train.batch_length={cfg.train.batch_length}, got {cfg.replay.chunk}")
-    if cfg.replay.capacity < 2 * cfg.replay.chunk:
-        errors.append(f"replay.capacity: must hold two chunks of {cfg.replay.chunk}, got {cfg.replay.capacity}")
-    if not 0 <= cfg.replay.recent_fraction <= 1:
-        errors.append(f"replay.recent_fraction: must be in [0, 1], got {cfg.replay.recent_fraction}")
-    ac = cfg.agent.actor_critic
-    if not 0 < ac.discount <= 1:
-        errors.append(f"agent.actor_critic.discount: must be in (0, 1], got {ac.discount}")
-    if not 0 <= ac.lambda_ <= 1:
-        errors.append(f"agent.actor_critic.lambda_: must be in [0, 1], got {ac.lambda_}")
-    if not 0 < ac.min_std <= ac.max_std:
-        errors.append(f"agent.actor_critic.min_std: need 0 < min_std <= max_std, got {ac.min_std}, {ac.max_std}")
-    if errors:
-        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
-    validate(cfg.agent)
+    """Check a run config (ranges and cross-field constraints), its agent included; errors name the field."""
+    env, replay, train = cfg.env, cfg.replay, cfg.train
+    _raise([*_positive(env, "env", ["size", "action_repeat", "num_envs", "eval_envs"]),
+            *_positive(replay, "replay", ["capacity", "chunk"]),
+            *_check(replay.chunk >= train.batch_length, "replay.chunk",
+                    f"must be >= train.batch_length={train.batch_length}, got {replay.chunk}"),
+            *_check(replay.capacity >= 2 * replay.chunk, "replay.capacity",
+                    f"must hold two chunks of {replay.chunk}, got {replay.capacity}"),
+            *_check(0 <= replay.recent_fraction <= 1, "replay.recent_fraction",
+                    f"must be in [0, 1], got {replay.recent_fraction}"),
+            *_positive(train, "train", ["steps", "train_ratio", "batch_size", "batch_length", "log_every"]),
+            *_non_negative(train, "train", ["prefill", "eval_every", "eval_episodes", "video_every",
+                                            "checkpoint_every", "threads"]),
+            *_agent_errors(cfg.agent, None, "agent.")])
     return cfg
