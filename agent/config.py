@@ -21,7 +21,9 @@ from typing import Any, Literal
 
 
 def _f(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line help string."""
+    """A dataclass field with a default and a one-line help string (a dict or list default: a fresh copy each)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -330,7 +332,12 @@ def preset(name: str) -> AgentConfig:
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(options), n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _unknown(path: str, names: list[str]) -> ValueError:
+    name = path.rsplit(".", 1)[-1]
+    return ValueError(f"{path}: unknown field {name!r}{_suggest(name, names)}")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -359,36 +366,37 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], skip: typing.Iterable[str]
     return out
 
 
-def config_from_dict(d: dict[str, Any], cls: type = AgentConfig) -> Any:
-    """Build `cls` from a nested dict. Unknown keys and values of the wrong type raise ValueError;
-    missing keys keep their defaults (so configs saved by older versions still load)."""
-    return _from_dict(d, cls, prefix="")
+def config_from_dict(d: dict[str, Any], cls: type = AgentConfig, where: str = "") -> Any:
+    """Build the dataclass `cls` from a nested dict (a parsed JSON file). Unknown keys and values of the
+    wrong type raise ValueError naming the field (after `where`, e.g. a file name); missing keys keep
+    their defaults (so configs saved by older versions still load). Fields may be bool, int, float, str,
+    dict, a Literal, a nested dataclass, or a tuple of one of these (a list in the dict)."""
+    return _from_dict(d, cls, prefix=f"{where}." if where else "")
 
 
 def _from_dict(d: dict[str, Any], cls: type, prefix: str) -> Any:
     if not isinstance(d, dict):
-        raise ValueError(f"{prefix or 'config'}: expected a mapping for {cls.__name__}, got {d!r}")
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping for {cls.__name__}, got {d!r}")
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in d.items():
-        path = f"{prefix}{key}"
-        if key not in names:
-            raise ValueError(f"unknown config field {path!r}{_suggest(key, names)}")
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            kwargs[key] = _from_dict(value, typ, prefix=f"{path}.")
-        else:
-            kwargs[key] = _check_value(value, typ, path)
-    return cls(**kwargs)
+    unknown = [key for key in d if key not in names]
+    if unknown:
+        raise _unknown(f"{prefix}{unknown[0]}", names)
+    return cls(**{key: _check_value(value, hints[key], f"{prefix}{key}") for key, value in d.items()})
 
 
 def _check_value(value: Any, typ: Any, path: str) -> Any:
-    """Accept `value` for a field of type `typ` (ints for floats too), or raise ValueError."""
+    """Accept `value` for a field of type `typ` (ints for floats too, lists for tuples), or raise ValueError."""
+    if dataclasses.is_dataclass(typ):
+        return _from_dict(value, typ, prefix=f"{path}.")
     if typing.get_origin(typ) is Literal:
         if value not in typing.get_args(typ):
             raise ValueError(f"{path}: {value!r} is not one of {list(typing.get_args(typ))}")
         return value
+    if typing.get_origin(typ) is tuple:  # tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path}: expected a list, got {value!r}")
+        return tuple(_check_value(v, typing.get_args(typ)[0], f"{path}[{i}]") for i, v in enumerate(value))
     if typ is bool:
         ok = isinstance(value, bool)
     elif typ is int:
@@ -396,8 +404,8 @@ def _check_value(value: Any, typ: Any, path: str) -> Any:
     elif typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
-    elif typ is str:
-        ok = isinstance(value, str)
+    elif typ in (str, dict):
+        ok = isinstance(value, typ)
     else:
         raise ValueError(f"{path}: unsupported field type {typ!r}")
     if not ok:
@@ -454,7 +462,7 @@ def _override(cfg: Any, parts: list[str], text: str, path: str) -> Any:
     full = f"{path}{name}"
     names = [f.name for f in dataclasses.fields(cfg)]
     if name not in names:
-        raise ValueError(f"unknown config field {full!r}{_suggest(name, names)}")
+        raise _unknown(full, names)
     typ = _hints(type(cfg))[name]
     if dataclasses.is_dataclass(typ):
         if not rest:
