@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import machine_info, write_json
+from .common import machine_info, markdown_table, write_json
 from .probes import fit_ridge_cv, r2_score
 
 FEATURE_SETS = ("deter", "stoch", "both")
@@ -551,8 +551,7 @@ def probe_table(p: dict[str, Any]) -> str:
     for q in p["quantities"]:
         cells = [p["posterior_r2"][w][q] for w in FEATURE_SETS] + [p["imagined_r2"]["both"][h][q] for h in horizons]
         rows.append([q, *["-" if c is None else f"{c:.2f}" for c in cells]])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return markdown_table(header, rows)
 
 
 # --------------------------------------------------------------------------------------------- main
