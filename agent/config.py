@@ -512,10 +512,13 @@ def _agent_errors(cfg: AgentConfig, image_shape: tuple[int, int, int] | None, pr
                     f"bf16 autocast is CUDA only, but device={cfg.device!r}")]
 
 
-def _cnn_fits(image_shape: tuple[int, int, int], min_res: int) -> bool:
+def _cnn_errors(used: bool, min_res: int, image_shape: tuple[int, int, int] | None, name: str) -> list[str]:
     """A CNN halving the resolution down to `min_res` needs square images of `min_res` * a power of two."""
+    if not used or image_shape is None:
+        return []
     H, W, _ = image_shape
-    return H == W and min_res <= H and (H // min_res) & (H // min_res - 1) == 0 and H % min_res == 0
+    ok = H == W and min_res <= H and (H // min_res) & (H // min_res - 1) == 0 and H % min_res == 0
+    return _check(ok, name, f"{H}x{W} must be square and {min_res} * a power of two")
 
 
 def _encoder_errors(e: EncoderConfig, image_shape: tuple[int, int, int] | None, at: str) -> list[str]:
@@ -527,10 +530,7 @@ def _encoder_errors(e: EncoderConfig, image_shape: tuple[int, int, int] | None, 
         H, W, _ = image_shape
         errors += _check(H % e.patch == 0 and W % e.patch == 0, f"{at}.patch",
                          f"{e.patch} must divide the image size {H}x{W}")
-    if image_shape is not None and e.kind == "cnn":
-        errors += _check(_cnn_fits(image_shape, e.cnn_min_res), f"{at}.cnn_min_res",
-                         f"{image_shape[0]}x{image_shape[1]} must be square and {e.cnn_min_res} * a power of two")
-    return errors
+    return errors + _cnn_errors(e.kind == "cnn", e.cnn_min_res, image_shape, f"{at}.cnn_min_res")
 
 
 def _decoder_errors(d: DecoderConfig, patch: int, image_shape: tuple[int, int, int] | None, at: str) -> list[str]:
@@ -543,10 +543,7 @@ def _decoder_errors(d: DecoderConfig, patch: int, image_shape: tuple[int, int, i
         H, W, _ = image_shape
         errors += _check(H % patch == 0 and W % patch == 0, at.rsplit(".", 1)[0] + ".encoder.patch",
                          f"the patch decoder uses encoder.patch={patch}, which must divide {H}x{W}")
-    if image_shape is not None and d.kind == "cnn":
-        errors += _check(_cnn_fits(image_shape, d.cnn_min_res), f"{at}.cnn_min_res",
-                         f"{image_shape[0]}x{image_shape[1]} must be square and {d.cnn_min_res} * a power of two")
-    return errors
+    return errors + _cnn_errors(d.kind == "cnn", d.cnn_min_res, image_shape, f"{at}.cnn_min_res")
 
 
 def _rssm_errors(r: RSSMConfig, at: str) -> list[str]:
