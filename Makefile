@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The test suite, then a check that every README table is what its results file says (benchmarks/readme.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m benchmarks.readme --check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,7 @@
 """The agent: world model plus actor-critic behind the small seam the loop uses.
 
 ``act`` (observations and a carry -> actions and a carry), ``train`` (a replayed batch -> metrics),
-``report`` (a batch -> open-loop predictions for videos) and ``state_dict``/``load_state_dict``.
+``report`` (a batch -> open-loop predictions for videos) and ``checkpoint``/``restore``.
 The agent never sees an env or a logger; it receives spaces and numpy arrays and returns dicts.
 """
 
@@ -181,18 +181,15 @@ class Agent(nn.Module):
 
     # ----- saving
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Without arguments: everything needed to resume (parameters, optimizers, normaliser, RNG)."""
-        if args or kwargs:
-            return super().state_dict(*args, **kwargs)
-        return {"world_model": self.wm.state_dict(), "actor_critic": self.ac.state_dict(),
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume (parameters, optimizers, return normaliser, sampling generator,
+        counters). Checkpoints on disk hold this layout under "agent"; `restore` reads it back."""
+        return {"world_model": self.wm.checkpoint(), "actor_critic": self.ac.state_dict(),
                 "actor_critic_optim": self.ac.optimizer_state(), "skipped_updates": self.skipped_updates}
 
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        if "world_model" not in state:
-            return super().load_state_dict(state, strict=strict, assign=assign)
-        self.wm.load_state_dict(state["world_model"])
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load what `checkpoint()` returned."""
+        self.wm.restore(state["world_model"])
         self.ac.load_state_dict(state["actor_critic"])
         self.ac.load_optimizer_state(state["actor_critic_optim"])
         self.skipped_updates = state["skipped_updates"]
-        return None

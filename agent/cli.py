@@ -24,11 +24,8 @@ def env_factory(cfg: Any, num_envs: int, eval_env: bool = False):
     """A function that builds the run's vector env (train or eval) from the env config section."""
     import envs
 
-    e = cfg.env
-    options = dict(obs=e.obs, size=e.size, action_repeat=e.action_repeat, render_quality=e.render_quality,
-                   camera=None if e.camera == "" else (int(e.camera) if e.camera.isdigit() else e.camera))
     seed = cfg.agent.seed + (1000 if eval_env else 0)
-    return functools.partial(envs.make_vec, e.spec, num_envs, seed=seed, **options)
+    return functools.partial(envs.make_vec, cfg.env.spec, num_envs, seed=seed, **cfg.env.make_kwargs())
 
 
 def build_config(args: argparse.Namespace):
@@ -80,30 +77,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import gymnasium as gym
     import numpy as np
 
-    from .agent import Agent
-    from .config import RunConfig, apply_overrides, config_from_dict
-    from .loop import CheckpointError, load_agent, load_checkpoint, space_signature
+    from .checkpoint import agent_for_env
+    from .config import apply_overrides
     from .rollout import Rollout
 
-    state = load_checkpoint(args.checkpoint)
-    cfg = config_from_dict(state["config"], RunConfig)
-    if args.env:
-        cfg = apply_overrides(cfg, [f"env.spec={args.env}"])
+    def make_env(cfg: Any) -> Any:
+        if args.video and cfg.env.obs == "state":
+            cfg = apply_overrides(cfg, ["env.obs=both"])  # frames for the video; the agent still sees the state
+        return env_factory(cfg, 1, eval_env=True)()
+
+    agent, cfg, env, keys = agent_for_env(args.checkpoint, make_env, spec=args.env)
     _threads(cfg.train.threads)
-    if args.video and cfg.env.obs == "state":
-        cfg = apply_overrides(cfg, ["env.obs=both"])  # frames for the video; the agent still sees the state
-    keys = list(state["signature"]["obs"])
-    env = env_factory(cfg, 1, eval_env=True)()
     try:
-        obs_space = gym.spaces.Dict({k: v for k, v in env.single_observation_space.spaces.items() if k in keys})
-        signature = space_signature(obs_space, env.single_action_space)
-        if signature != state["signature"]:
-            raise CheckpointError(f"checkpoint expects {state['signature']}, but {cfg.env.spec} gives {signature}.")
-        agent = Agent(obs_space, env.single_action_space, cfg.agent)
-        load_agent(agent, state["agent"], args.checkpoint)
         discrete = hasattr(env.single_action_space, "n")
         carry, returns, frames = None, [], []
 
@@ -119,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             _, outcome = rollout.step(policy)
             for ret in outcome.returns:
                 returns.append(float(ret))
-                print(f"episode {len(returns)}: return {returns[-1]:.1f}", flush=True)
+                print(f"episode {len(returns)}: return {ret:.1f}", flush=True)
     finally:
         env.close()
     print(f"mean return over {len(returns)} episodes: {np.mean(returns):.1f} (std {np.std(returns):.1f})")

@@ -21,7 +21,9 @@ from typing import Any, Literal
 
 
 def _f(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line help string."""
+    """A dataclass field with a default and a one-line help string (a dict or list default: a fresh copy each)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -189,6 +191,12 @@ class EnvConfig:
     num_envs: int = _f(1, "parallel training envs (subprocesses when > 1)")
     eval_envs: int = _f(1, "parallel evaluation envs")
 
+    def make_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``envs.make`` and ``envs.make_vec`` (after the spec) for this section."""
+        camera = None if self.camera == "" else (int(self.camera) if self.camera.isdigit() else self.camera)
+        return dict(obs=self.obs, size=self.size, action_repeat=self.action_repeat,
+                    render_quality=self.render_quality, camera=camera)
+
 
 @dataclass(frozen=True)
 class ReplayConfig:
@@ -324,7 +332,12 @@ def preset(name: str) -> AgentConfig:
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(options), n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _unknown(path: str, names: list[str]) -> ValueError:
+    name = path.rsplit(".", 1)[-1]
+    return ValueError(f"{path}: unknown field {name!r}{_suggest(name, names)}")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -353,36 +366,37 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], skip: typing.Iterable[str]
     return out
 
 
-def config_from_dict(d: dict[str, Any], cls: type = AgentConfig) -> Any:
-    """Build `cls` from a nested dict. Unknown keys and values of the wrong type raise ValueError;
-    missing keys keep their defaults (so configs saved by older versions still load)."""
-    return _from_dict(d, cls, prefix="")
+def config_from_dict(d: dict[str, Any], cls: type = AgentConfig, where: str = "") -> Any:
+    """Build the dataclass `cls` from a nested dict (a parsed JSON file). Unknown keys and values of the
+    wrong type raise ValueError naming the field (after `where`, e.g. a file name); missing keys keep
+    their defaults (so configs saved by older versions still load). Fields may be bool, int, float, str,
+    dict, a Literal, a nested dataclass, or a tuple of one of these (a list in the dict)."""
+    return _from_dict(d, cls, prefix=f"{where}." if where else "")
 
 
 def _from_dict(d: dict[str, Any], cls: type, prefix: str) -> Any:
     if not isinstance(d, dict):
-        raise ValueError(f"{prefix or 'config'}: expected a mapping for {cls.__name__}, got {d!r}")
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping for {cls.__name__}, got {d!r}")
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in d.items():
-        path = f"{prefix}{key}"
-        if key not in names:
-            raise ValueError(f"unknown config field {path!r}{_suggest(key, names)}")
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            kwargs[key] = _from_dict(value, typ, prefix=f"{path}.")
-        else:
-            kwargs[key] = _check_value(value, typ, path)
-    return cls(**kwargs)
+    unknown = [key for key in d if key not in names]
+    if unknown:
+        raise _unknown(f"{prefix}{unknown[0]}", names)
+    return cls(**{key: _check_value(value, hints[key], f"{prefix}{key}") for key, value in d.items()})
 
 
 def _check_value(value: Any, typ: Any, path: str) -> Any:
-    """Accept `value` for a field of type `typ` (ints for floats too), or raise ValueError."""
+    """Accept `value` for a field of type `typ` (ints for floats too, lists for tuples), or raise ValueError."""
+    if dataclasses.is_dataclass(typ):
+        return _from_dict(value, typ, prefix=f"{path}.")
     if typing.get_origin(typ) is Literal:
         if value not in typing.get_args(typ):
             raise ValueError(f"{path}: {value!r} is not one of {list(typing.get_args(typ))}")
         return value
+    if typing.get_origin(typ) is tuple:  # tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path}: expected a list, got {value!r}")
+        return tuple(_check_value(v, typing.get_args(typ)[0], f"{path}[{i}]") for i, v in enumerate(value))
     if typ is bool:
         ok = isinstance(value, bool)
     elif typ is int:
@@ -390,8 +404,8 @@ def _check_value(value: Any, typ: Any, path: str) -> Any:
     elif typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
-    elif typ is str:
-        ok = isinstance(value, str)
+    elif typ in (str, dict):
+        ok = isinstance(value, typ)
     else:
         raise ValueError(f"{path}: unsupported field type {typ!r}")
     if not ok:
@@ -448,7 +462,7 @@ def _override(cfg: Any, parts: list[str], text: str, path: str) -> Any:
     full = f"{path}{name}"
     names = [f.name for f in dataclasses.fields(cfg)]
     if name not in names:
-        raise ValueError(f"unknown config field {full!r}{_suggest(name, names)}")
+        raise _unknown(full, names)
     typ = _hints(type(cfg))[name]
     if dataclasses.is_dataclass(typ):
         if not rest:
@@ -459,62 +473,98 @@ def _override(cfg: Any, parts: list[str], text: str, path: str) -> Any:
     return dataclasses.replace(cfg, **{name: _parse_value(text, typ, full)})
 
 
-def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None) -> AgentConfig:
+def validate(cfg: AgentConfig, image_shape: tuple[int, int, int] | None = None, prefix: str = "") -> AgentConfig:
     """Check value ranges and cross-field constraints; raise ValueError naming the field. Returns cfg.
 
-    `image_shape` (H, W, C), when known, enables the checks that depend on the image size.
+    `image_shape` (H, W, C), when known, enables the checks that depend on the image size; `prefix` is
+    the config's place in a larger one (``agent.`` in a run config), for the field names in errors.
     """
-    wm = cfg.world_model
-    errors: list[str] = []
+    _raise(_agent_errors(cfg, image_shape, prefix))
+    return cfg
 
-    def need(ok: bool, name: str, msg: str) -> None:
-        if not ok:
-            errors.append(f"{name}: {msg}")
 
-    def positive(obj: Any, prefix: str, names: typing.Iterable[str]) -> None:
-        for n in names:
-            need(getattr(obj, n) > 0, f"{prefix}.{n}", f"must be positive, got {getattr(obj, n)}")
-
-    e, d, r, h, lo, o = wm.encoder, wm.decoder, wm.rssm, wm.heads, wm.loss, wm.optim
-    positive(e, "world_model.encoder", ["tubelet_frames", "patch", "width", "depth", "heads", "mlp_ratio",
-                                        "pool_queries", "cnn_depth", "cnn_min_res", "mlp_units",
-                                        "mlp_layers"])
-    positive(d, "world_model.decoder", ["cnn_depth", "cnn_min_res", "patch_width", "patch_heads",
-                                        "mlp_units", "mlp_layers"])
-    positive(r, "world_model.rssm", ["deter", "hidden", "stoch", "classes", "blocks", "dyn_layers",
-                                     "prior_layers", "posterior_layers"])
-    positive(h, "world_model.heads", ["bins", "bin_range", "units"])
-    positive(o, "world_model.optim", ["lr", "eps"])
-    need(d.patch_depth >= 0, "world_model.decoder.patch_depth", "must be >= 0")
-    need(h.layers >= 0, "world_model.heads.layers", "must be >= 0")
-    need(e.width % 4 == 0, "world_model.encoder.width", f"must divide by 4 (2D sin-cos), got {e.width}")
-    need(e.width % e.heads == 0, "world_model.encoder.width",
-         f"must divide by encoder.heads={e.heads}, got {e.width}")
-    need(d.patch_width % 4 == 0, "world_model.decoder.patch_width", "must divide by 4 (2D sin-cos)")
-    need(d.patch_width % d.patch_heads == 0, "world_model.decoder.patch_width", "must divide by patch_heads")
-    need(r.deter % r.blocks == 0, "world_model.rssm.deter", f"must divide by rssm.blocks={r.blocks}")
-    need(0.0 <= r.unimix < 1.0, "world_model.rssm.unimix", f"must be in [0, 1), got {r.unimix}")
-    need(h.bins >= 3 and h.bins % 2 == 1, "world_model.heads.bins", "must be odd and >= 3 (a bin at 0)")
-    need(lo.free_nats >= 0, "world_model.loss.free_nats", "must be >= 0")
-    for n in ("image", "state", "reward", "continue_", "dyn", "rep"):
-        need(getattr(lo, n) >= 0, f"world_model.loss.{n}", "must be >= 0")
-    need(cfg.precision != "bf16" or cfg.device.startswith("cuda"), "precision",
-         f"bf16 autocast is CUDA only, but device={cfg.device!r}")
-    if image_shape is not None:
-        H, W, _ = image_shape
-        for name, p in (("world_model.encoder.patch", e.patch),):
-            need(e.kind != "patch" or (H % p == 0 and W % p == 0), name,
-                 f"{p} must divide the image size {H}x{W}")
-        need(d.kind != "patch" or (H % e.patch == 0 and W % e.patch == 0), "world_model.encoder.patch",
-             f"the patch decoder uses encoder.patch={e.patch}, which must divide {H}x{W}")
-        for name, res in (("world_model.encoder.cnn_min_res", e.cnn_min_res),
-                          ("world_model.decoder.cnn_min_res", d.cnn_min_res)):
-            ok = H == W and res <= H and (H // res) & (H // res - 1) == 0 and H % res == 0
-            uses = (e.kind == "cnn") if "encoder" in name else (d.kind == "cnn")
-            need(not uses or ok, name, f"{H}x{W} must be square and {res} * a power of two")
+def _raise(errors: list[str]) -> None:
     if errors:
         raise ValueError("invalid config:\n  " + "\n  ".join(errors))
-    return cfg
+
+
+def _positive(section: Any, prefix: str, names: typing.Iterable[str]) -> list[str]:
+    return [f"{prefix}.{n}: must be positive, got {getattr(section, n)}" for n in names if getattr(section, n) <= 0]
+
+
+def _non_negative(section: Any, prefix: str, names: typing.Iterable[str]) -> list[str]:
+    return [f"{prefix}.{n}: must be >= 0, got {getattr(section, n)}" for n in names if getattr(section, n) < 0]
+
+
+def _check(ok: bool, name: str, msg: str) -> list[str]:
+    return [] if ok else [f"{name}: {msg}"]
+
+
+def _agent_errors(cfg: AgentConfig, image_shape: tuple[int, int, int] | None, prefix: str) -> list[str]:
+    wm, at = cfg.world_model, f"{prefix}world_model"
+    return [*_encoder_errors(wm.encoder, image_shape, f"{at}.encoder"),
+            *_decoder_errors(wm.decoder, wm.encoder.patch, image_shape, f"{at}.decoder"),
+            *_rssm_errors(wm.rssm, f"{at}.rssm"), *_heads_errors(wm.heads, f"{at}.heads"),
+            *_positive(wm.optim, f"{at}.optim", ["lr", "eps"]),
+            *_non_negative(wm.loss, f"{at}.loss", ["free_nats", "image", "state", "reward", "continue_", "dyn", "rep"]),
+            *_actor_critic_errors(cfg.actor_critic, f"{prefix}actor_critic"),
+            *_check(cfg.precision != "bf16" or cfg.device.startswith("cuda"), f"{prefix}precision",
+                    f"bf16 autocast is CUDA only, but device={cfg.device!r}")]
+
+
+def _cnn_errors(used: bool, min_res: int, image_shape: tuple[int, int, int] | None, name: str) -> list[str]:
+    """A CNN halving the resolution down to `min_res` needs square images of `min_res` * a power of two."""
+    if not used or image_shape is None:
+        return []
+    H, W, _ = image_shape
+    ok = H == W and min_res <= H and (H // min_res) & (H // min_res - 1) == 0 and H % min_res == 0
+    return _check(ok, name, f"{H}x{W} must be square and {min_res} * a power of two")
+
+
+def _encoder_errors(e: EncoderConfig, image_shape: tuple[int, int, int] | None, at: str) -> list[str]:
+    errors = _positive(e, at, ["tubelet_frames", "patch", "width", "depth", "heads", "mlp_ratio", "pool_queries",
+                               "cnn_depth", "cnn_min_res", "mlp_units", "mlp_layers"])
+    errors += _check(e.width % 4 == 0, f"{at}.width", f"must divide by 4 (2D sin-cos), got {e.width}")
+    errors += _check(e.width % e.heads == 0, f"{at}.width", f"must divide by encoder.heads={e.heads}, got {e.width}")
+    if image_shape is not None and e.kind == "patch":
+        H, W, _ = image_shape
+        errors += _check(H % e.patch == 0 and W % e.patch == 0, f"{at}.patch",
+                         f"{e.patch} must divide the image size {H}x{W}")
+    return errors + _cnn_errors(e.kind == "cnn", e.cnn_min_res, image_shape, f"{at}.cnn_min_res")
+
+
+def _decoder_errors(d: DecoderConfig, patch: int, image_shape: tuple[int, int, int] | None, at: str) -> list[str]:
+    """`patch`: the encoder's patch size, which the patch decoder shares."""
+    errors = _positive(d, at, ["cnn_depth", "cnn_min_res", "patch_width", "patch_heads", "mlp_units", "mlp_layers"])
+    errors += _check(d.patch_depth >= 0, f"{at}.patch_depth", "must be >= 0")
+    errors += _check(d.patch_width % 4 == 0, f"{at}.patch_width", "must divide by 4 (2D sin-cos)")
+    errors += _check(d.patch_width % d.patch_heads == 0, f"{at}.patch_width", "must divide by patch_heads")
+    if image_shape is not None and d.kind == "patch":
+        H, W, _ = image_shape
+        errors += _check(H % patch == 0 and W % patch == 0, at.rsplit(".", 1)[0] + ".encoder.patch",
+                         f"the patch decoder uses encoder.patch={patch}, which must divide {H}x{W}")
+    return errors + _cnn_errors(d.kind == "cnn", d.cnn_min_res, image_shape, f"{at}.cnn_min_res")
+
+
+def _rssm_errors(r: RSSMConfig, at: str) -> list[str]:
+    return [*_positive(r, at, ["deter", "hidden", "stoch", "classes", "blocks", "dyn_layers", "prior_layers",
+                               "posterior_layers"]),
+            *_check(r.deter % r.blocks == 0, f"{at}.deter", f"must divide by rssm.blocks={r.blocks}"),
+            *_check(0.0 <= r.unimix < 1.0, f"{at}.unimix", f"must be in [0, 1), got {r.unimix}")]
+
+
+def _heads_errors(h: HeadsConfig, at: str) -> list[str]:
+    return [*_positive(h, at, ["bins", "bin_range", "units"]),
+            *_check(h.layers >= 0, f"{at}.layers", "must be >= 0"),
+            *_check(h.bins >= 3 and h.bins % 2 == 1, f"{at}.bins", "must be odd and >= 3 (a bin at 0)")]
+
+
+def _actor_critic_errors(ac: ActorCriticConfig, at: str) -> list[str]:
+    return [*_positive(ac, at, ["horizon"]), *_non_negative(ac, at, ["starts"]),
+            *_check(0 < ac.discount <= 1, f"{at}.discount", f"must be in (0, 1], got {ac.discount}"),
+            *_check(0 <= ac.lambda_ <= 1, f"{at}.lambda_", f"must be in [0, 1], got {ac.lambda_}"),
+            *_check(0 < ac.min_std <= ac.max_std, f"{at}.min_std",
+                    f"need 0 < min_std <= max_std, got {ac.min_std}, {ac.max_std}")]
 
 
 def default_job(cuda: bool) -> RunConfig:
@@ -529,38 +579,22 @@ def default_job(cuda: bool) -> RunConfig:
                          train=TrainConfig(steps=100_000, eval_every=10_000))
     return RunConfig(env=EnvConfig(spec="gym:Pendulum-v1", obs="state"), agent=preset("cpu"),
                      train=TrainConfig(steps=15_000, prefill=2_000, train_ratio=256, batch_length=32,
-                                       eval_every=2_500, eval_episodes=3, checkpoint_every=5_000, video_every=5_000))
+                                       eval_every=1_000, eval_episodes=3, checkpoint_every=5_000, video_every=5_000))
+
 
 def validate_run(cfg: RunConfig) -> RunConfig:
-    """Check a run config (ranges and cross-field constraints), then its agent; errors name the field."""
-    errors = []
-    positive = {"env.size": cfg.env.size, "env.action_repeat": cfg.env.action_repeat, "env.num_envs": cfg.env.num_envs,
-                "env.eval_envs": cfg.env.eval_envs, "replay.capacity": cfg.replay.capacity,
-                "replay.chunk": cfg.replay.chunk, "train.steps": cfg.train.steps,
-                "train.train_ratio": cfg.train.train_ratio, "train.batch_size": cfg.train.batch_size,
-                "train.batch_length": cfg.train.batch_length, "train.log_every": cfg.train.log_every,
-                "agent.actor_critic.horizon": cfg.agent.actor_critic.horizon}
-    if cfg.agent.actor_critic.starts < 0:
-        errors.append(f"agent.actor_critic.starts: must be >= 0, got {cfg.agent.actor_critic.starts}")
-    errors += [f"{name}: must be positive, got {value}" for name, value in positive.items() if value <= 0]
-    non_negative = {"train.prefill": cfg.train.prefill, "train.eval_every": cfg.train.eval_every,
-                    "train.eval_episodes": cfg.train.eval_episodes, "train.video_every": cfg.train.video_every,
-                    "train.checkpoint_every": cfg.train.checkpoint_every, "train.threads": cfg.train.threads}
-    errors += [f"{name}: must be >= 0, got {value}" for name, value in non_negative.items() if value < 0]
-    if cfg.replay.chunk < cfg.train.batch_length:
-        errors.append(f"replay.chunk: must be >= train.batch_length={cfg.train.batch_length}, got {cfg.replay.chunk}")
-    if cfg.replay.capacity < 2 * cfg.replay.chunk:
-        errors.append(f"replay.capacity: must hold two chunks of {cfg.replay.chunk}, got {cfg.replay.capacity}")
-    if not 0 <= cfg.replay.recent_fraction <= 1:
-        errors.append(f"replay.recent_fraction: must be in [0, 1], got {cfg.replay.recent_fraction}")
-    ac = cfg.agent.actor_critic
-    if not 0 < ac.discount <= 1:
-        errors.append(f"agent.actor_critic.discount: must be in (0, 1], got {ac.discount}")
-    if not 0 <= ac.lambda_ <= 1:
-        errors.append(f"agent.actor_critic.lambda_: must be in [0, 1], got {ac.lambda_}")
-    if not 0 < ac.min_std <= ac.max_std:
-        errors.append(f"agent.actor_critic.min_std: need 0 < min_std <= max_std, got {ac.min_std}, {ac.max_std}")
-    if errors:
-        raise ValueError("invalid config:\n  " + "\n  ".join(errors))
-    validate(cfg.agent)
+    """Check a run config (ranges and cross-field constraints), its agent included; errors name the field."""
+    env, replay, train = cfg.env, cfg.replay, cfg.train
+    _raise([*_positive(env, "env", ["size", "action_repeat", "num_envs", "eval_envs"]),
+            *_positive(replay, "replay", ["capacity", "chunk"]),
+            *_check(replay.chunk >= train.batch_length, "replay.chunk",
+                    f"must be >= train.batch_length={train.batch_length}, got {replay.chunk}"),
+            *_check(replay.capacity >= 2 * replay.chunk, "replay.capacity",
+                    f"must hold two chunks of {replay.chunk}, got {replay.capacity}"),
+            *_check(0 <= replay.recent_fraction <= 1, "replay.recent_fraction",
+                    f"must be in [0, 1], got {replay.recent_fraction}"),
+            *_positive(train, "train", ["steps", "train_ratio", "batch_size", "batch_length", "log_every"]),
+            *_non_negative(train, "train", ["prefill", "eval_every", "eval_episodes", "video_every",
+                                            "checkpoint_every", "threads"]),
+            *_agent_errors(cfg.agent, None, "agent.")])
     return cfg

@@ -6,7 +6,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,6 @@ def gif_bytes(video: np.ndarray, fps: int = 10) -> bytes:
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
     return buffer.getvalue()
-
-
-def git_revision(where: str | Path | None = None) -> dict[str, Any]:
-    """The commit the code at ``where`` (default: this package) is checked out at, and whether the
-    worktree has uncommitted changes; ``{"commit": None}`` outside a git checkout."""
-    cwd = Path(where) if where is not None else Path(__file__).parent
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd, timeout=10,
-                                  check=True).stdout.strip()
-
-        return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None}
 
 
 def memory_mb() -> dict[str, float | None]:

@@ -29,17 +29,15 @@ import numpy as np
 import torch
 
 from .agent import Agent
+from .checkpoint import CheckpointError, load_agent, load_checkpoint, space_signature
 from .config import RunConfig, config_diff, config_from_dict, config_to_dict
-from .logger import Logger, dump_json, git_revision, memory_mb
+from .logger import Logger, dump_json, memory_mb
 from .replay import MixedReplay, Replay
+from .revision import git_revision
 from .rollout import Outcome, Rollout, episode_returns
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 10_000  # evaluation episodes start from this seed, the same for every evaluation of a run
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: corrupt, truncated, or made for another model or env."""
 
 
 def make_replay(cfg: RunConfig, directory: Path | None) -> Replay | MixedReplay:
@@ -51,26 +49,6 @@ def make_replay(cfg: RunConfig, directory: Path | None) -> Replay | MixedReplay:
                             Replay(r.capacity, r.chunk, "reservoir", sub[1], seed + 1)],
                            [r.recent_fraction, 1.0 - r.recent_fraction])
     return Replay(r.capacity, r.chunk, r.policy, directory, seed)
-
-
-def space_signature(obs_space: gym.spaces.Dict, act_space: gym.Space) -> dict[str, Any]:
-    """What a checkpoint must agree on with an env: observation keys and shapes, action space."""
-    obs = {k: [list(v.shape), str(v.dtype)] for k, v in obs_space.spaces.items()}
-    act = {"discrete": int(act_space.n)} if isinstance(act_space, gym.spaces.Discrete) else \
-        {"box": list(act_space.shape)}
-    return {"obs": obs, "action": act}
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint, turning unreadable files into a ``CheckpointError`` that says so."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated zip, bad pickle, ... all mean the same to the user
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error}).") \
-            from error
 
 
 class Trainer:
@@ -258,7 +236,7 @@ class Trainer:
         replay_state = self.replay.state_dict()
         state = {
             "format": 1, "config": config_to_dict(self.cfg), "signature": self.signature,
-            "agent": self.agent.state_dict(), "replay": replay_state, "counters": dict(self.counters),
+            "agent": self.agent.checkpoint(), "replay": replay_state, "counters": dict(self.counters),
             "extra": self.extra,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "loop": self.rng.bit_generator.state},
@@ -302,14 +280,6 @@ class Trainer:
         if self._bar is not None:
             self._bar.close()
         self.logger.close()
-
-
-def load_agent(agent: Agent, state: dict[str, Any], path: str | Path) -> None:
-    """Load agent state, explaining a mismatch instead of dumping a key list."""
-    try:
-        agent.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} does not match this agent's architecture: {error}") from error
 
 
 def record_start(logdir: Path, resume: bool) -> None:

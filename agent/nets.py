@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.config import DecoderConfig, EncoderConfig, WorldModelConfig
-from agent.math_utils import symlog
+from .config import DecoderConfig, EncoderConfig, WorldModelConfig
+from .math_utils import symlog
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:

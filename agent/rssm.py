@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.config import RSSMConfig
-from agent.math_utils import categorical_mode_st, categorical_sample_st, unimix_logits
-from agent.nets import MLP, make_norm
+from .config import RSSMConfig
+from .math_utils import categorical_mode_st, categorical_sample_st, unimix_logits
+from .nets import MLP, make_norm
 
 State = dict[str, Tensor]
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.config import AgentConfig, validate
-from agent.math_utils import (
+from .config import AgentConfig, validate
+from .math_utils import (
     categorical_entropy,
     categorical_kl,
     symexp,
@@ -38,7 +38,7 @@ from agent.math_utils import (
     symlog_twohot_loss,
     twohot_decode,
 )
-from agent.nets import (
+from .nets import (
     ContinueHead,
     ConvDecoder,
     MultiEncoder,
@@ -47,7 +47,7 @@ from agent.nets import (
     StateDecoder,
     tubelet_indices,
 )
-from agent.rssm import RSSM
+from .rssm import RSSM
 
 Carry = dict[str, Tensor]
 
@@ -56,7 +56,7 @@ class WorldModel(nn.Module):
     """Dreamer-style world model with one Adam optimizer; see the module docstring for data formats.
 
     Parameters are initialised from `cfg.seed` without touching the global RNG, and all sampling uses
-    the model's own generator (seeded from `cfg.seed`, saved in `state_dict`), so two models with the
+    the model's own generator (seeded from `cfg.seed`, saved by `checkpoint`), so two models with the
     same seed fed the same batches stay identical.
     """
 
@@ -125,24 +125,18 @@ class WorldModel(nn.Module):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Without arguments: {"model", "optimizer", "generator"}, everything needed to resume.
-        With nn.Module's arguments (as when nested in a parent module): the parameters only."""
-        if args or kwargs:
-            return super().state_dict(*args, **kwargs)
-        return {"model": super().state_dict(), "optimizer": self.optimizer.state_dict(),
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume: {"model": parameters and buffers, "optimizer", "generator"}."""
+        return {"model": self.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load what `state_dict()` returned (or a plain parameter dict, which leaves the optimizer)."""
-        if "model" not in state_dict or "optimizer" not in state_dict:
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        result = super().load_state_dict(state_dict["model"], strict=strict, assign=assign)
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load what `checkpoint()` returned: parameters, optimizer and the sampling generator."""
+        self.load_state_dict(state["model"])
         # Optimizer.load_state_dict keeps the given moment tensors when dtype and device match; copy them
-        # so that a model loaded from another live model's state_dict does not share its Adam moments.
-        self.optimizer.load_state_dict(copy.deepcopy(state_dict["optimizer"]))
-        self.generator.set_state(state_dict["generator"])
-        return result
+        # so that a model restored from another live model's checkpoint does not share its Adam moments.
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.generator.set_state(state["generator"])
 
     # ----------------------------------------------------------------------------------------- data
 

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from agent.logger import git_revision
+from agent.revision import git_revision
 
 
 def machine_info() -> dict[str, Any]:
@@ -44,3 +44,9 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table of strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -46,23 +46,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from agent.config import _f, config_from_dict
+
 from .common import write_json
 
 SEQUENCES_DIR = Path(__file__).resolve().parent / "sequences"
-
-
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line help string."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 # --------------------------------------------------------------------------------------------- sequences
@@ -116,61 +111,24 @@ class Sequence:
         return d
 
 
-def _field_types(cls: type) -> dict[str, type]:
-    return {f.name: type(f.default) if f.default is not dataclasses.MISSING else type(f.default_factory())
-            for f in dataclasses.fields(cls)}
-
-
-def _check_keys(d: Any, cls: type, where: str) -> None:
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {d!r}.")
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        import difflib
-
-        hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, known, n=1)[0]!r}?)"
-                 if difflib.get_close_matches(k, known, n=1) else repr(k) for k in unknown]
-        raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(known)}.")
-
-
-def _typed(value: Any, typ: type, where: str) -> Any:
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if typ is tuple and isinstance(value, list):
-        value = tuple(value)
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
-        raise ValueError(f"{where}: expected {typ.__name__}, got {value!r}.")
-    return value
-
-
 def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "sequence") -> Sequence:
     """Build and check a ``Sequence`` from a plain dict (a parsed JSON file); errors name the bad key.
 
     Checks keys, types and ranges, task names (unique) and budgets. It does not build envs; see
     ``check_spaces`` for the observation/action-space check.
     """
-    _check_keys(d, Sequence, where)
-    types = _field_types(Sequence)
-    kwargs = {k: _typed(v, types[k], f"{where}.{k}") for k, v in d.items() if k != "tasks"}
-    kwargs.setdefault("name", default_name)
-    raw_tasks = d.get("tasks")
-    if not isinstance(raw_tasks, list) or not raw_tasks:
+    seq = config_from_dict(d, Sequence, where)
+    if not seq.tasks:
         raise ValueError(f"{where}.tasks: need a non-empty list of tasks such as "
                          "{\"name\": \"default\", \"spec\": \"dmc:cartpole-swingup\"}.")
-    steps_per_task = kwargs.get("steps_per_task", Sequence.steps_per_task)
     tasks = []
-    for i, raw in enumerate(raw_tasks):
-        at = f"{where}.tasks[{i}]"
-        _check_keys(raw, Task, at)
-        task_types = _field_types(Task)
-        t = Task(**{k: _typed(v, task_types[k], f"{at}.{k}") for k, v in raw.items()})
+    for i, t in enumerate(seq.tasks):
         if not t.spec:
-            raise ValueError(f"{at}: needs a spec, e.g. \"dmc:cartpole-swingup\".")
+            raise ValueError(f"{where}.tasks[{i}]: needs a spec, e.g. \"dmc:cartpole-swingup\".")
         if not t.name:
             t = dataclasses.replace(t, name=t.spec.split(":", 1)[1] + (f"-{i}" if t.variant else ""))
-        tasks.append(dataclasses.replace(t, steps=t.steps or steps_per_task))
-    seq = Sequence(**{**kwargs, "tasks": tuple(tasks)})
+        tasks.append(dataclasses.replace(t, steps=t.steps or seq.steps_per_task))
+    seq = dataclasses.replace(seq, name=seq.name or default_name, tasks=tuple(tasks))
     names = [t.name for t in seq.tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

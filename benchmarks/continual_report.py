@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import continual_metrics as cm
-from .common import machine_info, write_json
+from .common import machine_info, markdown_table, write_json
 
 MODULES = ("encoder", "rssm", "actor", "critic")
 WM_SHOWN = {"reconstruction": ("image", "state"), "reward": ("reward",), "kl": ("kl",)}
@@ -309,11 +309,6 @@ def _fmt(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def _order(strategies: list[str]) -> list[str]:
     rank = {"fifo": 0, "reservoir": 1, "mix": 2}
     return sorted(strategies, key=lambda s: (rank.get(s.split("+")[0], 9), s))
@@ -355,9 +350,10 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
     def cell(strategy: str, key: str, digits: int = 2) -> str:
         return _fmt(agg[strategy]["scalars"][key]["values"], digits)
 
-    main = _table(["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑", "wall min"],
-                  [[s, str(len(agg[s]["seeds"])), cell(s, "average_performance"), cell(s, "forgetting_mean"),
-                    cell(s, "forward_transfer_mean"), cell(s, "wall_min", 0)] for s in strategies])
+    main = markdown_table(
+        ["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑", "wall min"],
+        [[s, str(len(agg[s]["seeds"])), cell(s, "average_performance"), cell(s, "forgetting_mean"),
+          cell(s, "forward_transfer_mean"), cell(s, "wall_min", 0)] for s in strategies])
     rows = []
     for s in strategies:
         ps = agg[s]["per_stage"]
@@ -366,13 +362,14 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
             rows.append([s, label, _fmt(ps["p_end_of_own_stage"][label]), _fmt(ps["p_final"][task]),
                          _fmt(ps["forgetting"].get(label, [])), _fmt(ps["auc"][label]),
                          _fmt(ps["reference_auc"][label]), _fmt(ps["forward_transfer"][label])])
-    per_task = _table(["strategy", "stage", "p end of own stage", "p end of run", "forgetting", "AUC",
-                       "AUC from scratch", "forward transfer"], rows)
-    model = _table(["strategy", "WM forgetting: reconstruction", "reward", "KL",
-                    *[f"dormant {m}" for m in MODULES], *[f"eff. rank {m}" for m in MODULES]],
-                   [[s, cell(s, "wm_forgetting_reconstruction", 3), cell(s, "wm_forgetting_reward", 3),
-                     cell(s, "wm_forgetting_kl", 3), *[cell(s, f"dormant_{m}", 3) for m in MODULES],
-                     *[cell(s, f"effective_rank_{m}", 1) for m in MODULES]] for s in strategies])
+    per_task = markdown_table(["strategy", "stage", "p end of own stage", "p end of run", "forgetting", "AUC",
+                               "AUC from scratch", "forward transfer"], rows)
+    model = markdown_table(
+        ["strategy", "WM forgetting: reconstruction", "reward", "KL", *[f"dormant {m}" for m in MODULES],
+         *[f"eff. rank {m}" for m in MODULES]],
+        [[s, cell(s, "wm_forgetting_reconstruction", 3), cell(s, "wm_forgetting_reward", 3),
+          cell(s, "wm_forgetting_kl", 3), *[cell(s, f"dormant_{m}", 3) for m in MODULES],
+          *[cell(s, f"effective_rank_{m}", 1) for m in MODULES]] for s in strategies])
     b = first["budget"]
     stages = ", ".join(f"{label} {steps:,}" for label, steps in
                        zip(stage_labels(first["tasks"], first["stages"]), b["steps_per_stage"]))

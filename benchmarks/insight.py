@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import machine_info, write_json
+from .common import machine_info, markdown_table, write_json
 from .probes import fit_ridge_cv, r2_score
 
 FEATURE_SETS = ("deter", "stoch", "both")
@@ -58,36 +58,13 @@ def load_for_env(path: str | Path, spec: str | None = None, seed: int = 0, devic
     was trained on (None: keep it, or use the CPU when it names CUDA and there is none). The env is
     ``envs.make`` itself (not a vector env), so the simulator's state can be read after every step.
     """
-    import gymnasium as gym
-    import torch
-
     import envs
-    from agent.agent import Agent
-    from agent.config import RunConfig, apply_overrides, config_from_dict
-    from agent.loop import CheckpointError, load_agent, load_checkpoint, space_signature
+    from agent.checkpoint import agent_for_env
 
-    state = load_checkpoint(path)
-    cfg = config_from_dict(state["config"], RunConfig)
-    if spec:
-        cfg = apply_overrides(cfg, [f"env.spec={spec}"])
-    if device is None and cfg.agent.device.startswith("cuda") and not torch.cuda.is_available():
-        device = "cpu"
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch has no CUDA device; use --device cpu.")
-    if device:
-        cfg = apply_overrides(cfg, [f"agent.device={device}"])
-    e = cfg.env
-    camera = None if e.camera == "" else (int(e.camera) if e.camera.isdigit() else e.camera)
-    env = envs.make(e.spec, obs=e.obs, size=e.size, action_repeat=e.action_repeat,
-                    render_quality=e.render_quality, camera=camera, seed=seed)
-    keys = list(state["signature"]["obs"])
-    obs_space = gym.spaces.Dict({k: v for k, v in env.observation_space.spaces.items() if k in keys})
-    signature = space_signature(obs_space, env.action_space)
-    if signature != state["signature"]:
-        env.close()
-        raise CheckpointError(f"checkpoint {path} expects {state['signature']}, but {e.spec} gives {signature}.")
-    agent = Agent(obs_space, env.action_space, cfg.agent)
-    load_agent(agent, state["agent"], path)
+    def make_env(cfg: Any) -> Any:
+        return envs.make(cfg.env.spec, seed=seed, **cfg.env.make_kwargs())
+
+    agent, cfg, env, keys = agent_for_env(path, make_env, spec, device)
     agent.eval()
     return agent, cfg, env, keys
 
@@ -574,8 +551,7 @@ def probe_table(p: dict[str, Any]) -> str:
     for q in p["quantities"]:
         cells = [p["posterior_r2"][w][q] for w in FEATURE_SETS] + [p["imagined_r2"]["both"][h][q] for h in horizons]
         rows.append([q, *["-" if c is None else f"{c:.2f}" for c in cells]])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return markdown_table(header, rows)
 
 
 # --------------------------------------------------------------------------------------------- main

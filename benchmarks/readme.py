@@ -14,33 +14,22 @@ import re
 import sys
 from pathlib import Path
 
+from .common import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / name
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def env_throughput() -> str:
-    data = _load("env_throughput.json")
+def env_throughput(data: dict) -> str:
     rows = [[r["spec"], r["obs"], str(r["num_envs"]), r["render_quality"] or "-", f"{r['env_steps_per_s']:,.0f}"]
             for r in data["results"]]
     m = data["machine"]
-    return (_table(["spec", "obs", "processes", "render", "env steps/s"], rows)
+    return (markdown_table(["spec", "obs", "processes", "render", "env steps/s"], rows)
             + f"\n\nMachine: {m['processor']}, {m['cpu_count']} cores; action repeat "
             f"{data['results'][0]['action_repeat']}; source `results/env_throughput.json`.")
 
 
-def param_counts() -> str:
-    data = _load("param_counts.json")
+def param_counts(data: dict) -> str:
     presets = list(dict.fromkeys(key.split("/")[0] for key in data["counts"]))
     rows = []
     for name in presets:
@@ -48,12 +37,11 @@ def param_counts() -> str:
         for obs in ("pixels/patch", "pixels/cnn", "state"):
             row.append(f"{data['counts'][f'{name}/{obs}']['total'] / 1e6:.2f}M")
         rows.append(row)
-    return (_table(["preset", "pixels, patch encoder", "pixels, CNN encoder", "state (24-dim)"], rows)
+    return (markdown_table(["preset", "pixels, patch encoder", "pixels, CNN encoder", "state (24-dim)"], rows)
             + "\n\nWhole agent (world model, actor, critic), 6-dim actions; source `results/param_counts.json`.")
 
 
-def wm_throughput() -> str:
-    data = _load("wm_throughput_cpu.json")
+def wm_throughput(data: dict) -> str:
     rows = []
     for r in data["results"]:
         if "update" not in r:
@@ -63,28 +51,26 @@ def wm_throughput() -> str:
                      f"{r['forward_parts']['encoder']['median_s'] * 1e3:,.0f}",
                      f"{r['peak_rss_mb'] / 1024:.1f}"])
     m = next(iter(data["machine"].values()))
-    return (_table(["preset", "B x T", "threads", "encoder", "decoder", "update ms", "forward ms",
+    return (markdown_table(["preset", "B x T", "threads", "encoder", "decoder", "update ms", "forward ms",
                     "encoder fwd ms", "peak RSS GB"], rows)
             + f"\n\nWorld model only, 64x64 pixels, {m['cpu_model']} ({m['cpu_affinity']} cores, torch "
             f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; source "
             "`results/wm_throughput_cpu.json`.")
 
 
-def agent_update() -> str:
-    data = _load("agent_update_cpu.json")
+def agent_update(data: dict) -> str:
     rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"],
              f"{r['param_counts']['total'] / 1e6:.1f}M", f"{r['agent_update']['median_s'] * 1e3:,.0f}",
              f"{r['peak_rss_mb'] / 1024:.1f}"] for r in data["results"] if "agent_update" in r]
     m = next(iter(data["machine"].values()))
-    return (_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
+    return (markdown_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
             + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
             f"{m['cpu_model']}, torch {m['torch']}; source `results/agent_update_cpu.json`.")
 
 
-def speed() -> str:
+def speed(data: dict) -> str:
     """The whole update against the baseline revision (same settings, interleaved rounds), and where the time
     of today's update goes."""
-    data = _load("speed_cpu.json")
     rows, notes = [], []
     for r in data["results"]:
         base = r.get("baseline", {})
@@ -106,7 +92,7 @@ def speed() -> str:
     code = data.get("code", {})
     base = code.get("baseline", {})
     clock = data["results"][0].get("rounds", [{}])[0].get("current", {}).get("clock", "wall")
-    return (_table(["obs", "encoder", "B x T", f"{base.get('revision', 'baseline')} ms", "now ms", "speedup",
+    return (markdown_table(["obs", "encoder", "B x T", f"{base.get('revision', 'baseline')} ms", "now ms", "speedup",
                     "same losses"], rows)
             + f"\n\nMedian over {len(data['results'][0].get('rounds', []))} interleaved rounds of each side's median "
               f"update ({clock.replace('_', ' ')} time, one torch thread, {data['machine']['cpu']['cpu_model']}, "
@@ -126,12 +112,11 @@ def _task_runs(data: dict, name: str) -> list[dict]:
     return [r for r in data["runs"] if r["name"] == name]
 
 
-def learning(name: str = "learning_cpu") -> str:
+def learning(data: dict, name: str = "learning_cpu") -> str:
     """A threshold-judged suite's table: the tasks the suite still has (a retired task's runs stay in the
     file, as history, but are not shown as results)."""
     from .learning import SUITES
 
-    data = _load(f"{name}.json")
     current = {t.name for t in SUITES[data["suite"]]}
     retired = [t["name"] for t in data["tasks"] if t["name"] not in current]
     rows = []
@@ -146,8 +131,8 @@ def learning(name: str = "learning_cpu") -> str:
                      f"{t['threshold']:g}", "yes" if t["passed"] else "no",
                      *(f"{trivial[k]:.0f}" if k in trivial else "-" for k in ("random", "zero")),
                      f"{sum(x['wall_s'] for x in runs) / n / 60:.0f}"])
-    return (_table(["run", "task", "obs", "preset", "env steps", "seeds", "first eval", "final eval", "threshold",
-                    "passed", "random policy", "zero action", "wall min"], rows)
+    return (markdown_table(["run", "task", "obs", "preset", "env steps", "seeds", "first eval", "final eval",
+                            "threshold", "passed", "random policy", "zero action", "wall min"], rows)
             + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy), averaged over seeds (each "
             f"seed's in brackets); first eval likewise; a task passes when that mean reaches the threshold. "
             f"Random policy and zero action: mean returns of uniform-random actions and of doing nothing on the "
@@ -156,10 +141,9 @@ def learning(name: str = "learning_cpu") -> str:
                f"left out here." if retired else ""))
 
 
-def learning_dmc_proprio() -> str:
+def learning_dmc_proprio(data: dict) -> str:
     """The DMC proprio suite against DreamerV3 on DreamerV3's metric at 50K and 100K env steps: one row per
     task that has runs, then the suite mean."""
-    data = _load("learning_dmc_proprio.json")
     fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
 
     def ours(t: dict, key: str) -> str:
@@ -179,7 +163,7 @@ def learning_dmc_proprio() -> str:
                  f"{s['at_or_above_dreamerv3_100k']} of {n}", "", ""])
     commits = sorted({c for t in data["tasks"] for run in t["trained_at"] for c in run})
     seeds = sorted({t["dreamerv3_seeds"] for t in data["tasks"]})
-    return (_table(["task", "seeds", "ours 50K", "DreamerV3 50K", "ours 100K", "DreamerV3 100K",
+    return (markdown_table(["task", "seeds", "ours 50K", "DreamerV3 50K", "ours 100K", "DreamerV3 100K",
                     "at or above DreamerV3 at 100K", "final eval (deterministic)", "wall min per run"], rows)
             + "\n\nOurs: the mean return of the training episodes (exploring policy) that ended in the 10,000 env "
             "steps up to 50K or 100K, averaged over seeds (each seed's in brackets). DreamerV3: its seed mean in the "
@@ -193,15 +177,15 @@ def learning_dmc_proprio() -> str:
             + "\n\n![DMC proprio against DreamerV3](results/learning_dmc_proprio.png)")
 
 
-def continual() -> str:
-    data = _load("continual_cartpole-shift.json")
+def continual(data: dict) -> str:
     from .continual_report import readme_section
 
     return readme_section(data, "results/continual_cartpole-shift.json")
 
 
-def insight() -> str:
-    data = _load("insight/insight.json")
+def insight(data: dict) -> str:
+    from .insight import probe_table
+
     tables = []
     for run in data["runs"]:
         curves, H = run["horizon"], run["horizon_steps"]
@@ -215,43 +199,37 @@ def insight() -> str:
         tables.append(f"**{run['label']}** ({run['env']}, {'+'.join(run['obs'])}, encoder {run['encoder']}; "
                       f"{run['windows']} windows of {run['context']} observed + {H} imagined steps, policy "
                       f"{run['policy']}). Mean over windows; in brackets the copy-last-step baseline:\n\n"
-                      + _table(["metric", *[f"h={h}" for h in picks]], rows))
+                      + markdown_table(["metric", *[f"h={h}" for h in picks]], rows))
         probes = run.get("probes")
         if probes:
-            horizons = list(probes["imagined_r2"]["both"])
-            fmt = lambda v: "-" if v is None else f"{v:.2f}"
-            rows = [[q, *[fmt(probes["posterior_r2"][w][q]) for w in ("deter", "stoch", "both")],
-                     *[fmt(probes["imagined_r2"]["both"][h][q]) for h in horizons]] for q in probes["quantities"]]
             tables.append(f"Held-out R^2 of linear probes ({probes['train_episodes']} episodes to fit, "
                           f"{probes['test_episodes']} to test); imagined: the `both` probes on imagined latents:\n\n"
-                          + _table(["quantity", "deter", "stoch", "both", *[f"imagined h={h}" for h in horizons]],
-                                   rows))
+                          + probe_table(probes))
     m = data["machine"]
     return "\n\n".join(tables) + (f"\n\nSource `results/insight/insight.json` (commit {m.get('git_commit')}); "
                                     "plots `results/insight/horizon.png`, `results/insight/probes.png`.")
 
 
-RENDERERS = {"env_throughput": env_throughput, "param_counts": param_counts, "wm_throughput": wm_throughput,
-             "learning": learning, "learning_pixels": lambda: learning("learning_cpu_pixels"),
-             "learning_dmc_proprio": learning_dmc_proprio, "continual": continual, "insight": insight,
-             "agent_update": agent_update, "speed": speed}
+TABLES = {  # README table name: (its results file, the renderer of that file's data)
+    "env_throughput": ("env_throughput.json", env_throughput), "param_counts": ("param_counts.json", param_counts),
+    "wm_throughput": ("wm_throughput_cpu.json", wm_throughput), "learning": ("learning_cpu.json", learning),
+    "learning_pixels": ("learning_cpu_pixels.json", lambda data: learning(data, "learning_cpu_pixels")),
+    "learning_dmc_proprio": ("learning_dmc_proprio.json", learning_dmc_proprio),
+    "continual": ("continual_cartpole-shift.json", continual), "insight": ("insight/insight.json", insight),
+    "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed)}
 
 
-SOURCES = {"env_throughput": "env_throughput.json", "param_counts": "param_counts.json",
-           "wm_throughput": "wm_throughput_cpu.json", "learning": "learning_cpu.json",
-           "learning_pixels": "learning_cpu_pixels.json", "learning_dmc_proprio": "learning_dmc_proprio.json",
-           "continual": "continual_cartpole-shift.json", "insight": "insight/insight.json",
-           "agent_update": "agent_update_cpu.json", "speed": "speed_cpu.json"}
+def table(name: str) -> str:
+    """README table ``name`` rendered from its results file, or a line saying that it has not been run yet."""
+    source, renderer = TABLES[name]
+    path = RESULTS / source
+    return renderer(json.loads(path.read_text())) if path.exists() else \
+        f"Not run yet: its command writes `results/{source}`."
 
 
 def render(text: str) -> str:
     def fill(match: re.Match) -> str:
-        name = match.group(1)
-        if not (RESULTS / SOURCES[name]).exists():
-            body = f"Not run yet: its command writes `results/{SOURCES[name]}`."
-        else:
-            body = RENDERERS[name]()
-        return f"<!-- table:{name} -->\n{body}\n<!-- end -->"
+        return f"<!-- table:{match.group(1)} -->\n{table(match.group(1))}\n<!-- end -->"
 
     return re.sub(r"<!-- table:(\w+) -->.*?<!-- end -->", fill, text, flags=re.S)
 

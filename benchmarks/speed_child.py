@@ -88,7 +88,8 @@ def use_cpu_clock(device: torch.device, threads: int | None) -> None:
         CLOCK.update(clock="process_cpu", fn=time.process_time)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds (CLOCK) one call of ``fn`` takes, the device synchronised before and after."""
     _sync(device)
     start = CLOCK["fn"]()
     fn()
@@ -120,7 +121,7 @@ def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
         if original is None:
             continue
 
-        def timed(*args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
+        def phase(*args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
             with torch.profiler.record_function(f"phase/{_name}"):
                 _sync(device)
                 start = CLOCK["fn"]()
@@ -129,7 +130,7 @@ def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
                 totals[_name] = totals.get(_name, 0.0) + CLOCK["fn"]() - start
             return out
 
-        object.__setattr__(owner, method, timed)  # an instance attribute shadows the class's method
+        object.__setattr__(owner, method, phase)  # an instance attribute shadows the class's method
         wrapped.append((owner, method))
     try:
         yield
@@ -144,7 +145,7 @@ def time_phases(agent: Any, batch: dict[str, np.ndarray], device: torch.device, 
     for _ in range(repeats):
         totals: dict[str, float] = {}
         with phase_timers(agent, device, totals):
-            totals["total"] = _timed(lambda: agent.train_step(batch), device)
+            totals["total"] = timed(lambda: agent.train_step(batch), device)
         per_update.append(totals)
     names = [n for n in per_update[0] if n != "total"]
     out = {n: statistics.median(u.get(n, 0.0) for u in per_update) for n in names}
@@ -160,7 +161,7 @@ def profile_update(agent: Any, batch: dict[str, np.ndarray], device: torch.devic
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     totals: dict[str, float] = {}
     with phase_timers(agent, device, totals), profile(activities=activities) as prof:
-        wall = _timed(lambda: agent.train_step(batch), device)
+        wall = timed(lambda: agent.train_step(batch), device)
     events = prof.key_averages()
     ops = [e for e in events if not e.key.startswith("phase/")]
     self_cpu_us = sum(e.self_cpu_time_total for e in ops)
@@ -197,7 +198,7 @@ def compute_floor(agent: Any, batch: dict[str, np.ndarray], device: torch.device
     n = 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
-    seconds = min(_timed(lambda: a @ b, device) for _ in range(3))
+    seconds = min(timed(lambda: a @ b, device) for _ in range(3))
     gemm = 2 * n**3 / seconds
     return {"flops_per_update": flops,
             "flops_by_op": {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()},
@@ -291,7 +292,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("profile"):
         result["profile"] = profile_update(agent, batch, device)
     else:
-        result["agent_update"] = time_stats([_timed(lambda: agent.train_step(batch), device)
+        result["agent_update"] = time_stats([timed(lambda: agent.train_step(batch), device)
                                              for _ in range(spec["repeats"])])
         if spec.get("phase_repeats", 0) > 0:
             result["phases"] = time_phases(agent, batch, device, spec["phase_repeats"])

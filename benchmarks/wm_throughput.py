@@ -53,7 +53,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -84,26 +83,11 @@ def _machine(device: str) -> dict[str, Any]:
     return info
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": repeats}
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    stats = speed_child.time_stats([speed_child.timed(fn, device) for _ in range(repeats)])
+    return {k: v for k, v in stats.items() if k != "times_s"}
 
 
 def _batch(B: int, T: int, A: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -142,7 +126,7 @@ def _finish(result: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Add the peak memory of this child process (and of the GPU when used)."""
     if device.type == "cuda":
         result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    result["peak_rss_mb"] = _rss_mb()
+    result["peak_rss_mb"] = speed_child.rss_mb()
     return result
 
 
@@ -151,7 +135,7 @@ def run_update(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     B, T = spec["batch"], spec["length"]
     batch = _batch(B, T, 6, device)
-    rss_before = _rss_mb()
+    rss_before = speed_child.rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     wm = _build(spec)
@@ -206,7 +190,7 @@ def run_rssm_loop(spec: dict[str, Any]) -> dict[str, Any]:
     for name, rssm in (("eager", eager), ("compiled", compiled)):
         result[f"{name}_forward"] = _time(lambda r=rssm: forward(r), device, 1, spec["repeats"])
         result[f"{name}_forward_backward"] = _time(lambda r=rssm: train(r), device, 1, spec["repeats"])
-    result["peak_rss_mb"] = _rss_mb()
+    result["peak_rss_mb"] = speed_child.rss_mb()
     return result
 
 

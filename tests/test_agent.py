@@ -1,5 +1,7 @@
 """The agent seam: acting, gradient isolation, skipped non-finite updates, determinism, the actor-critic math."""
 
+import io
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -145,19 +147,48 @@ def test_same_seed_same_parameters_after_updates():
     assert any(not torch.equal(v, runs[0][k]) for k, v in params(other).items())
 
 
-def test_state_dict_round_trip_restores_optimizers_and_normaliser():
+def test_checkpoint_round_trip_restores_optimizers_and_normaliser():
     agent = Agent(STATE, BOX, debug_cfg())
     for i in range(2):
         agent.train_step(random_batch(STATE, 2, seed=i))
-    state = agent.state_dict()
+    state = agent.checkpoint()
     clone = Agent(STATE, BOX, debug_cfg())
-    clone.load_state_dict(state)
+    clone.restore(state)
     assert clone.ac.normalizer.high.item() == agent.ac.normalizer.high.item() != 0
     torch.manual_seed(5)
     a = agent.train_step(random_batch(STATE, 2, seed=9))
     torch.manual_seed(5)
     b = clone.train_step(random_batch(STATE, 2, seed=9))
     assert a["train/loss/actor"] == b["train/loss/actor"] and a["train/loss/total"] == b["train/loss/total"]
+
+
+def test_restore_reads_the_layout_of_checkpoints_already_on_disk():
+    """Checkpoints written before ``checkpoint()`` existed hold, under "agent", exactly this dict (built here
+    from its parts, key by key), and runs in flight are resumed from them."""
+    agent = Agent(STATE, BOX, debug_cfg())
+    for i in range(2):
+        agent.train_step(random_batch(STATE, 2, seed=i))
+    wm, ac = agent.wm, agent.ac
+    old = {"world_model": {"model": wm.state_dict(), "optimizer": wm.optimizer.state_dict(),
+                           "generator": wm.generator.get_state()},
+           "actor_critic": ac.state_dict(),
+           "actor_critic_optim": {"actor": ac.actor_opt.state_dict(), "critic": ac.critic_opt.state_dict()},
+           "skipped_updates": 3}
+    new = agent.checkpoint()
+    assert new.keys() == old.keys() and new["world_model"].keys() == old["world_model"].keys()
+    buffer = io.BytesIO()
+    torch.save(old, buffer)  # through a file's bytes, as from disk
+    buffer.seek(0)
+    clone = Agent(STATE, BOX, debug_cfg("seed=7"))
+    clone.restore(torch.load(buffer, weights_only=False))
+    assert clone.skipped_updates == 3
+    for (name, a), b in zip(agent.state_dict().items(), clone.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    torch.manual_seed(5)
+    a = agent.train_step(random_batch(STATE, 2, seed=9))
+    torch.manual_seed(5)
+    b = clone.train_step(random_batch(STATE, 2, seed=9))
+    assert a["train/loss/total"] == b["train/loss/total"] and a["train/loss/actor"] == b["train/loss/actor"]
 
 
 def test_critic_regresses_lambda_returns_worked_by_hand():

@@ -33,3 +33,17 @@ def test_agent_model_code_does_not_import_envs():
     for path, roots in imported_roots("agent").items():
         if path not in entry_points:
             assert "envs" not in roots, f"{path} imports envs"
+
+
+def test_agent_imports_its_own_modules_relatively():
+    for path, roots in imported_roots("agent").items():
+        assert "agent" not in roots, f"{path} imports agent.* absolutely; agent/ uses relative imports"
+
+
+def test_benchmark_helpers_are_cheap_to_import():
+    import subprocess
+    import sys
+
+    code = "import sys, benchmarks.common; print(sorted({'torch', 'tensorboard'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

@@ -305,7 +305,7 @@ def test_cli_compares_pixel_and_state_checkpoints(tmp_path, capsys, monkeypatch)
     assert image_tags(out / "tensorboard" / "compare") == ["insight/horizon", "insight/probes"]
     assert "probe R^2" in capsys.readouterr().out
     monkeypatch.setattr(readme, "RESULTS", tmp_path)  # the README renderer reads results/insight/insight.json
-    text = readme.insight()
+    text = readme.table("insight")
     assert "**pix**" in text and "| qvel[slider] |" in text and "imagined h=5" in text
 
 

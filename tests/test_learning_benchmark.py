@@ -175,7 +175,7 @@ def test_the_dmc_proprio_command_writes_results_plot_and_readme_section(tmp_path
     assert data["runs"][1]["train_curve"][4] == {"env_steps": 50_000, "return": 400.0, "episodes": 1}
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     monkeypatch.setattr(readme, "RESULTS", tmp_path / "results")
-    section = readme.learning_dmc_proprio()
+    section = readme.table("learning_dmc_proprio")
     # Final eval (deterministic): seeds (10 + 30) / 2 and (20 + 50) / 2, mean 27.5; wall: 6000 s and 7200 s.
     assert "| cartpole_balance | 0, 1 | 300 (200, 400) | 80 (40-120) | 800 (900, 700) | 790 (90-270) | yes " \
            "| 28 | 100, 120 |" in section
@@ -200,7 +200,7 @@ def test_the_cpu_table_leaves_out_tasks_no_longer_in_the_suite(tmp_path, monkeyp
     (tmp_path / "learning_cpu.json").write_text(json.dumps({"suite": "cpu", "runs": [run, old],
                                                             "tasks": summarize([run, old])}))
     monkeypatch.setattr(readme, "RESULTS", tmp_path)
-    table = readme.learning()
+    table = readme.table("learning")
     assert "| pendulum |" in table and "| cartpole_balance |" not in table
     assert "no longer in the suite (cartpole_balance)" in table
 

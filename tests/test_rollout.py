@@ -163,19 +163,18 @@ def test_evaluate_starts_the_agent_afresh_on_each_first_observation(num_envs):
 
 
 def test_cli_eval_starts_the_agent_afresh_on_each_first_observation(monkeypatch, capsys):
-    import agent.agent
+    import agent.checkpoint
     import agent.cli
-    import agent.loop
     from agent.config import RunConfig, apply_overrides, config_to_dict
 
     env = scripted_vec(1)
     fake = FakeAgent()
     cfg = apply_overrides(RunConfig(), [f"train.threads={torch.get_num_threads()}"])
-    signature = agent.loop.space_signature(env.single_observation_space, env.single_action_space)
-    monkeypatch.setattr(agent.loop, "load_checkpoint", lambda path: {"config": config_to_dict(cfg),
-                                                                    "signature": signature, "agent": None})
-    monkeypatch.setattr(agent.loop, "load_agent", lambda *args: None)
-    monkeypatch.setattr(agent.agent, "Agent", lambda *args: fake)
+    signature = agent.checkpoint.space_signature(env.single_observation_space, env.single_action_space)
+    monkeypatch.setattr(agent.checkpoint, "load_checkpoint", lambda path: {"config": config_to_dict(cfg),
+                                                                          "signature": signature, "agent": None})
+    monkeypatch.setattr(agent.checkpoint, "load_agent", lambda *args: None)
+    monkeypatch.setattr(agent.checkpoint, "Agent", lambda *args: fake)
     monkeypatch.setattr(agent.cli, "env_factory", lambda *args, **kwargs: lambda: env)
     assert agent.cli.main(["eval", "--checkpoint", "fake.pt", "--episodes", "3"]) == 0
     out = capsys.readouterr().out

@@ -128,13 +128,14 @@ def test_checkpoint_restores_parameters_optimizer_and_sampling():
     a = _model("both", "patch")
     batch = _batch(a, 2, 4)
     a.train_step(batch)
-    saved = a.state_dict()
+    saved = a.checkpoint()
     b = _model("both", "patch", "seed=3")
-    b.load_state_dict(saved)
+    b.restore(saved)
     ma, _ = a.train_step(batch)
     mb, _ = b.train_step(batch)
     assert torch.equal(_params(a), _params(b)) and ma == mb
-    # Called with nn.Module's arguments, as a parent module does: the parameters only.
+    # state_dict is nn.Module's own (parameters and buffers only), with or without a parent's arguments.
+    assert saved["model"].keys() == a.state_dict().keys() and "optimizer" not in a.state_dict()
     assert set(a.state_dict(prefix="x.")) == {f"x.{k}" for k in saved["model"]}
 
 
