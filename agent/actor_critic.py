@@ -93,16 +93,8 @@ class Actor(nn.Module):
         self.body = MLP(feat_dim, cfg.units, cfg.layers, norm)
         self.head = nn.Linear(cfg.units, self.act_dim if self.discrete else 2 * self.act_dim)
 
-    def raw(self, feat: Tensor) -> Tensor:
-        """The distribution's parameters before squashing: (..., A) logits or (..., 2A) mean and std."""
-        return self.head(self.body(feat))
-
-    def dist(self, raw: Tensor) -> ActionDist:
-        """The action distribution of parameters ``raw`` (from `raw`)."""
-        return ActionDist(raw, self.discrete, self.cfg)
-
     def forward(self, feat: Tensor) -> ActionDist:
-        return self.dist(self.raw(feat))
+        return ActionDist(self.head(self.body(feat)), self.discrete, self.cfg)
 
 
 class Critic(nn.Module):
@@ -143,15 +135,13 @@ class ActorCritic(nn.Module):
         """Expected return of each state (decoded from the two-hot bins)."""
         return twohot_decode((self.slow_critic if slow else self.critic)(feat), self.bins)
 
-    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor,
-               policy: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor
+               ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Unreduced (H, N) actor and critic losses of an imagined trajectory, and scalar metric tensors.
 
         feat, action: (H+1, N, F) and (H+1, N, A), row 0 the start state and action[t] chosen at state t;
-        reward, continue_: (H+1, N), predicted on arriving at each state. ``policy`` (H+1, N, ...): the
-        actor's `raw` outputs at those states as the rollout computed them, with the actor's gradient
-        (None: computed here). With ``dynamics`` gradients the trajectory must be differentiable with
-        respect to the actor.
+        reward, continue_: (H+1, N), predicted on arriving at each state. With ``dynamics`` gradients the
+        trajectory must be differentiable with respect to the actor.
         """
         cfg = self.cfg
         if self.dynamics_grad:
@@ -172,7 +162,7 @@ class ActorCritic(nn.Module):
             advantage = (ret - value[:-1]) / scale  # (H, N)
             slow_value = self.value(feat[:-1], slow=True)
 
-        dist = self.actor(feat[:-1]) if policy is None else self.actor.dist(policy[:-1])
+        dist = self.actor(feat[:-1])
         entropy = dist.entropy()
         if self.dynamics_grad:
             # Backpropagation through the model's dynamics: maximise the normalised return itself.
@@ -207,12 +197,12 @@ class ActorCritic(nn.Module):
         Returns the scalar loss (mean over states with a target) and metrics.
         """
         cfg = self.cfg
-        feat = feat.detach()
+        all_logits = self.critic(feat.detach())  # (T, N, K): values and the loss's logits in one forward
         with torch.no_grad():
-            value = self.value(feat)  # (T, N)
-            slow_value = self.value(feat[:-1], slow=True)
+            value = twohot_decode(all_logits.detach(), self.bins)  # (T, N)
+            slow_value = self.value(feat[:-1].detach(), slow=True)
             ret, inside = replay_lambda_return(reward, value, is_first, is_terminal, cfg.lambda_, cfg.discount)
-        logits = self.critic(feat[:-1])
+        logits = all_logits[:-1]
         loss = symlog_twohot_loss(logits, ret, self.bins) + cfg.slow_reg * symlog_twohot_loss(
             logits, slow_value, self.bins)
         mask = inside.float()

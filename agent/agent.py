@@ -113,8 +113,7 @@ class Agent(nn.Module):
         with frozen(self.wm):  # no gradient ever reaches the world model's parameters from here
             with torch.set_grad_enabled(self.ac.dynamics_grad):  # differentiable rollouts only when used
                 traj = self.imagine(start, start_continue)
-            losses, metrics = self.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"],
-                                             traj["policy"])
+            losses, metrics = self.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"])
         if replay is not None:
             losses["replay_value"], replay_metrics = self.ac.replay_value_loss(
                 replay["feat"], replay["reward"].float(), replay["is_first"], replay["is_terminal"])
@@ -128,31 +127,18 @@ class Agent(nn.Module):
         """Roll the world model ``horizon`` steps under the actor from detached starts.
 
         Returns a trajectory: ``feat`` (H+1, N, F), ``action`` (H+1, N, A), predicted ``reward`` and
-        ``continue_`` probabilities (H+1, N) (row 0 is the start: its reward is 0 and unused, its
-        continue flag the replayed one), and ``policy`` (H+1, N, ...): the actor's raw outputs at each
-        state, which always carry the actor's gradient so that its loss need not run the actor again.
-        Under ``torch.no_grad`` the rollout itself is not differentiable (REINFORCE); with gradients on
-        (and the world model frozen) it is differentiable with respect to the actor, for dynamics
-        backpropagation.
+        ``continue_`` probabilities (H+1, N); row 0 is the start: its reward is 0 and unused, its continue
+        flag the replayed one. Under ``torch.no_grad`` for REINFORCE; with gradients on (and the world model
+        frozen) the trajectory is differentiable with respect to the actor, for dynamics backpropagation.
         """
-        rssm, actor = self.wm.rssm, self.ac.actor
-        raws = []
-
-        def policy(state: dict[str, torch.Tensor]) -> torch.Tensor:
-            with torch.enable_grad():
-                raw = actor.raw(rssm.features(state))  # (N, ...)
-            raws.append(raw)
-            # Without dynamics gradients the sampled action is data, not part of the actor's graph.
-            return actor.dist(raw if torch.is_grad_enabled() else raw.detach()).sample()
-
-        traj = rssm.imagine(start, policy, self.cfg.actor_critic.horizon)
+        rssm = self.wm.rssm
+        traj = rssm.imagine(start, lambda s: self.ac.actor(rssm.features(s)).sample(),
+                            self.cfg.actor_critic.horizon)
         feat = rssm.features(traj)  # (H+1, N, F)
         # The start's reward and continue flag are not predicted: rows 1..H only.
         reward = twohot_decode(self.wm.reward(feat[1:]), self.wm.bins)  # (H, N)
         continue_ = torch.sigmoid(self.wm.continue_(feat[1:]).float())  # (H, N)
-        with torch.enable_grad():
-            policy_raw = torch.stack(raws)  # (H+1, N, ...)
-        return {"feat": feat, "action": traj["action"], "policy": policy_raw,
+        return {"feat": feat, "action": traj["action"],
                 "reward": torch.cat([torch.zeros_like(reward[:1]), reward]),
                 "continue_": torch.cat([start_continue[None], continue_])}
 

@@ -109,7 +109,7 @@ def test_dynamics_gradient_reaches_the_actor_through_the_model():
     with torch.enable_grad():
         traj = agent.imagine(start, torch.ones(8))
     assert traj["feat"].requires_grad and traj["action"].requires_grad
-    losses, _ = agent.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"], traj["policy"])
+    losses, _ = agent.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"])
     losses["actor"].mean().backward()
     grads = [p.grad for p in agent.ac.actor.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
