@@ -54,7 +54,8 @@ def wm_throughput(data: dict) -> str:
     return (markdown_table(["preset", "B x T", "threads", "encoder", "decoder", "update ms", "forward ms",
                     "encoder fwd ms", "peak RSS GB"], rows)
             + f"\n\nWorld model only, 64x64 pixels, {m['cpu_model']} ({m['cpu_affinity']} cores, torch "
-            f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; source "
+            f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; measured at "
+            f"commit {m.get('git_commit')}, whose presets may differ from today's; source "
             "`results/wm_throughput_cpu.json`.")
 
 
@@ -65,7 +66,8 @@ def agent_update(data: dict) -> str:
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
             + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
-            f"{m['cpu_model']}, torch {m['torch']}; source `results/agent_update_cpu.json`.")
+            f"{m['cpu_model']}, torch {m['torch']}; measured at commit {m.get('git_commit')}, whose presets may "
+            "differ from today's (`make bench-wm` remeasures); source `results/agent_update_cpu.json`.")
 
 
 def speed(data: dict) -> str:
@@ -85,7 +87,9 @@ def speed(data: dict) -> str:
             notes.append(f"{r['obs']}{'/' + r['encoder'] if r['obs'] == 'pixels' else ''}: "
                          f"{prof['flops_per_update'] / 1e9:.1f} GFLOP per update; at this core's "
                          f"{prof['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s on a 2048^3 float32 matmul its arithmetic "
-                         f"alone takes {prof['arithmetic_floor_s'] * 1e3:,.0f} ms; "
+                         f"alone takes {prof['arithmetic_floor_s'] * 1e3:,.0f} ms, "
+                         f"{r['agent_update']['median_s'] / prof['arithmetic_floor_s']:.1f} times less than the "
+                         "update; "
                          f"{prof['op_calls']:,} op calls, the top ones by self time: "
                          + ", ".join(f"{o['name'].replace('aten::', '')} {o['pct']:.0f}%"
                                      for o in prof["top_ops_by_self_cpu"][:4]))
