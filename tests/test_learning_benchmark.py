@@ -298,6 +298,9 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
         def poll(self):
             return 0
 
+    # The patch replaces subprocess.Popen for everyone: let matplotlib build its font cache (it runs fc-list) first.
+    import matplotlib.font_manager  # noqa: F401
+
     monkeypatch.setattr(learning.subprocess, "Popen", FakeRun)
     monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
     monkeypatch.setattr(learning.time, "sleep", lambda s: None)
