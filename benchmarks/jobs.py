@@ -263,6 +263,8 @@ class Runner:
         self.parallel = parallel
         self.use_ray = use_ray
         self.out = out or (lambda line: print(line, flush=True))
+        if self.address and self.use_ray:
+            self._check_reachable()  # before a sweep locks or empties anything
 
     def _ray(self) -> Any | None:
         """The ray module, connected; None when it is not installed or not wanted."""
@@ -274,11 +276,29 @@ class Runner:
             self.out("Ray is not installed (pip install 'tubedreamer[cluster]'): running jobs one after another.")
             return None
         if self.address:
-            ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
+            except (ConnectionError, RuntimeError) as error:
+                raise ValueError(
+                    f"could not connect to the Ray cluster at {self.address} ({str(error).splitlines()[0]}). Is it "
+                    "running (`ray start --head` prints its address)? A cluster with token authentication (Ray's "
+                    "default) also needs RAY_AUTH_MODE=token here and its token (`ray get-auth-token` on the head, "
+                    "in ~/.ray/auth_token or $RAY_AUTH_TOKEN).") from error
         else:
             ray.init(address="local", num_cpus=self.cpus or os.cpu_count() or 1, include_dashboard=False,
                      log_to_driver=False, logging_level="ERROR", object_store_memory=200 * 2**20)
         return ray
+
+    def _check_reachable(self) -> None:
+        """Fail at once when nothing listens at a HOST:PORT address (Ray itself retries for minutes)."""
+        host, _, port = self.address.rpartition(":")
+        if "://" in self.address or not host or not port.isdigit():
+            return  # "auto", "ray://...": Ray's own checks
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as error:
+            raise ValueError(f"nothing answers at the Ray cluster address {self.address} ({error}); start the "
+                             "cluster's head with `ray start --head` and pass the address it prints.") from error
 
     def run(self, jobs: list[Job], on_success: Callable[[Outcome], None] | None = None) -> list[Outcome]:
         """Run every job (failed ones again, up to ``retries`` times); ``on_success`` is called in this

@@ -76,6 +76,11 @@ def test_a_failing_job_is_reported_with_its_log_and_retried(tmp_path, capsys):
     assert log.count("=== ") == 2 and "second try" in log  # both attempts, one log
 
 
+def test_a_run_directory_a_node_cannot_see_is_a_clear_failure(tmp_path):
+    result = jobs.run_attempt(python_job(tmp_path, "elsewhere", "print(1)"), str(tmp_path))
+    assert result["returncode"] is None and "storage that every node mounts" in result["error"]
+
+
 def test_a_run_directory_takes_one_sweep_at_a_time(tmp_path, capsys):
     run = tmp_path / "run"
     with jobs.locked([run]):
