@@ -313,8 +313,8 @@ class Runner:
         self._stop = None
         if _main_thread():
             # After ray.init, which installs a SIGTERM handler of its own that aborts. With Ray the handlers
-            # only note the signal: the loop raises between Ray calls, which an exception raised inside one
-            # leaves unable to cancel the jobs. Without Ray, SIGTERM raises at once and runs the finally blocks.
+            # only note the signal and the loop raises between Ray calls, not inside one. Without Ray, SIGTERM
+            # raises at once and runs the finally blocks.
             def note(signum: int, frame: Any) -> None:
                 self._stop = signum
 
@@ -372,11 +372,16 @@ class Runner:
         pending: list[tuple[Job, int, float]] = [(job, 1, 0.0) for job in jobs]  # job, attempt, seconds so far
         running: dict[Any, tuple[Job, int, float]] = {}
         cwd = os.getcwd()
+        # A local Ray never grows: a job asking for more CPUs (GPUs) than it has would wait forever, so it gets
+        # what there is (a CUDA job on a machine without a GPU then fails with the agent's own error).
+        have = None if self.address else ray.cluster_resources()
         try:
             while pending or running:
                 while pending and (self.parallel is None or len(running) < self.parallel):
                     job, attempt, spent = pending.pop(0)
-                    ref = task.options(num_cpus=job.cpus, num_gpus=job.gpus, max_retries=0,
+                    cpus, gpus = (job.cpus, job.gpus) if have is None else \
+                        (min(job.cpus, have.get("CPU", 1.0)), min(job.gpus, have.get("GPU", 0.0)))
+                    ref = task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
                                        name=f"tubedreamer:{job.name}").remote(job, cwd)
                     running[ref] = (job, attempt, spent)
                     self.out(f"queued {job.name}" + (f" (attempt {attempt})" if attempt > 1 else ""))
