@@ -1,4 +1,4 @@
-# One set-up, shared by every target: .venv/ with the project installed (editable, dev extra).
+# One set-up, shared by every target: .venv/ with the project installed (editable, dev and cluster extras).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(if $(TORCH_PIN),$(BIN)/pip install -q $(TORCH_PIN))
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,cluster]'
 	touch $@
 
 # The test suite, then a check that every README table is what its results file says (benchmarks/readme.py).

@@ -20,6 +20,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from .config import ActorCriticConfig
+from .distributed import all_gather_flat, average_gradients
 from .math_utils import (
     ReturnNormalizer,
     categorical_entropy,
@@ -157,7 +158,7 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             # Weight of state t: the chance the imagined episode is still running there, discounted.
             weight = torch.cumprod(torch.cat([continue_[:1], cfg.discount * continue_[1:-1]]), 0)
-            self.normalizer.update(ret)
+            self.normalizer.update(all_gather_flat(ret))  # every rank's returns: one scale for all ranks
             scale = self.normalizer.scale()
             advantage = (ret - value[:-1]) / scale  # (H, N)
             slow_value = self.value(feat[:-1], slow=True)
@@ -221,8 +222,10 @@ class ActorCritic(nn.Module):
             if name == "critic" and "replay_value" in losses:
                 loss = loss + self.cfg.replay_value * losses["replay_value"]
             loss.backward()
+            # Data-parallel runs: average over ranks before clipping (no-op in one process).
+            loss_finite = average_gradients(module.parameters(), loss)
             norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
-            if torch.isfinite(norm) and torch.isfinite(loss):
+            if torch.isfinite(norm) and loss_finite:
                 opt.step()
             else:  # skip rather than poison parameters and Adam's moments
                 opt.zero_grad(set_to_none=True)

@@ -20,11 +20,14 @@ def _threads(n: int) -> None:
     torch.set_num_threads(n if n > 0 else max(1, os.cpu_count() or 1))
 
 
-def env_factory(cfg: Any, num_envs: int, eval_env: bool = False):
-    """A function that builds the run's vector env (train or eval) from the env config section."""
+def env_factory(cfg: Any, num_envs: int, eval_env: bool = False, rank: int = 0):
+    """A function that builds the run's vector env (train or eval) from the env config section; a
+    data-parallel rank's envs get seeds of their own (``agent.distributed.rank_seed``)."""
     import envs
 
-    seed = cfg.agent.seed + (1000 if eval_env else 0)
+    from .distributed import rank_seed
+
+    seed = rank_seed(cfg.agent.seed, rank) + (1000 if eval_env else 0)
     return functools.partial(envs.make_vec, cfg.env.spec, num_envs, seed=seed, **cfg.env.make_kwargs())
 
 
@@ -57,6 +60,7 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .loop import train
 
     cfg = build_config(args)
@@ -65,9 +69,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{logdir} already holds a run; pass --resume to continue it or choose another --logdir.")
     logdir.mkdir(parents=True, exist_ok=True)
     _threads(cfg.train.threads)
-    make_env = env_factory(cfg, cfg.env.num_envs)
-    make_eval = env_factory(cfg, cfg.env.eval_envs, eval_env=True) if cfg.train.eval_episodes > 0 else None
-    summary = train(cfg, logdir, make_env, make_eval, resume=args.resume, progress=not args.no_progress)
+    # Under torchrun (WORLD_SIZE > 1) this process is one rank of a data-parallel run; else nothing changes.
+    distributed.init_from_env(cfg.agent.device)
+    try:
+        rank = distributed.rank()
+        make_env = env_factory(cfg, cfg.env.num_envs, rank=rank)
+        evaluate = cfg.train.eval_episodes > 0 and rank == 0  # rank 0 alone evaluates
+        make_eval = env_factory(cfg, cfg.env.eval_envs, eval_env=True) if evaluate else None
+        summary = train(cfg, logdir, make_env, make_eval, resume=args.resume, progress=not args.no_progress)
+    finally:
+        distributed.shutdown()
+    if rank > 0:
+        return 0
     if summary["evaluations"]:
         last = summary["evaluations"][-1]
         print(f"final eval return: {sum(last['returns']) / len(last['returns']):.1f} over "

@@ -86,6 +86,25 @@ class Logger:
         self._jsonl.close()
 
 
+class NullLogger:
+    """The logger of a data-parallel rank other than 0: it logs nothing (rank 0 logs for the run)."""
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        pass
+
+    def video(self, tag: str, video: np.ndarray, step: int, fps: int = 10) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run's TensorBoard event files: tag -> [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -28,10 +28,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from . import distributed
 from .agent import Agent
 from .checkpoint import CheckpointError, load_agent, load_checkpoint, space_signature
 from .config import RunConfig, config_diff, config_from_dict, config_to_dict
-from .logger import Logger, dump_json, memory_mb
+from .logger import Logger, NullLogger, dump_json, memory_mb
 from .replay import MixedReplay, Replay
 from .revision import git_revision
 from .rollout import Outcome, Rollout, episode_returns
@@ -40,9 +41,10 @@ CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 10_000  # evaluation episodes start from this seed, the same for every evaluation of a run
 
 
-def make_replay(cfg: RunConfig, directory: Path | None) -> Replay | MixedReplay:
-    """The replay the config asks for: ``fifo``, ``reservoir``, or ``mix`` (recent FIFO + reservoir)."""
-    r, seed = cfg.replay, cfg.agent.seed
+def make_replay(cfg: RunConfig, directory: Path | None, seed: int | None = None) -> Replay | MixedReplay:
+    """The replay the config asks for: ``fifo``, ``reservoir``, or ``mix`` (recent FIFO + reservoir), seeded
+    with ``seed`` (default: the agent's seed)."""
+    r, seed = cfg.replay, cfg.agent.seed if seed is None else seed
     if r.policy == "mix":
         sub = [None, None] if directory is None else [directory / "recent", directory / "reservoir"]
         return MixedReplay([Replay(r.recent_capacity, r.chunk, "fifo", sub[0], seed),
@@ -51,8 +53,21 @@ def make_replay(cfg: RunConfig, directory: Path | None) -> Replay | MixedReplay:
     return Replay(r.capacity, r.chunk, r.policy, directory, seed)
 
 
+def replay_dir(rank: int) -> str:
+    """The replay directory of a data-parallel rank inside the run directory: ``replay`` for rank 0 (and a
+    single-process run), ``replay-rank<r>`` for rank r."""
+    return "replay" if rank == 0 else f"replay-rank{rank}"
+
+
 class Trainer:
-    """Agent, replay, logger and counters of one run; steps envs and trains at the configured ratio."""
+    """Agent, replay, logger and counters of one run; steps envs and trains at the configured ratio.
+
+    In a data-parallel run (``torchrun``, see ``agent.distributed``) there is one Trainer per rank: each
+    steps its own envs into its own replay (``replay-rank<r>/``) and trains on its own batches, with the
+    gradients averaged over ranks. The env-step and update counters count the whole run (all ranks), so
+    ``train.steps`` and the schedule mean the same as in one process; rank 0 alone logs, evaluates and
+    writes the checkpoint, which also holds the other ranks' replay state, counters and random states.
+    """
 
     def __init__(self, cfg: RunConfig, obs_space: gym.spaces.Dict, act_space: gym.Space, logdir: str | Path,
                  resume: bool = False, progress: bool = True):
@@ -63,12 +78,21 @@ class Trainer:
         self.obs_space, self.act_space = obs_space, act_space
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
         self.signature = space_signature(obs_space, act_space)
-        torch.manual_seed(cfg.agent.seed)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        torch.manual_seed(cfg.agent.seed)  # the same on every rank: identical initial parameters
         np.random.seed(cfg.agent.seed)
         random.seed(cfg.agent.seed)
         self.rng = np.random.default_rng(cfg.agent.seed)
         self.agent = Agent(obs_space, act_space, cfg.agent)
-        self.replay = make_replay(cfg, self.logdir / "replay")
+        # The seed of this rank's envs, actions, replay and latent samples (the agent's seed on rank 0).
+        self.seed = distributed.rank_seed(cfg.agent.seed, self.rank)
+        if self.rank > 0:
+            torch.manual_seed(self.seed)
+            np.random.seed(self.seed)
+            random.seed(self.seed)
+            self.rng = np.random.default_rng(self.seed)
+            self.agent.wm.generator.manual_seed(self.seed)
+        self.replay = make_replay(cfg, self.logdir / replay_dir(self.rank), self.seed)
         self.extra: dict[str, Any] = {}  # a caller's own progress (e.g. a task sequence), saved in checkpoints
         self.counters = {"env_steps": 0, "agent_steps": 0, "updates": 0, "episodes": 0, "sim_failures": 0,
                          "train_credit": 0.0, "last_log": 0, "last_eval": 0, "last_video": 0, "last_checkpoint": 0,
@@ -79,7 +103,8 @@ class Trainer:
             # Everything logged at the checkpoint's step was logged before it was saved: keep it.
             purge = self.counters["env_steps"] + 1
         self._wall_base = self.counters["wall_s"]  # the parts before a resume, up to their last checkpoint
-        self.logger = Logger(self.logdir, purge_step=purge)
+        distributed.broadcast_module(self.agent)  # a guard: every rank built or loaded the same parameters
+        self.logger = Logger(self.logdir, purge_step=purge) if self.rank == 0 else NullLogger()
         self.progress = progress
         self.eval_hook: Callable[[], None] | None = None  # set by the caller: what "evaluate" means for the run
         self._bar = None
@@ -87,8 +112,9 @@ class Trainer:
         self._recent_returns: list[float] = []
         self._timer = {"time": time.perf_counter(), "env_steps": self.env_steps, "updates": self.updates}
         counts = self.agent.param_counts()
-        print(f"parameters: {counts['total']:,} ({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != 'total')})",
-              flush=True)
+        if self.rank == 0:
+            print(f"parameters: {counts['total']:,} "
+                  f"({', '.join(f'{k} {v:,}' for k, v in counts.items() if k != 'total')})", flush=True)
         if not resume:
             self.logger.text("config", "```\n" + dump_json(config_to_dict(cfg)) + "\n```")
             self.logger.text("parameters", "\n".join(f"{k}: {v:,}" for k, v in counts.items()))
@@ -140,10 +166,10 @@ class Trainer:
             prefill = self.env_steps < t.prefill
             record, outcome = rollout.step(policy)
             self.replay.add(record)
-            self.counters["env_steps"] += N * repeat
-            self.counters["agent_steps"] += N
+            self.counters["env_steps"] += N * repeat * self.world  # every rank took as many steps
+            self.counters["agent_steps"] += N * self.world
             self._episodes(outcome)
-            if not prefill and self.replay.can_sample(t.batch_length):
+            if not prefill and self.can_train(t.batch_length):
                 self.counters["train_credit"] += N * t.train_ratio / batch_steps
                 while self.counters["train_credit"] >= 1.0:
                     self.counters["train_credit"] -= 1.0
@@ -153,6 +179,13 @@ class Trainer:
                 on_step()
             if self._bar is not None:
                 self._bar.update(N * repeat)
+
+    def can_train(self, length: int) -> bool:
+        """Whether the replay holds a window of ``length`` steps; with several ranks, whether every rank's
+        does (all ranks must take each update together)."""
+        if self.world == 1:
+            return self.replay.can_sample(length)
+        return distributed.all_true(self.replay.can_sample(length))
 
     def _episodes(self, outcome: Outcome) -> None:
         for ret, length in zip(outcome.returns, outcome.lengths):
@@ -188,14 +221,16 @@ class Trainer:
 
     def periodic(self) -> None:
         t, c = self.cfg.train, self.counters
-        if self.env_steps - c["last_log"] >= t.log_every:
-            self.log_now()
-        if self.eval_hook is not None and t.eval_every > 0 and self.env_steps - c["last_eval"] >= t.eval_every:
-            c["last_eval"] = self.env_steps
-            self.eval_hook()
-        if t.video_every > 0 and self.env_steps - c["last_video"] >= t.video_every and self.updates > 0:
-            c["last_video"] = self.env_steps
-            self.video_now()
+        if self.rank == 0:  # other ranks neither log nor evaluate
+            if self.env_steps - c["last_log"] >= t.log_every:
+                self.log_now()
+            if self.eval_hook is not None and t.eval_every > 0 and self.env_steps - c["last_eval"] >= t.eval_every:
+                c["last_eval"] = self.env_steps
+                self.eval_hook()
+            if t.video_every > 0 and self.env_steps - c["last_video"] >= t.video_every and self.updates > 0:
+                c["last_video"] = self.env_steps
+                self.video_now()
+        # Every rank at the same env step (the counters count all ranks): saving gathers their states.
         if t.checkpoint_every > 0 and self.env_steps - c["last_checkpoint"] >= t.checkpoint_every:
             self.save()
 
@@ -230,23 +265,34 @@ class Trainer:
     # ----- checkpoints
 
     def save(self) -> Path:
-        """Write the checkpoint atomically; only then drop replay files it no longer names."""
+        """Write the checkpoint atomically; only then drop replay files it no longer names.
+
+        With several ranks every rank calls this at the same env step: rank 0 writes the checkpoint, with
+        the other ranks' replay states, counters and random states under ``ranks`` (rank r at r - 1)."""
         self.counters["last_checkpoint"] = self.env_steps
         self.counters["wall_s"] = self.wall_s()
         replay_state = self.replay.state_dict()
-        state = {
-            "format": 1, "config": config_to_dict(self.cfg), "signature": self.signature,
-            "agent": self.agent.checkpoint(), "replay": replay_state, "counters": dict(self.counters),
-            "extra": self.extra,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "loop": self.rng.bit_generator.state},
-        }
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+               "loop": self.rng.bit_generator.state}
+        ranks = None
+        if self.world > 1:
+            ranks = distributed.gather_to_rank0({"replay": replay_state, "counters": dict(self.counters), "rng": rng,
+                                                 "generator": self.agent.wm.generator.get_state()})
         path = self.logdir / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
+        if self.rank == 0:
+            state = {
+                "format": 1, "config": config_to_dict(self.cfg), "signature": self.signature,
+                "agent": self.agent.checkpoint(), "replay": replay_state, "counters": dict(self.counters),
+                "extra": self.extra, "rng": rng,
+            }
+            if ranks is not None:
+                state.update(world_size=self.world, ranks=ranks[1:])
+            tmp = path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            with open(tmp, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        distributed.barrier()  # no rank drops replay files before the checkpoint that no longer names them is on disk
         self.replay.collect_garbage(replay_state)
         self.logger.flush()
         return path
@@ -267,14 +313,22 @@ class Trainer:
             fields = "; ".join(f"{k}: checkpoint {u!r}, now {v!r}" for k, u, v in diff)
             raise CheckpointError(f"checkpoint {path} was made with a different config ({fields}); resume with "
                                   "the run's own config.json.")
+        world = state.get("world_size", 1)
+        if world != self.world:
+            command = f"torchrun --nproc_per_node={world} -m agent" if world > 1 else "python -m agent"
+            raise CheckpointError(f"checkpoint {path} was written by a run on {world} process(es), but this one has "
+                                  f"{self.world}; resume it with as many: {command} train ... --resume.")
         load_agent(self.agent, state["agent"], path)
-        self.replay.load_state_dict(state["replay"])
-        self.counters.update(state["counters"])
+        own = state if self.rank == 0 else state["ranks"][self.rank - 1]  # this rank's replay, counters, RNG
+        self.replay.load_state_dict(own["replay"])
+        self.counters.update(own["counters"])
         self.extra = state.get("extra", {})
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["loop"]
+        random.setstate(own["rng"]["python"])
+        np.random.set_state(own["rng"]["numpy"])
+        torch.set_rng_state(own["rng"]["torch"])
+        self.rng.bit_generator.state = own["rng"]["loop"]
+        if self.rank > 0:
+            self.agent.wm.generator.set_state(own["generator"])
 
     def close(self) -> None:
         if self._bar is not None:
@@ -302,9 +356,10 @@ def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.
     trainer = None
     try:
         trainer = Trainer(cfg, env.single_observation_space, env.single_action_space, logdir, resume, progress)
-        # Only once the checkpoint (if any) has been accepted: a refused resume leaves the run as it was.
-        (logdir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1) + "\n")
-        record_start(logdir, resume)
+        if trainer.rank == 0:
+            # Only once the checkpoint (if any) has been accepted: a refused resume leaves the run as it was.
+            (logdir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1) + "\n")
+            record_start(logdir, resume)
         evaluations: list[dict[str, Any]] = []
 
         def run_eval() -> None:
@@ -316,14 +371,14 @@ def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.
                                    trainer.env_steps)
 
         trainer.eval_hook = run_eval
-        if progress:
+        if progress and trainer.rank == 0:
             from tqdm import tqdm
 
             # Redraw at most every 2 s; when stderr is a file (CI, nohup) tqdm prints one line per redraw.
             trainer._bar = tqdm(total=cfg.train.steps, initial=trainer.env_steps, unit="step", dynamic_ncols=True,
                                 desc=cfg.env.spec, mininterval=2.0 if sys.stderr.isatty() else 30.0)
-        trainer.collect(env, cfg.train.steps, seed=cfg.agent.seed + trainer.counters["episodes"])
-        if trainer.counters["last_log"] != trainer.env_steps:
+        trainer.collect(env, cfg.train.steps, seed=trainer.seed + trainer.counters["episodes"])
+        if trainer.rank == 0 and trainer.counters["last_log"] != trainer.env_steps:
             trainer.log_now()
         if eval_env is not None and (not evaluations or evaluations[-1]["env_steps"] != trainer.env_steps):
             run_eval()

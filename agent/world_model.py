@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import AgentConfig, validate
+from .distributed import average_gradients
 from .math_utils import (
     categorical_entropy,
     categorical_kl,
@@ -273,6 +274,8 @@ class WorldModel(nn.Module):
             total, losses, metrics, posterior, last = self.loss(batch, state)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        # Data-parallel runs: average over ranks before the norms and clipping below (no-op in one process).
+        loss_finite = average_gradients(self.parameters(), total)
         norms = {}
         for name, module in self.modules_by_name().items():
             grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -280,7 +283,7 @@ class WorldModel(nn.Module):
             norms[name] = torch.nn.utils.get_total_norm(grads) if grads else zero
         total_norm = torch.linalg.vector_norm(torch.stack(list(norms.values())))
         # A non-finite loss or gradient would poison the parameters and Adam's moments: skip the step.
-        skipped = not bool(torch.isfinite(total_norm) & torch.isfinite(total.detach()))
+        skipped = not bool(torch.isfinite(total_norm) & loss_finite)
         clip = self.cfg.world_model.optim.grad_clip
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)

@@ -40,9 +40,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -55,6 +52,7 @@ import numpy as np
 
 from agent.config import _f, config_from_dict
 
+from . import jobs as sweep
 from .common import write_json
 
 SEQUENCES_DIR = Path(__file__).resolve().parent / "sequences"
@@ -632,9 +630,10 @@ def run_job(job: Job, rundir: Path) -> dict[str, Any]:
 
 def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
     """Write ``job.json``; True when the job still has work to do. A directory holding another job is an
-    error rather than something to overwrite silently."""
-    if fresh and rundir.exists():
-        shutil.rmtree(rundir)
+    error rather than something to overwrite silently. ``fresh`` empties the directory first (keeping the
+    sweep's lock)."""
+    if fresh:
+        sweep.clear(rundir)
     path = rundir / "job.json"
     if path.exists():
         saved = json.loads(path.read_text())
@@ -647,43 +646,23 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
     return True
 
 
-def run_jobs(jobs: list[tuple[Job, Path]], parallel: int) -> list[Path]:
-    """Run jobs in worker processes, ``parallel`` at a time (each ``python -m benchmarks.continual
-    --worker <rundir>``); returns the run directories that failed. If this process is interrupted or
-    terminated, it terminates its workers (their checkpoints stay; the same command resumes them)."""
-    pending, running, failed = list(jobs), {}, []
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM runs the finally below
-    try:
-        _run_jobs(pending, running, failed, parallel)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for proc, _, log in running.values():
-            proc.terminate()
-            proc.wait()
-            log.close()
-    return failed
+def process_job(job: Job, rundir: Path) -> sweep.Job:
+    """The job runner's view of ``job``: ``python -m benchmarks.continual --worker <rundir>`` (which resumes
+    from the run's checkpoint by itself), declaring the run's torch threads as CPUs."""
+    rundir = rundir.resolve()  # a job may start in another directory, or on another machine
+    threads = job.config["train"]["threads"]
+    label = f"{job.kind} {job.sequence['name']}/{job.strategy}/seed_{job.seed}" if job.kind == "continual" else \
+        f"reference {rundir.name}"
+    return sweep.Job(label, str(rundir), ("-m", "benchmarks.continual", "--worker", str(rundir)),
+                     cpus=float(threads if threads > 0 else os.cpu_count() or 1))
 
 
-def _run_jobs(pending: list, running: dict, failed: list, parallel: int) -> None:
-    while pending or running:
-        while pending and len(running) < parallel:
-            job, rundir = pending.pop(0)
-            log = open(rundir / "stdout.log", "a")
-            cmd = [sys.executable, "-m", "benchmarks.continual", "--worker", str(rundir)]
-            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-            running[rundir] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
-            print(f"started {job.kind} {rundir}", flush=True)
-        time.sleep(1.0)
-        for rundir, (proc, start, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[rundir]
-            log.close()
-            if proc.returncode != 0:
-                failed.append(rundir)
-                print(f"FAILED (exit {proc.returncode}): {rundir}; see {rundir / 'stdout.log'}", flush=True)
-            else:
-                print(f"finished {rundir} in {(time.time() - start) / 60:.1f} min", flush=True)
+def run_jobs(planned: list[tuple[Job, Path]], runner: sweep.Runner) -> list[Path]:
+    """Run jobs through the job runner (each ``python -m benchmarks.continual --worker <rundir>``, failed
+    ones again from their checkpoints up to the runner's retries); returns the run directories that still
+    failed. Interrupting this process stops its jobs (their checkpoints stay; the same command resumes them)."""
+    outcomes = runner.run([process_job(job, rundir) for job, rundir in planned])
+    return [rundir for (_, rundir), outcome in zip(planned, outcomes) if not outcome.ok]
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -696,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", nargs="+", default=["reservoir"],
                         help="one or more of fifo, reservoir, mix (each optionally +taskid)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
-    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="worker processes at a time")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="most runs at a time (default: as many as the CPUs hold, one per torch thread)")
     parser.add_argument("--root", default="runs/continual", help="where runs, references and summaries go")
     parser.add_argument("--steps-per-task", type=int, help="replace every task's budget (quick runs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -707,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="only rebuild results, tables and plots")
     parser.add_argument("--list", action="store_true", help="list shipped sequences")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the job in this run directory
+    sweep.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return _main(args)
@@ -730,7 +711,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if not args.sequence:
         raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
-    if args.seeds < 1 or args.parallel < 1:
+    if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
         raise ValueError("--seeds and --parallel must be >= 1.")
     seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
     overrides = tuple(args.set)
@@ -748,8 +729,12 @@ def _main(args: argparse.Namespace) -> int:
             jobs.append((job, job_dir(root, job)))
     failed = []
     if not args.report_only:
-        todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
-        failed = run_jobs(todo, args.parallel)
+        runner = sweep.runner_from_args(args, parallel=args.parallel)
+        # Lock what this sweep may write (finished runs are only read), before --fresh empties anything.
+        writes = [rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]
+        with sweep.locked(writes):
+            todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
+            failed = run_jobs(todo, runner)
     refs = {index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in range(args.seeds)]
             for index in range(len(seq.tasks))} if not args.no_references else {}
     for job, rundir in jobs:

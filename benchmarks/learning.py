@@ -8,8 +8,12 @@
     python -m benchmarks.learning --suite dmc-proprio --tasks walker_walk --set agent.actor_critic.actor_lr=3e-5
     python -m benchmarks.learning --tasks pendulum --seeds 0 1 2    # more seeds of a task
 
-Each task is a real ``python -m agent train`` run in its own process (runs go in parallel, one torch
-thread each, up to ``--parallel``). Seed 0 runs in ``<task>``, seed N in ``<task>-seed<N>``, under the
+Each task is a real ``python -m agent train`` run in its own process, started by the job runner
+(``benchmarks.jobs``): on a Ray started in this process by default (as many runs at once as the CPUs hold
+their torch threads, at most ``--parallel``), on a running Ray cluster with ``--address`` (then ``--rundir``
+must be on storage every node mounts), or one after another without Ray. A run that fails is reported with
+its log's last lines and started again from its checkpoint (``--retries``); run directories are locked while
+a sweep writes them. Seed 0 runs in ``<task>``, seed N in ``<task>-seed<N>``, under the
 suite's run root (``runs/learning``; ``runs/dmc_proprio`` for dmc-proprio). A run directory that already
 holds a finished run is reused (or resumed, when the task now asks for more steps), and an unfinished one
 is resumed from its checkpoint, so an interrupted benchmark picks up where it stopped (``--fresh`` starts
@@ -36,14 +40,13 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import jobs
 from .common import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,29 +190,28 @@ def check_config(task: Task, seed: int, rundir: Path) -> None:
                          f"({'; '.join(diff)}); pass --fresh to retrain it, or move it away")
 
 
-def run_task(task: Task, seed: int, rundir: Path, fresh: bool) -> subprocess.Popen | None:
-    """Start the training run (None when a finished run of at least the task's steps is already there).
-    A run that stopped early, or finished fewer steps than the task now asks for, is resumed. A run
-    configured differently from the task is an error unless ``fresh``."""
+def run_task(task: Task, seed: int, rundir: Path, fresh: bool, gpus: float = 1.0) -> jobs.Job | None:
+    """The job that trains ``task`` with ``seed`` in ``rundir`` (None when a finished run of at least the
+    task's steps is already there). A run that stopped early, or finished fewer steps than the task now asks
+    for, is resumed: the job resumes whenever ``rundir`` holds a checkpoint when it starts (a retry after a
+    crash too). A run configured differently from the task is an error unless ``fresh``, which empties
+    ``rundir``. A run on CUDA declares ``gpus`` of a GPU; every run declares its torch threads as CPUs."""
     if not fresh:
         check_config(task, seed, rundir)
     if not fresh and (rundir / "done.json").exists() and run_steps(rundir) >= task.steps:
         return None
-    if fresh and rundir.exists():
-        import shutil
-
-        shutil.rmtree(rundir)
-    resume = (rundir / "checkpoint.pt").exists()
-    cmd = [sys.executable, "-m", "agent", "train", "--logdir", str(rundir), "--no-progress"]
-    if resume:
-        cmd += ["--resume", "--steps", str(task.steps)]
-    else:
-        cmd += ["--env", task.spec, "--preset", task.preset, "--steps", str(task.steps),
-                *(["--seed", str(seed)] if seed else []), "--set", f"env.obs={task.obs}", *task.overrides]
+    if fresh:
+        jobs.clear(rundir)
+    rundir = rundir.resolve()  # a job may start in another directory, or on another machine
+    base = ("-m", "agent", "train", "--logdir", str(rundir), "--no-progress")
+    fresh_argv = (*base, "--env", task.spec, "--preset", task.preset, "--steps", str(task.steps),
+                  *(["--seed", str(seed)] if seed else []), "--set", f"env.obs={task.obs}", *task.overrides)
+    cfg = task_config(task, seed)
+    threads = cfg["train"]["threads"]
     rundir.mkdir(parents=True, exist_ok=True)
-    log = open(rundir / "stdout.log", "a")
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return jobs.Job(run_name(task, seed), str(rundir), fresh_argv, (*base, "--resume", "--steps", str(task.steps)),
+                    cpus=float(threads if threads > 0 else os.cpu_count() or 1),
+                    gpus=gpus if cfg["agent"]["device"].startswith("cuda") else 0.0)
 
 
 def run_steps(rundir: Path) -> int:
@@ -427,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="*", help="run only these task names of the suite")
     parser.add_argument("--rundir", default=None,
                         help="where the training runs go (default runs/learning; runs/dmc_proprio for dmc-proprio)")
-    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at a time")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="most runs at a time (default: as many as the CPUs hold, one per torch thread)")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
     parser.add_argument("--out", default=None,
                         help="results JSON (default results/learning_<suite>.json, dashes as underscores)")
@@ -439,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides added to every task, for an ablation; its runs go to "
                              "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
+    jobs.add_arguments(parser)
     args = parser.parse_args(argv)
     tasks, variant = select_tasks(parser, args.suite, args.tasks, args.set)
     out = Path(args.out or f"results/learning_{args.suite.replace('-', '_')}{variant}.json")
@@ -447,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(o.startswith("agent.seed=") for o in args.set):
         parser.error("give seeds with --seeds, not --set agent.seed=...")
 
-    pending, running = ([] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]), {}
+    pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
     # Before any run starts: every run this call would reuse or resume, and every finished one the results
     # gather, must match its task (those that --fresh retrains aside).
     checked = {root / run_name(t, seed): (t, seed) for t, seed in pending}
@@ -460,28 +464,13 @@ def main(argv: list[str] | None = None) -> int:
                 check_config(task, seed, rundir)
     except ValueError as err:
         parser.error(str(err))
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            task, seed = pending.pop(0)
-            name = run_name(task, seed)
-            proc = run_task(task, seed, root / name, args.fresh)
-            if proc is not None:
-                running[name] = (proc, time.time(), task.steps)
-                print(f"started {name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
-        time.sleep(5)
-        for name, (proc, start, steps) in list(running.items()):
-            rundir = root / name
-            if proc.poll() is None:
-                continue
-            del running[name]
-            if proc.returncode != 0:
-                print(f"{name} failed (exit {proc.returncode}); see {rundir / 'stdout.log'}", flush=True)
-                return 1
-            # A run extended to more steps adds this part's time to the earlier parts'.
-            done = rundir / "done.json"
-            earlier = json.loads(done.read_text())["wall_s"] if done.exists() else 0.0
-            done.write_text(json.dumps({"wall_s": earlier + time.time() - start, "steps": steps}))
-            print(f"finished {name} in {(time.time() - start) / 60:.1f} min", flush=True)
+    try:
+        failed = run_pending(pending, root, args)
+    except ValueError as err:  # a run directory another sweep is writing, a bad runner option
+        parser.error(str(err))
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them", flush=True)
+        return 1
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one
     # more seed adds to the results file instead of replacing it.
@@ -497,6 +486,33 @@ def main(argv: list[str] | None = None) -> int:
         passed = write_threshold_results(out, header, runs)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0 if passed else 1
+
+
+def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Namespace) -> list[str]:
+    """Train every (task, seed) of ``pending`` that still needs it, through the job runner, holding the
+    sweep lock of their run directories; returns the names of the runs that failed. Each run that finishes
+    writes its ``done.json``: its steps, and its wall time added to that of the parts before (a run extended
+    to more steps), every attempt of this call counted."""
+    if not pending:
+        return []
+    runner = jobs.runner_from_args(args, parallel=args.parallel)
+    steps = {}
+    with jobs.locked([root / run_name(task, seed) for task, seed in pending]):
+        planned = []
+        for task, seed in pending:
+            job = run_task(task, seed, root / run_name(task, seed), args.fresh, args.gpus_per_job)
+            if job is not None:
+                planned.append(job)
+                steps[job.rundir] = task.steps
+                print(f"run {job.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
+
+        def finished(outcome: jobs.Outcome) -> None:
+            done = Path(outcome.job.rundir) / "done.json"
+            earlier = json.loads(done.read_text())["wall_s"] if done.exists() else 0.0
+            done.write_text(json.dumps({"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]}))
+
+        outcomes = runner.run(planned, on_success=finished)
+    return [o.job.name for o in outcomes if not o.ok]
 
 
 def write_threshold_results(out: Path, header: dict, runs: list[dict]) -> bool:

@@ -22,7 +22,7 @@ def imported_roots(package: str) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("package,forbidden", [("envs", {"torch", "agent", "benchmarks"}),
-                                               ("agent", {"benchmarks"})])
+                                               ("agent", {"benchmarks", "ray"})])
 def test_package_does_not_import(package, forbidden):
     for path, roots in imported_roots(package).items():
         assert not roots & forbidden, f"{path} imports {roots & forbidden}"

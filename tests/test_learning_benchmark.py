@@ -1,4 +1,5 @@
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -160,7 +161,7 @@ def test_the_dmc_proprio_command_writes_results_plot_and_readme_section(tmp_path
     import benchmarks.readme as readme
 
     started = []
-    monkeypatch.setattr(learning.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    monkeypatch.setattr(learning.jobs, "run_attempt", lambda job, cwd: started.append(job))
     monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
     monkeypatch.setattr(learning, "machine_info", lambda: {"cpu_count": 2})
     _fake_curves(tmp_path, monkeypatch, 790.0)
@@ -210,8 +211,6 @@ def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, 
 
     import benchmarks.learning as learning
 
-    started = []
-    monkeypatch.setattr(learning.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or "proc")
     run = tmp_path / "p"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"step": 40}) + "\n" + json.dumps({"step": 50}) + "\n")
@@ -219,13 +218,22 @@ def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, 
     (run / "checkpoint.pt").write_bytes(b"")
     assert learning.run_steps(run) == 50
     task = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "")
-    assert learning.run_task(task, 0, run, fresh=False) is None and not started
+    assert learning.run_task(task, 0, run, fresh=False) is None
     longer = Task("p", "gym:Pendulum-v1", "state", "debug", 80, 0.0, "")
-    assert learning.run_task(longer, 0, run, fresh=False) == "proc"
-    assert "--resume" in started[0] and started[0][started[0].index("--steps") + 1] == "80"
-    # A fresh seed-3 run passes its seed; an ablation's train.steps sets the task's budget.
-    learning.run_task(task, 3, tmp_path / "p-seed3", fresh=False)
-    assert started[1][started[1].index("--seed") + 1] == "3"
+    cmd = learning.run_task(longer, 0, run, fresh=False).command()
+    assert "--resume" in cmd and cmd[cmd.index("--steps") + 1] == "80"
+    # A fresh seed-3 run passes its seed, and resumes once it has a checkpoint (a retry after a crash).
+    job = learning.run_task(task, 3, tmp_path / "p-seed3", fresh=False)
+    assert job.command()[job.command().index("--seed") + 1] == "3" and "--resume" not in job.command()
+    assert job.gpus == 0.0 and Path(job.rundir).is_absolute()
+    import os
+
+    assert job.cpus == os.cpu_count()  # the debug preset's train.threads=0: all of them
+    one = learning.run_task(replace(task, overrides=["train.threads=1"]), 4, tmp_path / "p-seed4", fresh=False)
+    assert one.cpus == 1.0
+    (tmp_path / "p-seed3" / "checkpoint.pt").write_bytes(b"")
+    assert "--resume" in job.command()
+    # An ablation's train.steps sets the task's budget.
     import argparse
 
     (tuned,), _ = learning.select_tasks(argparse.ArgumentParser(), "cpu", ["pendulum"], ["train.steps=1234"])
@@ -240,8 +248,6 @@ def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path
 
     import benchmarks.learning as learning
 
-    started = []
-    monkeypatch.setattr(learning.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or "proc")
     monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
     task = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=1e-4"])
     run = tmp_path / "p"
@@ -267,9 +273,8 @@ def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path
         learning.run_task(changed, 0, run, fresh=False)
     with pytest.raises(ValueError, match="critic_lr"):
         learning.finished_runs(tmp_path, [changed])
-    assert not started
-    assert learning.run_task(changed, 0, run, fresh=True) == "proc"  # --fresh: the old run is cleared, not resumed
-    assert "--resume" not in started[0] and not (run / "config.json").exists()
+    job = learning.run_task(changed, 0, run, fresh=True)  # --fresh: the old run is cleared, not resumed
+    assert "--resume" not in job.command() and not (run / "config.json").exists()
 
 
 def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch):
@@ -286,24 +291,16 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
     new = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=3e-4"])
     started = []
 
-    class FakeRun:  # stands in for `python -m agent train`: writes what a finished run leaves behind
-        returncode = 0
+    def fake_run(job, cwd):  # stands in for `python -m agent train`: writes what a finished run leaves behind
+        cmd = job.command()
+        started.append(cmd)
+        logdir = Path(cmd[cmd.index("--logdir") + 1])
+        (logdir / "config.json").write_text(json.dumps(learning.task_config(new, 0)))
+        (logdir / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval/return": 2.0}) + "\n")
+        return {"returncode": 0, "wall_s": 3.0}
 
-        def __init__(self, cmd, **kw):
-            started.append(cmd)
-            logdir = Path(cmd[cmd.index("--logdir") + 1])
-            (logdir / "config.json").write_text(json.dumps(learning.task_config(new, 0)))
-            (logdir / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval/return": 2.0}) + "\n")
-
-        def poll(self):
-            return 0
-
-    # The patch replaces subprocess.Popen for everyone: let matplotlib build its font cache (it runs fc-list) first.
-    import matplotlib.font_manager  # noqa: F401
-
-    monkeypatch.setattr(learning.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(learning.jobs, "run_attempt", fake_run)
     monkeypatch.setattr(learning, "trivial_returns", lambda task: {})
-    monkeypatch.setattr(learning.time, "sleep", lambda s: None)
     monkeypatch.setattr(learning, "machine_info", dict)  # it runs git through subprocess
     monkeypatch.setitem(learning.SUITES, "cpu", [new])
     run = tmp_path / "runs" / "p"
@@ -311,7 +308,7 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
     (run / "config.json").write_text(json.dumps(learning.task_config(old, 0)))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval/return": 1.0}) + "\n")
     (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 50}))
-    args = ["--rundir", str(tmp_path / "runs"), "--out", str(tmp_path / "out.json")]
+    args = ["--rundir", str(tmp_path / "runs"), "--out", str(tmp_path / "out.json"), "--no-ray"]
     with pytest.raises(SystemExit):
         learning.main(args)
     assert not started and not (tmp_path / "out.json").exists()
@@ -327,4 +324,5 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
     shutil.rmtree(tmp_path / "runs" / "p-seed1")
     assert learning.main([*args, "--fresh"]) == 0
     assert len(started) == 1 and "--resume" not in started[0]
+    assert json.loads((run / "done.json").read_text()) == {"wall_s": 3.0, "steps": 50}
     assert [r["final_return"] for r in json.loads((tmp_path / "out.json").read_text())["runs"]] == [2.0]
