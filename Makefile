@@ -78,7 +78,7 @@ bench-learning: $(STAMP)
 	$(BIN)/python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
 
 # The DMC proprio suite against DreamerV3's curves (README): six DMC state tasks x 100,000 env steps x seeds 0 1,
-# two runs at a time, about 2 hours per run on one core (about 12 hours on 2 cores). Rerun to resume: finished
+# two runs at a time, 25,000 updates per run (hours each on one core). Rerun to resume: finished
 # runs are reused, unfinished ones continue from their last checkpoint. Exits 1 while a task is below DreamerV3.
 # Then `make readme` renders the README's table from results/learning_dmc_proprio.json.
 bench-dmc-proprio: $(STAMP)
@@ -93,9 +93,10 @@ bench-continual: $(STAMP)
 	$(BIN)/python -m benchmarks.continual --sequence cartpole-shift --strategy fifo reservoir mix \
 		--seeds $(CONTINUAL_SEEDS) --parallel $(CONTINUAL_PARALLEL) --out results/continual_cartpole-shift.json
 
-# What the world models of trained checkpoints know; default: the learning benchmark's cartpole-balance runs
-# (state; pixels with the patch and the CNN encoder) on the same random-policy episodes (make bench-learning first).
-INSIGHT_CHECKPOINTS ?= runs/learning/cartpole_balance/checkpoint.pt runs/learning/cartpole_balance_pixels_patch/checkpoint.pt runs/learning/cartpole_balance_pixels_cnn/checkpoint.pt
+# What the world models of trained checkpoints know; default: the learning benchmarks' cartpole-balance runs
+# (state: the DMC proprio suite's, make bench-dmc-proprio; pixels with the patch and the CNN encoder: the cpu-pixels
+# suite's, make bench-learning) on the same random-policy episodes.
+INSIGHT_CHECKPOINTS ?= runs/dmc_proprio/cartpole_balance/checkpoint.pt runs/learning/cartpole_balance_pixels_patch/checkpoint.pt runs/learning/cartpole_balance_pixels_cnn/checkpoint.pt
 INSIGHT_LABELS ?= state pixels-patch pixels-cnn
 bench-insight: $(STAMP)
 	$(BIN)/python -m benchmarks.insight --checkpoint $(INSIGHT_CHECKPOINTS) --label $(INSIGHT_LABELS) \

@@ -79,6 +79,7 @@ class Trainer:
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
         self.signature = space_signature(obs_space, act_space)
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        self._all_can_train = False
         torch.manual_seed(cfg.agent.seed)  # the same on every rank: identical initial parameters
         np.random.seed(cfg.agent.seed)
         random.seed(cfg.agent.seed)
@@ -178,14 +179,16 @@ class Trainer:
             if on_step is not None:
                 on_step()
             if self._bar is not None:
-                self._bar.update(N * repeat)
+                self._bar.update(N * repeat * self.world)
 
     def can_train(self, length: int) -> bool:
         """Whether the replay holds a window of ``length`` steps; with several ranks, whether every rank's
         does (all ranks must take each update together)."""
         if self.world == 1:
             return self.replay.can_sample(length)
-        return distributed.all_true(self.replay.can_sample(length))
+        if not self._all_can_train:  # replays only grow: once every rank can sample, no more collectives
+            self._all_can_train = distributed.all_true(self.replay.can_sample(length))
+        return self._all_can_train
 
     def _episodes(self, outcome: Outcome) -> None:
         for ret, length in zip(outcome.returns, outcome.lengths):

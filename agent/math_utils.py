@@ -30,6 +30,14 @@ def symlog_bins(num: int = 255, bin_range: float = 20.0, device: torch.device | 
     return torch.cat([half, -half[:-1].flip(0)])
 
 
+def _twohot_weights(x: Tensor, bins: Tensor) -> tuple[Tensor, Tensor]:
+    """The lower of the two bins around each ``x`` (clamped into the range) and the upper one's weight."""
+    K = bins.shape[0]
+    x = x.clamp(bins[0], bins[-1])
+    below = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, K - 2)  # (...)
+    return below, (x - bins[below]) / (bins[below + 1] - bins[below])
+
+
 def twohot_encode(x: Tensor, bins: Tensor) -> Tensor:
     """Two-hot encoding of `x` (..., ) onto sorted `bins` (K,) -> (..., K).
 
@@ -37,12 +45,8 @@ def twohot_encode(x: Tensor, bins: Tensor) -> Tensor:
     neighbouring bins get weights proportional to closeness, so the expected bin value equals x
     inside the range; values outside the range go entirely to the end bin.
     """
-    K = bins.shape[0]
-    x = x.clamp(bins[0], bins[-1])
-    below = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, K - 2)  # (...)
-    lo, hi = bins[below], bins[below + 1]
-    w_hi = (x - lo) / (hi - lo)
-    out = torch.zeros(*x.shape, K, dtype=x.dtype, device=x.device)
+    below, w_hi = _twohot_weights(x, bins)
+    out = torch.zeros(*x.shape, bins.shape[0], dtype=x.dtype, device=x.device)
     out.scatter_(-1, below.unsqueeze(-1), (1.0 - w_hi).unsqueeze(-1))
     out.scatter_add_(-1, (below + 1).unsqueeze(-1), w_hi.unsqueeze(-1))
     return out
@@ -67,10 +71,7 @@ def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
     Only the two target bins have weight, so it is logsumexp(logits) minus their weighted logits: the
     same number as the dense sum over K, without building the (..., K) two-hot tensor.
     """
-    K = bins.shape[0]
-    x = symlog(target.float()).clamp(bins[0], bins[-1])
-    below = (torch.searchsorted(bins, x.contiguous(), right=True) - 1).clamp(0, K - 2)  # (...)
-    w_hi = (x - bins[below]) / (bins[below + 1] - bins[below])
+    below, w_hi = _twohot_weights(symlog(target.float()), bins)
     logits = logits.float()
     picked = logits.gather(-1, torch.stack([below, below + 1], -1))  # (..., 2)
     return torch.logsumexp(logits, -1) - ((1.0 - w_hi) * picked[..., 0] + w_hi * picked[..., 1])

@@ -145,7 +145,8 @@ def run(cmd: list[str], follower: MetricsFollower, threshold: float, stop_at_thr
     env = {**os.environ}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as make train exports them
     env.setdefault("MUJOCO_GL", "egl")
-    proc = subprocess.Popen(cmd, env=env)
+    # A command started in the background inherits SIGINT as ignored; the run must still stop on SIGINT.
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     curve, stopped = [], False
 
     def read() -> None:

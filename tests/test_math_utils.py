@@ -71,6 +71,19 @@ def test_symlog_twohot_loss_is_entropy_of_the_target():
     torch.testing.assert_close(symlog_twohot_loss(uniform, target, bins), torch.tensor([math.log(3.0)]))
 
 
+def test_symlog_twohot_loss_and_decode_match_their_dense_definitions():
+    """The loss reads only the two target bins and the decode pairs mirrored bins; both must equal the dense
+    sums over all K bins, with targets beyond the range on the end bin."""
+    bins = symlog_bins(255)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 255, generator=g) * 3
+    target = torch.cat([torch.randn(60, generator=g) * 30, torch.tensor([0.0, 1e12, -1e12, 2.5])])
+    dense = -(twohot_encode(symlog(target), bins) * torch.log_softmax(logits, -1)).sum(-1)
+    torch.testing.assert_close(symlog_twohot_loss(logits, target, bins), dense, rtol=1e-5, atol=1e-5)
+    probs = torch.softmax(logits, -1)
+    torch.testing.assert_close(twohot_decode(logits, bins), symexp((probs * bins).sum(-1)), rtol=1e-4, atol=1e-4)
+
+
 def test_lambda_return_three_steps_by_hand():
     # discount 0.9, lambda 0.5; value[0] is unused; v_1 = 10, v_2 = 20, bootstrap v_3 = 30.
     reward = torch.tensor([1.0, 2.0, 3.0])
