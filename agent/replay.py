@@ -73,6 +73,7 @@ class Replay:
         self.next_fifo = 0
         self.chunks_seen = 0
         self.steps_added = 0
+        self._successor: np.ndarray | None = None  # `_successors` until a chunk is opened, closed or loaded
 
     # ----- writing
 
@@ -100,6 +101,8 @@ class Replay:
                 raise ValueError(f"replay step {key!r} has shape {value.shape}, expected "
                                  f"{(self.streams, *self.data[key].shape[2:])}.")
             self.data[key][rows, index] = value
+        if np.any(index == 0):  # a chunk starts being held
+            self._successor = None
         self.filled[rows] += 1
         self.steps_added += self.streams
         for stream in np.flatnonzero(self.filled[rows] == self.chunk):
@@ -117,6 +120,7 @@ class Replay:
         self.filled[row] = 0
         self.closed[stream] += 1
         self.labels[row] = (stream, self.closed[stream])
+        self._successor = None
 
     def _choose_slot(self) -> int | None:
         self.chunks_seen += 1
@@ -139,7 +143,13 @@ class Replay:
         return bool(np.any(self.filled >= length))
 
     def _successors(self) -> np.ndarray:
-        """(rows,) the row holding the chunk that follows each row's chunk in its stream, or -1."""
+        """(rows,) the row holding the chunk that follows each row's chunk in its stream, or -1. It changes
+        only when a chunk starts being held, is closed or is loaded, so it is kept until then."""
+        if self._successor is None:
+            self._successor = self._find_successors()
+        return self._successor
+
+    def _find_successors(self) -> np.ndarray:
         successor = np.full(len(self.filled), -1, np.int64)
         held = np.flatnonzero((self.filled > 0) & (self.labels[:, 0] >= 0))
         if len(held) == 0:
@@ -239,6 +249,7 @@ class Replay:
         self.next_fifo, self.chunks_seen = state["next_fifo"], state["chunks_seen"]
         self.steps_added = state["steps_added"]
         self.rng.bit_generator.state = state["rng"]
+        self._successor = None
         self.collect_garbage(state)
 
     def collect_garbage(self, state: dict[str, Any]) -> None:

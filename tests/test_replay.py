@@ -66,6 +66,21 @@ def test_fifo_draws_every_stored_step_about_equally_often(steps):
     assert counts[:, : steps - held].sum() == 0
 
 
+@pytest.mark.parametrize("policy", ["fifo", "reservoir"])
+def test_the_kept_successor_map_is_always_the_one_the_chunks_give(tmp_path, policy):
+    """Sampling keeps the map of which chunk follows which between calls: after every add (chunks open, close
+    and are overwritten) and after a resume it must equal the map computed afresh."""
+    replay = Replay(capacity=60, chunk=10, policy=policy, directory=tmp_path, seed=1)
+    for t in range(150):
+        fill(replay, 1, start=t)
+        if replay.can_sample(8):
+            replay.sample(2, 8)
+        np.testing.assert_array_equal(replay._successors(), replay._find_successors())
+    restored = Replay(capacity=60, chunk=10, policy=policy, directory=tmp_path, seed=2)
+    restored.load_state_dict(replay.state_dict())
+    np.testing.assert_array_equal(restored._successors(), replay._find_successors())
+
+
 def test_reservoir_windows_never_join_chunks_that_were_not_consecutive():
     replay = Replay(capacity=400, chunk=10, policy="reservoir", seed=1)
     fill(replay, 2000, streams=1)
