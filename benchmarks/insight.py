@@ -160,6 +160,37 @@ def make_windows(episodes: list[Episode], context: int, horizon: int, starts: in
 # --------------------------------------------------------------------------------------------- open loop
 
 
+def _prediction_errors(pred: dict, recon: dict, data: dict, context: int, frames: bool) -> dict:
+    """Per step after ``context`` (N, H): the imagined predictions' errors, and those of copying the last
+    observed step and of decoding the posterior; with ``frames`` the model's video (see `openloop_windows`)."""
+    import torch
+
+    from agent.math_utils import symlog
+
+    out = {}
+    reward = data["reward"]
+    out["reward_abs"] = (pred["reward"] - reward[:, context:]).abs()
+    out["reward_abs_copy"] = (reward[:, context - 1 : context] - reward[:, context:]).abs()
+    out["reward_abs_posterior"] = (recon["reward"][:, context:] - reward[:, context:]).abs()
+    if "image" in pred:
+        truth = data["image"].float() / 255.0  # (N, T, h, w, 3)
+        future = truth[:, context:]
+        out["image_mse"] = (pred["image"] - future).square().mean((-3, -2, -1))
+        out["image_mse_copy"] = (truth[:, context - 1 : context] - future).square().mean((-3, -2, -1))
+        out["image_mse_posterior"] = (recon["image"][:, context:] - future).square().mean((-3, -2, -1))
+        if frames:
+            video = torch.cat([recon["image"][:, :context], pred["image"]], 1)  # (N, T, h, w, 3)
+            out["model_frames"] = (video * 255).round().clamp(0, 255).to(torch.uint8)
+    if "state" in pred:
+        state = data["state"]
+        future = state[:, context:]
+        for name, p in [("", pred["state"]), ("_copy", state[:, context - 1 : context].expand_as(future)),
+                        ("_posterior", recon["state"][:, context:])]:
+            out[f"state_mse{name}"] = (p - future).square().mean(-1)
+            out[f"state_mse_symlog{name}"] = (symlog(p) - symlog(future)).square().mean(-1)
+    return out
+
+
 def openloop_windows(wm: Any, batch: dict[str, np.ndarray], context: int, sample: bool = True,
                      keep: tuple[int, ...] = (), frames: bool = False) -> dict[str, np.ndarray]:
     """Observe the first ``context`` steps of each window, imagine the rest with the true actions.
@@ -177,7 +208,7 @@ def openloop_windows(wm: Any, batch: dict[str, np.ndarray], context: int, sample
     """
     import torch
 
-    from agent.math_utils import categorical_kl, symlog
+    from agent.math_utils import categorical_kl
 
     N, T = batch["is_first"].shape
     H = T - context
@@ -200,27 +231,7 @@ def openloop_windows(wm: Any, batch: dict[str, np.ndarray], context: int, sample
         pred = wm.decode(rssm.features({"deter": deter[:, 1:], "stoch": stoch[:, 1:]}))  # (N, H, ...)
         recon = wm.decode(rssm.features(posterior))  # (N, T, ...)
 
-        out = {"kl": kl}
-        reward = data["reward"]
-        out["reward_abs"] = (pred["reward"] - reward[:, context:]).abs()
-        out["reward_abs_copy"] = (reward[:, context - 1 : context] - reward[:, context:]).abs()
-        out["reward_abs_posterior"] = (recon["reward"][:, context:] - reward[:, context:]).abs()
-        if "image" in pred:
-            truth = data["image"].float() / 255.0  # (N, T, h, w, 3)
-            future = truth[:, context:]
-            out["image_mse"] = (pred["image"] - future).square().mean((-3, -2, -1))
-            out["image_mse_copy"] = (truth[:, context - 1 : context] - future).square().mean((-3, -2, -1))
-            out["image_mse_posterior"] = (recon["image"][:, context:] - future).square().mean((-3, -2, -1))
-            if frames:
-                video = torch.cat([recon["image"][:, :context], pred["image"]], 1)  # (N, T, h, w, 3)
-                out["model_frames"] = (video * 255).round().clamp(0, 255).to(torch.uint8)
-        if "state" in pred:
-            state = data["state"]
-            future = state[:, context:]
-            for name, p in [("", pred["state"]), ("_copy", state[:, context - 1 : context].expand_as(future)),
-                            ("_posterior", recon["state"][:, context:])]:
-                out[f"state_mse{name}"] = (p - future).square().mean(-1)
-                out[f"state_mse_symlog{name}"] = (symlog(p) - symlog(future)).square().mean(-1)
+        out = {"kl": kl, **_prediction_errors(pred, recon, data, context, frames)}
         out["deter"] = deter[:, list(keep)]  # (N, len(keep), D)
         out["stoch"] = stoch[:, list(keep)].flatten(2)  # (N, len(keep), S*K)
     return {k: v.float().cpu().numpy() if v.dtype != torch.uint8 else v.cpu().numpy() for k, v in out.items()}

@@ -423,6 +423,18 @@ def select_tasks(parser: argparse.ArgumentParser, suite: str, names: list[str] |
             for t in tasks], variant
 
 
+def check_runs_before_start(pending: list[tuple[Task, int]], suite: list[Task], root: Path, fresh: bool) -> None:
+    """Before any run starts: every run this call would reuse or resume, and every finished one the results
+    gather, must match its task (those that ``fresh`` retrains aside); ValueError names the first that does not."""
+    checked = {root / run_name(t, seed): (t, seed) for t, seed in pending}
+    checked.update({rundir: (t, seed) for t in suite for seed, rundir in seed_dirs(root, t)
+                    if (rundir / "done.json").exists()})
+    retrained = {root / run_name(t, seed) for t, seed in pending} if fresh else set()
+    for rundir, (task, seed) in checked.items():
+        if rundir not in retrained:
+            check_config(task, seed, rundir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=list(SUITES), default="cpu", help="which tasks to run")
@@ -452,21 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give seeds with --seeds, not --set agent.seed=...")
 
     pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
-    # Before any run starts: every run this call would reuse or resume, and every finished one the results
-    # gather, must match its task (those that --fresh retrains aside).
-    checked = {root / run_name(t, seed): (t, seed) for t, seed in pending}
-    checked.update({rundir: (t, seed) for t in select_tasks(parser, args.suite, None, args.set)[0]
-                    for seed, rundir in seed_dirs(root, t) if (rundir / "done.json").exists()})
-    retrained = {root / run_name(t, seed) for t, seed in pending} if args.fresh else set()
     try:
-        for rundir, (task, seed) in checked.items():
-            if rundir not in retrained:
-                check_config(task, seed, rundir)
-    except ValueError as err:
-        parser.error(str(err))
-    try:
+        check_runs_before_start(pending, select_tasks(parser, args.suite, None, args.set)[0], root, args.fresh)
         failed = run_pending(pending, root, args)
-    except ValueError as err:  # a run directory another sweep is writing, a bad runner option
+    except ValueError as err:  # a run unlike its task, a directory another sweep is writing, a bad runner option
         parser.error(str(err))
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them", flush=True)

@@ -459,8 +459,7 @@ def _equivalence_line(r: dict[str, Any]) -> str | None:
             f"compared, {len(eq['only_in_current'])} only in current, {len(eq['only_in_baseline'])} only in baseline")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point; see the module docstring."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["debug", "small"])
     p.add_argument("--encoders", nargs="+", default=["patch", "cnn"], choices=["patch", "cnn"])
@@ -490,33 +489,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every configuration)")
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if (args.baseline or args.profile or args.obs != "pixels" or args.action_dim) and not args.agent:
-        p.error("--baseline, --profile, --obs and --action-dim need --agent")
+    return p
 
-    if args.child:
-        spec = json.loads(args.child)
-        if spec.get("threads"):
-            torch.set_num_threads(spec["threads"])
-        runner = {"rssm_loop": run_rssm_loop, "agent_update": speed_child.run, "update": run_update}[spec["mode"]]
-        result = runner(spec)
-        print(json.dumps(result))
-        return
 
-    if args.params_only:
-        counts = {f"{name}/{enc}": _build({"preset": name, "device": "cpu", "encoder": enc}).param_counts()
-                  for name in args.presets for enc in args.encoders}
-        for key, c in counts.items():
-            print(f"{key:12} " + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in c.items()), flush=True)
-        if args.out:
-            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-            with open(args.out, "w") as f:
-                report = {"machine": {"cpu": _machine("cpu")}, "argv": [sys.argv[1:]],
-                          "obs": "image 64x64x3", "action_dim": 6, "param_counts": counts}
-                json.dump(report, f, indent=1)
-        return
+def _run_child(spec: dict[str, Any]) -> None:
+    """Inside a child process: run one spec and print its JSON result as the last stdout line."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    runner = {"rssm_loop": run_rssm_loop, "agent_update": speed_child.run, "update": run_update}[spec["mode"]]
+    print(json.dumps(runner(spec)))
 
-    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+def _write(report: dict[str, Any], out: str | None) -> None:
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+def _params_only(args: argparse.Namespace) -> None:
+    """Print (and write) the parameter counts of every preset and encoder, without timing."""
+    counts = {f"{name}/{enc}": _build({"preset": name, "device": "cpu", "encoder": enc}).param_counts()
+              for name in args.presets for enc in args.encoders}
+    for key, c in counts.items():
+        print(f"{key:12} " + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in c.items()), flush=True)
+    _write({"machine": {"cpu": _machine("cpu")}, "argv": [sys.argv[1:]], "obs": "image 64x64x3", "action_dim": 6,
+            "param_counts": counts}, args.out)
+
+
+def _specs(args: argparse.Namespace, devices: list[str]) -> list[dict[str, Any]]:
+    """One spec per device, preset, encoder and decoder (or per device and preset for --rssm-loop)."""
     shapes = _shapes(args.shape)
     specs = []
     for device in devices:
@@ -536,6 +538,11 @@ def main(argv: list[str] | None = None) -> None:
                                       "check_updates": args.check_updates})
                     else:
                         specs.append({**base, "mode": "update", "encoder": enc, "decoder": dec})
+    return specs
+
+
+def _new_report(args: argparse.Namespace, devices: list[str]) -> dict[str, Any]:
+    """The results JSON to fill: machine and argv, and with --append the results already in --out."""
     report = {"machine": {d: _machine(d) for d in devices}, "argv": [sys.argv[1:]], "results": []}
     if args.append and args.out and os.path.exists(args.out):
         with open(args.out) as f:
@@ -544,6 +551,11 @@ def main(argv: list[str] | None = None) -> None:
                   "results": old["results"]}
     if args.agent:
         report["code"] = current_code()
+    return report
+
+
+def _run_specs(args: argparse.Namespace, specs: list[dict[str, Any]], report: dict[str, Any]) -> None:
+    """Time every spec (against the baseline's worktree too, with --baseline), writing after each one."""
     if args.baseline:  # so that a killed run still removes its worktree (the context manager's finally)
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with ExitStack() as stack:
@@ -567,10 +579,22 @@ def main(argv: list[str] | None = None) -> None:
             if args.agent and _equivalence_line(result):
                 print(f"    {_equivalence_line(result)}", flush=True)
             report["results"].append(result)
-            if args.out:
-                os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-                with open(args.out, "w") as f:
-                    json.dump(report, f, indent=1)
+            _write(report, args.out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point; see the module docstring."""
+    p = _parser()
+    args = p.parse_args(argv)
+    if (args.baseline or args.profile or args.obs != "pixels" or args.action_dim) and not args.agent:
+        p.error("--baseline, --profile, --obs and --action-dim need --agent")
+    if args.child:
+        _run_child(json.loads(args.child))
+    elif args.params_only:
+        _params_only(args)
+    else:
+        devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        _run_specs(args, _specs(args, devices), _new_report(args, devices))
 
 
 if __name__ == "__main__":
