@@ -71,7 +71,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, obs_space: gym.spaces.Dict, act_space: gym.Space, logdir: str | Path,
                  resume: bool = False, progress: bool = True):
-        self._wall_start = time.perf_counter()
+        self._wall_start, self._cpu_start = time.perf_counter(), time.process_time()
         self.cfg = cfg
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -97,13 +97,14 @@ class Trainer:
         self.extra: dict[str, Any] = {}  # a caller's own progress (e.g. a task sequence), saved in checkpoints
         self.counters = {"env_steps": 0, "agent_steps": 0, "updates": 0, "episodes": 0, "sim_failures": 0,
                          "train_credit": 0.0, "last_log": 0, "last_eval": 0, "last_video": 0, "last_checkpoint": 0,
-                         "wall_s": 0.0}  # wall_s: as of the last checkpoint
+                         "wall_s": 0.0, "cpu_s": 0.0}  # wall_s, cpu_s: as of the last checkpoint
         purge = None
         if resume:
             self.restore(self.logdir / CHECKPOINT)
             # Everything logged at the checkpoint's step was logged before it was saved: keep it.
             purge = self.counters["env_steps"] + 1
-        self._wall_base = self.counters["wall_s"]  # the parts before a resume, up to their last checkpoint
+        # the parts before a resume, up to their last checkpoint
+        self._wall_base, self._cpu_base = self.counters["wall_s"], self.counters["cpu_s"]
         distributed.broadcast_module(self.agent)  # a guard: every rank built or loaded the same parameters
         self.logger = Logger(self.logdir, purge_step=purge) if self.rank == 0 else NullLogger()
         self.progress = progress
@@ -134,6 +135,12 @@ class Trainer:
         """Seconds since the run started (this process's part from the Trainer's creation, plus the parts
         before a resume up to their last checkpoint): ``time/wall_s`` in the logs."""
         return self._wall_base + time.perf_counter() - self._wall_start
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the training process (all its threads; env subprocesses not included), counted
+        like ``wall_s``: ``time/cpu_s`` in the logs. Unlike wall time it hardly grows when other processes
+        share the cores, so it says what a run costs on one otherwise idle core at ``train.threads=1``."""
+        return self._cpu_base + time.process_time() - self._cpu_start
 
     # ----- acting in envs
 
@@ -247,7 +254,7 @@ class Trainer:
         values["replay/size"] = len(self.replay)
         values["replay/bytes_per_step"] = self.replay.bytes_per_step() if len(self.replay) else None
         values["train/updates"] = self.updates
-        values["time/wall_s"] = self.wall_s()
+        values["time/wall_s"], values["time/cpu_s"] = self.wall_s(), self.cpu_s()
         values.update(memory_mb())  # memory/rss_mb, memory/peak_rss_mb: a leak shows as a rising line
         self.logger.scalars(values, self.env_steps)
         self._train_metrics.clear()
@@ -273,7 +280,7 @@ class Trainer:
         With several ranks every rank calls this at the same env step: rank 0 writes the checkpoint, with
         the other ranks' replay states, counters and random states under ``ranks`` (rank r at r - 1)."""
         self.counters["last_checkpoint"] = self.env_steps
-        self.counters["wall_s"] = self.wall_s()
+        self.counters["wall_s"], self.counters["cpu_s"] = self.wall_s(), self.cpu_s()
         replay_state = self.replay.state_dict()
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                "loop": self.rng.bit_generator.state}

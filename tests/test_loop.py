@@ -56,10 +56,12 @@ def test_train_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert logs and all(r["memory/rss_mb"] > 50 and r["memory/peak_rss_mb"] > 50 for r in logs)  # torch alone
     assert all("time/wall_s" in r for r in rows if "eval/return" in r or "fps/env" in r)
     before_resume = max(r["time/wall_s"] for r in rows if "time/wall_s" in r)
+    cpu_before = max(r["time/cpu_s"] for r in rows if "time/cpu_s" in r)
 
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["counters"]["env_steps"] == 600 and state["replay"]["steps_added"] == 300
     assert state["counters"]["wall_s"] >= before_resume  # the wall time so far, for a resume to count on from
+    assert state["counters"]["cpu_s"] >= cpu_before > 0
 
     assert main(["train", "--logdir", str(run), "--resume", "--steps", "1000", "--no-progress"]) == 0
     state = torch.load(run / "checkpoint.pt", weights_only=False)
@@ -69,6 +71,8 @@ def test_train_logs_checkpoints_and_resumes(tmp_path, capsys):
     assert max(steps) == 1000 and len(steps) == len(set(steps))  # continued, nothing logged twice
     walls = [r["time/wall_s"] for r in metrics_rows(run) if "time/wall_s" in r]
     assert walls == sorted(walls) and walls[-1] > before_resume  # the resumed part counts on from the first
+    cpus = [r["time/cpu_s"] for r in metrics_rows(run) if "time/cpu_s" in r]
+    assert cpus == sorted(cpus) and cpus[-1] > cpu_before and state["counters"]["cpu_s"] > cpu_before
     starts = [json.loads(line) for line in (run / "starts.jsonl").read_text().splitlines()]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert [s["resume"] for s in starts] == [False, True] and {s["git_commit"] for s in starts} == {head or None}
