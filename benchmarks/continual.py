@@ -20,7 +20,9 @@ Strategies (``--strategy``) choose the replay: ``fifo`` (plain ring buffer, the 
 ``reservoir`` (a uniform sample of the whole run) and ``mix`` (half the batch from a recent FIFO, half
 from a reservoir). All three hold the same number of steps, the sequence's ``replay_capacity`` (``mix``:
 half recent, half reservoir), which must be smaller than the run for FIFO to forget. ``+taskid``
-(e.g. ``reservoir+taskid``) also appends a one-hot task id to the state observation.
+(e.g. ``reservoir+taskid``) also appends a one-hot task id to the state observation; ``+shrink_perturb`` or
+``+redo`` (e.g. ``fifo+redo``) sets the run's ``plasticity.method`` (``agent.plasticity``; applied at every
+task boundary unless ``--set plasticity.every=K`` asks for every K updates).
 
 Run directories: ``<root>/<sequence>/<strategy>/seed_<s>/`` hold ``job.json`` (the sequence, strategy and
 resolved run config), the Trainer's ``config.json``, TensorBoard events and ``metrics.jsonl``
@@ -712,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequence", help="a shipped sequence name or the path of a sequence .json file")
     parser.add_argument("--strategy", nargs="+", default=["reservoir"],
-                        help="one or more of fifo, reservoir, mix (each optionally +taskid)")
+                        help="one or more of fifo, reservoir, mix (each optionally +shrink_perturb or +redo, "
+                             "and +taskid)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
     parser.add_argument("--parallel", type=int, default=None,
                         help="most runs at a time (default: as many as the CPUs hold, one per torch thread)")

@@ -369,3 +369,31 @@ def test_plasticity_is_part_of_the_strategy_and_leaves_old_runs_comparable(tmp_p
     assert continual.prepare(job, rundir, fresh=False)
     with pytest.raises(ValueError, match="other settings"):
         continual.prepare(continual.continual_job(seq, "fifo+redo", 0, ()), rundir, fresh=False)
+
+
+@pytest.mark.slow
+def test_a_continual_run_applies_its_method_at_each_task_boundary(tmp_path):
+    from agent.logger import read_scalars
+    from benchmarks.continual_report import finalise_run
+
+    tiny = {"obs": "state", "action_repeat": 8, "steps_per_task": 400, "preset": "debug", "cycles": 1,
+            "overrides": ["train.prefill=100", "train.batch_size=4", "train.batch_length=16", "train.train_ratio=16",
+                          "train.log_every=100", "replay.chunk=32", "agent.actor_critic.horizon=5",
+                          "train.threads=1", "train.checkpoint_every=200", "train.video_every=0"],
+            "replay_capacity": 128, "eval_every": 200, "eval_episodes": 1, "end_evaluations": 2,
+            "heldout_episodes": 1,
+            "tasks": [{"name": "default", "spec": "dmc:cartpole-swingup"},
+                      {"name": "inverted", "spec": "dmc:cartpole-swingup", "variant": {"gear": -1}}]}
+    seq = continual.sequence_from_dict(tiny, default_name="tiny")
+    job = continual.continual_job(seq, "fifo+redo", 0, ("plasticity.tau=0.5",))
+    rundir = tmp_path / "tiny" / "fifo+redo" / "seed_0"
+    assert continual.prepare(job, rundir, fresh=False)
+    record = continual.run_job(job, rundir)
+    assert record["strategy"]["plasticity"] == "redo" and record["config"]["plasticity"]["tau"] == 0.5
+    (reset,) = record["plasticity_resets"]  # one boundary in a two-task run: after stage 0, not after the last
+    assert reset["stage"] == 0 and reset["env_steps"] == 400 and reset["plasticity/actor/units_reset"] > 0
+    assert record["counters"]["plasticity_applications"] == 1
+    tags = read_scalars(rundir)
+    assert [step for step, _ in tags["plasticity/applications"]] == [400]
+    results = finalise_run(rundir, {})
+    assert results["strategy"] == "fifo+redo" and results["plasticity_method"] == "redo"
