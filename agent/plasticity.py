@@ -207,8 +207,11 @@ def unit_layers(agent: nn.Module) -> list[UnitLayer]:
 
 @contextlib.contextmanager
 def _eager_cell(rssm: nn.Module) -> Iterator[None]:
-    """Run the RSSM's observe cell uncompiled, so forward hooks inside it fire."""
-    cell = rssm._cell
+    """Run the RSSM's observe cell uncompiled (``rssm.compile``), so forward hooks inside it fire."""
+    cell = getattr(rssm, "_cell", None)
+    if cell is None or not hasattr(rssm, "_observe_cell"):
+        yield
+        return
     rssm._cell = rssm._observe_cell
     try:
         yield

@@ -186,6 +186,18 @@ def test_redo_scores_are_the_benchmarks_dormant_fraction():
         assert sum(int(m.sum()) for m in masks) == pytest.approx(measured[module]["dormant"] * units), module
 
 
+@pytest.mark.slow
+def test_scores_see_inside_a_compiled_rssm_cell():
+    """Forward hooks do not fire inside a torch.compile'd region: scoring runs the cell uncompiled."""
+    batch = make_batch()
+    plain, compiled = make_agent(), make_agent(overrides=["world_model.rssm.compile=true"])
+    means = [plasticity.mean_activations(a, plasticity.unit_layers(a), batch) for a in (plain, compiled)]
+    assert means[0].keys() == means[1].keys()
+    for name in means[0]:
+        assert torch.equal(means[0][name], means[1][name]), name
+    assert compiled.wm.rssm._cell is not compiled.wm.rssm._observe_cell  # put back afterwards
+
+
 ENCODERS = {"state": (STATE, []), "cnn": (PIXELS_AND_STATE, ["world_model.encoder.kind=cnn"]),
             "patch": (PIXELS_AND_STATE, ["world_model.encoder.kind=patch", "world_model.encoder.patch=4"])}
 DEEP = ["world_model.rssm.dyn_layers=2", "world_model.rssm.posterior_layers=2", "world_model.rssm.prior_layers=2",
