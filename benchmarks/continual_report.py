@@ -178,7 +178,9 @@ def budget(record: dict[str, Any]) -> dict[str, Any]:
             "train_ratio": cfg["train"]["train_ratio"], "batch": [cfg["train"]["batch_size"],
                                                                   cfg["train"]["batch_length"]],
             "eval_every": seq["eval_every"], "eval_episodes": seq["eval_episodes"],
-            "end_evaluations": seq["end_evaluations"], "heldout_episodes": seq["heldout_episodes"]}
+            "end_evaluations": seq["end_evaluations"], "heldout_episodes": seq["heldout_episodes"],
+            # the settings of a strategy's +shrink_perturb or +redo (the same for every strategy of a summary)
+            "plasticity": {k: v for k, v in cfg.get("plasticity", {}).items() if k != "method"}}
 
 
 # --------------------------------------------------------------------------------------------- plots
