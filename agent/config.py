@@ -227,6 +227,29 @@ class TrainConfig:
     threads: int = _f(0, "torch CPU threads (0: all cores)")
 
 
+PLASTICITY_MODULES = ("encoder", "rssm", "actor", "critic")
+
+
+@dataclass(frozen=True)
+class PlasticityConfig:
+    """Methods that keep the networks trainable (agent.plasticity), applied by the loop to whole modules.
+
+    Defaults: shrink 0.4 and perturb 0.1 are the shrink-perturb authors' (Ash and Adams 2020; their code,
+    JordanAsh/warm_start run.py); tau 0.025 is the threshold of the dormant fraction the benchmarks report
+    (benchmarks.plasticity), so ReDo recycles exactly the units counted there as dormant.
+    """
+
+    method: Literal["none", "shrink_perturb", "redo"] = _f(
+        "none", "none, shrink_perturb (theta <- shrink * theta + perturb * fresh init) or redo (recycle dormant units)")
+    every: int = _f(0, "apply every this many updates; 0: only at task boundaries (benchmarks.continual), so a "
+                       "single-task run never applies it")
+    modules: tuple[str, ...] = _f(PLASTICITY_MODULES, "modules it applies to, a subset of encoder, rssm, actor, "
+                                                      "critic (comma-separated on the command line)")
+    shrink: float = _f(0.4, "shrink_perturb: lambda, the factor on the current parameters")
+    perturb: float = _f(0.1, "shrink_perturb: sigma, the factor on a freshly initialised copy's parameters")
+    tau: float = _f(0.025, "redo: a unit whose score (mean |activation| over the layer's mean) is <= tau is recycled")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A whole training run: env, replay, schedule and agent. Saved as config.json beside the run."""
@@ -235,6 +258,7 @@ class RunConfig:
     replay: ReplayConfig = _sub(ReplayConfig, "replay buffer")
     train: TrainConfig = _sub(TrainConfig, "schedule")
     agent: AgentConfig = _sub(AgentConfig, "agent")
+    plasticity: PlasticityConfig = _sub(PlasticityConfig, "methods that keep the networks trainable")
 
 
 
@@ -418,6 +442,10 @@ def _parse_value(text: str, typ: Any, path: str) -> Any:
     try:
         if typing.get_origin(typ) is Literal:
             return _check_value(text, typ, path)
+        if typing.get_origin(typ) is tuple:  # tuple[X, ...]: comma-separated, "" for an empty tuple
+            item = typing.get_args(typ)[0]
+            return tuple(_parse_value(part.strip(), item, f"{path}[{i}]")
+                         for i, part in enumerate(text.split(",")) if text.strip())
         if typ is bool:
             low = text.lower()
             if low in ("1", "true", "yes", "on"):
@@ -596,5 +624,19 @@ def validate_run(cfg: RunConfig) -> RunConfig:
             *_positive(train, "train", ["steps", "train_ratio", "batch_size", "batch_length", "log_every"]),
             *_non_negative(train, "train", ["prefill", "eval_every", "eval_episodes", "video_every",
                                             "checkpoint_every", "threads"]),
-            *_agent_errors(cfg.agent, None, "agent.")])
+            *_agent_errors(cfg.agent, None, "agent."), *_plasticity_errors(cfg.plasticity, "plasticity")])
     return cfg
+
+
+def _plasticity_errors(p: PlasticityConfig, at: str) -> list[str]:
+    methods = typing.get_args(_hints(PlasticityConfig)["method"])
+    unknown = [m for m in p.modules if m not in PLASTICITY_MODULES]
+    return [*_check(p.method in methods, f"{at}.method", f"{p.method!r} is not one of {list(methods)}"),
+            *_non_negative(p, at, ["every", "perturb"]),
+            *_check(not unknown, f"{at}.modules",
+                    f"unknown module(s) {unknown}; choose from {list(PLASTICITY_MODULES)}"),
+            *_check(bool(p.modules), f"{at}.modules", f"must name at least one of {list(PLASTICITY_MODULES)}"),
+            *_check(len(set(p.modules)) == len(p.modules), f"{at}.modules", f"names a module twice: {list(p.modules)}"),
+            *_check(0 <= p.shrink <= 1, f"{at}.shrink", f"must be in [0, 1], got {p.shrink}"),
+            *_check(0 <= p.tau < 1, f"{at}.tau", f"must be in [0, 1) (a score of 1 is the layer's average "
+                                                  f"unit), got {p.tau}")]

@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, plasticity
 from .agent import Agent
 from .checkpoint import CheckpointError, load_agent, load_checkpoint, space_signature
 from .config import RunConfig, config_diff, config_from_dict, config_to_dict
@@ -97,7 +97,8 @@ class Trainer:
         self.extra: dict[str, Any] = {}  # a caller's own progress (e.g. a task sequence), saved in checkpoints
         self.counters = {"env_steps": 0, "agent_steps": 0, "updates": 0, "episodes": 0, "sim_failures": 0,
                          "train_credit": 0.0, "last_log": 0, "last_eval": 0, "last_video": 0, "last_checkpoint": 0,
-                         "wall_s": 0.0, "cpu_s": 0.0}  # wall_s, cpu_s: as of the last checkpoint
+                         "wall_s": 0.0, "cpu_s": 0.0,  # wall_s, cpu_s: as of the last checkpoint
+                         "plasticity_applications": 0}
         purge = None
         if resume:
             self.restore(self.logdir / CHECKPOINT)
@@ -215,6 +216,21 @@ class Trainer:
         self.counters["updates"] += 1
         for key, value in metrics.items():
             self._train_metrics[key].append(value)
+        p = self.cfg.plasticity
+        if p.method != "none" and p.every > 0 and self.updates % p.every == 0:
+            self.apply_plasticity(batch)
+
+    def apply_plasticity(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """Apply ``cfg.plasticity``'s method now (ReDo scores units on ``batch``), with a fresh initialisation
+        seeded by the run's seed and the application's index; log what it did at the current env step
+        (``plasticity/*``) and return it. Draws nothing from the run's random streams."""
+        index = self.counters.get("plasticity_applications", 0)
+        fresh = plasticity.fresh_agent(self.agent, self.obs_space, plasticity.fresh_seed(self.cfg.agent.seed, index))
+        values = plasticity.apply(self.agent, fresh, self.cfg.plasticity, batch)
+        self.counters["plasticity_applications"] = index + 1
+        values["plasticity/applications"] = float(index + 1)
+        self.logger.scalars(values, self.env_steps)
+        return values
 
     def evaluate(self, env: gym.vector.VectorEnv, episodes: int, seed: int = EVAL_SEED) -> list[float]:
         """Returns of ``episodes`` episodes with the deterministic policy (the actor's mode)."""
@@ -381,6 +397,9 @@ def train(cfg: RunConfig, logdir: str | Path, make_env: Callable[[], gym.vector.
                                    trainer.env_steps)
 
         trainer.eval_hook = run_eval
+        if cfg.plasticity.method != "none" and cfg.plasticity.every == 0 and trainer.rank == 0:
+            print(f"note: plasticity.method={cfg.plasticity.method} with plasticity.every=0 applies only at task "
+                  "boundaries (benchmarks.continual); this single-task run never applies it.", flush=True)
         if progress and trainer.rank == 0:
             from tqdm import tqdm
 

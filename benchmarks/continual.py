@@ -20,7 +20,9 @@ Strategies (``--strategy``) choose the replay: ``fifo`` (plain ring buffer, the 
 ``reservoir`` (a uniform sample of the whole run) and ``mix`` (half the batch from a recent FIFO, half
 from a reservoir). All three hold the same number of steps, the sequence's ``replay_capacity`` (``mix``:
 half recent, half reservoir), which must be smaller than the run for FIFO to forget. ``+taskid``
-(e.g. ``reservoir+taskid``) also appends a one-hot task id to the state observation.
+(e.g. ``reservoir+taskid``) also appends a one-hot task id to the state observation; ``+shrink_perturb`` or
+``+redo`` (e.g. ``fifo+redo``) sets the run's ``plasticity.method`` (``agent.plasticity``; applied at every
+task boundary unless ``--set plasticity.every=K`` asks for every K updates).
 
 Run directories: ``<root>/<sequence>/<strategy>/seed_<s>/`` hold ``job.json`` (the sequence, strategy and
 resolved run config), the Trainer's ``config.json``, TensorBoard events and ``metrics.jsonl``
@@ -218,27 +220,37 @@ def check_spaces(seq: Sequence) -> None:
 
 @dataclass(frozen=True)
 class Strategy:
-    """How the agent meets a sequence: the replay's insertion/sampling policy and an optional task id."""
+    """How the agent meets a sequence: the replay's insertion/sampling policy, an optional method that keeps
+    the networks trainable, and an optional task id."""
 
-    name: str = _f("fifo", "fifo | reservoir | mix, optionally with +taskid")
+    name: str = _f("fifo", "fifo | reservoir | mix, optionally with +shrink_perturb or +redo, and +taskid")
     replay: str = _f("fifo", "agent replay policy (agent.config.ReplayConfig.policy)")
     task_id: bool = _f(False, "append a one-hot task id to the state observation")
+    plasticity: str = _f("none", "plasticity.method of the run (agent.config.PlasticityConfig)")
 
 
 STRATEGIES = ("fifo", "reservoir", "mix")
+PLASTICITY_METHODS = ("shrink_perturb", "redo")
 
 
 def parse_strategy(name: str) -> Strategy:
-    """``fifo``, ``reservoir``, ``mix``, each optionally with ``+taskid``."""
-    base, _, suffix = name.partition("+")
-    if base not in STRATEGIES or suffix not in ("", "taskid"):
-        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}, optionally with +taskid.")
-    return Strategy(name, base, suffix == "taskid")
+    """``fifo``, ``reservoir`` or ``mix``, then optionally ``+shrink_perturb`` or ``+redo`` (the run's
+    ``plasticity.method``; its other ``plasticity.*`` settings come from ``--set``) and ``+taskid``, in any
+    order; the name is kept in this order: ``mix+redo+taskid``."""
+    base, *suffixes = name.split("+")
+    methods = [s for s in suffixes if s in PLASTICITY_METHODS]
+    if (base not in STRATEGIES or len(methods) > 1 or len(set(suffixes)) < len(suffixes)
+            or any(s not in (*PLASTICITY_METHODS, "taskid") for s in suffixes)):
+        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}, optionally with one of "
+                         f"{', '.join('+' + m for m in PLASTICITY_METHODS)}, and +taskid (e.g. fifo+redo).")
+    task_id = "taskid" in suffixes
+    canonical = "+".join([base, *methods, *(["taskid"] if task_id else [])])
+    return Strategy(canonical, base, task_id, methods[0] if methods else "none")
 
 
 RESERVED = ("replay.policy", "replay.capacity", "replay.recent_capacity", "replay.recent_fraction", "env.spec",
             "env.obs", "env.size", "env.action_repeat", "agent.seed", "train.steps", "train.eval_every",
-            "train.eval_episodes")
+            "train.eval_episodes", "plasticity.method")
 
 
 def run_config(seq: Sequence, strategy: Strategy, seed: int, overrides: tuple[str, ...] = (),
@@ -263,7 +275,8 @@ def run_config(seq: Sequence, strategy: Strategy, seed: int, overrides: tuple[st
     fixed = [f"env.spec={seq.tasks[0].spec}", f"env.obs={seq.obs}", f"env.size={seq.size}",
              f"env.action_repeat={seq.action_repeat}", f"agent.seed={seed}",
              f"train.steps={steps if steps is not None else seq.boundaries[-1]}",
-             f"train.eval_every={seq.eval_every}", f"train.eval_episodes={seq.eval_episodes}", *replay]
+             f"train.eval_every={seq.eval_every}", f"train.eval_episodes={seq.eval_episodes}", *replay,
+             *([f"plasticity.method={strategy.plasticity}"] if strategy.plasticity != "none" else [])]
     cfg = apply_overrides(RunConfig(agent=preset(seq.preset)), [*seq.overrides, *overrides, *fixed])
     return validate_run(cfg)
 
@@ -500,9 +513,23 @@ class ContinualRun:
         if stage > 0:
             scalars["continual/forgetting_mean"] = float(np.mean(cm.forgetting(matrix, seq.stages[: stage + 1])))
         self.log(scalars)
+        self.keep_plastic(stage)
         self.extra["stages_done"].append(stage)
         self.extra["wall_s"] = self.wall_s()
         t.save()
+
+    def keep_plastic(self, stage: int) -> None:
+        """At the boundary after ``stage`` (not after the last), apply the run's plasticity method when it is
+        set to task boundaries (``plasticity.every=0``), after this stage's measurements and before the
+        checkpoint that closes the stage; ReDo scores units on a probe batch. Recorded in
+        ``plasticity_resets`` and logged by the Trainer (``plasticity/*``)."""
+        p, t = self.cfg.plasticity, self.trainer
+        if p.method == "none" or p.every > 0 or stage == len(self.seq.stages) - 1:
+            return
+        batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length,
+                            seed=50_000 + 1000 * self.seed + stage)
+        values = t.apply_plasticity(batch)
+        self.extra.setdefault("plasticity_resets", []).append({"env_steps": t.env_steps, "stage": stage, **values})
 
     def curves(self) -> tuple[np.ndarray, np.ndarray]:
         """Evaluation steps (E,) and normalised performance (E, n) from the evaluations so far."""
@@ -551,6 +578,7 @@ class ContinualRun:
                 "config": config_to_dict(self.cfg), "tasks": [t.name for t in self.seq.tasks],
                 "stages": list(self.seq.stages), "boundaries": self.seq.boundaries,
                 "evaluations": self.extra["evaluations"], "plasticity": self.extra["plasticity"],
+                "plasticity_resets": self.extra.get("plasticity_resets", []),
                 "wm_loss": self.extra["wm_loss"], "counters": dict(self.trainer.counters),
                 "wall_s": wall_s}
 
@@ -600,7 +628,10 @@ def reference_key(job: Job) -> str:
     observation, budget, evaluation schedule, the whole run config with the seed), not the task's label."""
     seq = {k: v for k, v in job.sequence.items() if k not in ("name", "description", "overrides")}
     seq["tasks"] = [{k: v for k, v in t.items() if k != "name"} for t in seq["tasks"]]
-    blob = json.dumps({"sequence": seq, "config": job.config}, sort_keys=True)
+    config = job.config
+    if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings (and keys from before them)
+        config = {k: v for k, v in config.items() if k != "plasticity"}
+    blob = json.dumps({"sequence": seq, "config": config}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -636,14 +667,24 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
         sweep.clear(rundir)
     path = rundir / "job.json"
     if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(job.to_dict())):
+        saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(job.to_dict()))
+        if _with_defaults(saved) != _with_defaults(wanted):
             raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
                              "or --root to put runs elsewhere.")
         return not (rundir / "done.json").exists()
     rundir.mkdir(parents=True, exist_ok=True)
     write_json(path, job.to_dict())
     return True
+
+
+def _with_defaults(job: dict[str, Any]) -> dict[str, Any]:
+    """A job dict whose run config has every field, those added since it was written at their defaults."""
+    from agent.config import RunConfig, config_to_dict
+
+    try:
+        return {**job, "config": config_to_dict(config_from_dict(job.get("config", {}), RunConfig))}
+    except ValueError:
+        return job
 
 
 def process_job(job: Job, rundir: Path) -> sweep.Job:
@@ -673,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequence", help="a shipped sequence name or the path of a sequence .json file")
     parser.add_argument("--strategy", nargs="+", default=["reservoir"],
-                        help="one or more of fifo, reservoir, mix (each optionally +taskid)")
+                        help="one or more of fifo, reservoir, mix (each optionally +shrink_perturb or +redo, "
+                             "and +taskid)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
     parser.add_argument("--parallel", type=int, default=None,
                         help="most runs at a time (default: as many as the CPUs hold, one per torch thread)")

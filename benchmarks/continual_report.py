@@ -101,7 +101,16 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
 
 def settings_key(sequence: dict[str, Any], config: dict[str, Any]) -> str:
     """A hash of what makes runs comparable across strategies and seeds: the sequence and the run config
-    without its replay section (the strategy's) and the seed."""
+    without what the strategy sets (the replay section and ``plasticity.method``) and the seed. The other
+    plasticity settings count only when they differ from the defaults, so that runs made before the config
+    had a plasticity section hash as they did."""
+    from agent.config import PlasticityConfig, config_to_dict
+
+    plasticity = {k: v for k, v in config.get("plasticity", {}).items() if k != "method"}
+    defaults = {k: v for k, v in config_to_dict(PlasticityConfig()).items() if k != "method"}
+    config = {k: v for k, v in config.items() if k != "plasticity"}
+    if plasticity and json.loads(json.dumps(plasticity)) != json.loads(json.dumps(defaults)):
+        config["plasticity"] = plasticity
     config = {**config, "replay": None, "agent": {**config["agent"], "seed": None}}
     return hashlib.sha1(json.dumps([sequence, config], sort_keys=True).encode()).hexdigest()[:10]
 
@@ -137,6 +146,8 @@ def finalise_run(rundir: Path, reference_dirs: dict[int, Path]) -> dict[str, Any
                                               "rundir": str(reference_dirs[i])}
     results = {
         "sequence": record["sequence"]["name"], "strategy": record["strategy"]["name"], "seed": record["seed"],
+        "plasticity_method": record["strategy"].get("plasticity", "none"),
+        "plasticity_resets": record.get("plasticity_resets", []),
         "tasks": record["tasks"], "stages": record["stages"], "boundaries": record["boundaries"],
         "curves": {name: {"env_steps": steps.tolist(), "p": perf[:, i].tolist(),
                           "return": [float(np.mean(e["returns"][name])) for e in record["evaluations"]]}
@@ -167,7 +178,9 @@ def budget(record: dict[str, Any]) -> dict[str, Any]:
             "train_ratio": cfg["train"]["train_ratio"], "batch": [cfg["train"]["batch_size"],
                                                                   cfg["train"]["batch_length"]],
             "eval_every": seq["eval_every"], "eval_episodes": seq["eval_episodes"],
-            "end_evaluations": seq["end_evaluations"], "heldout_episodes": seq["heldout_episodes"]}
+            "end_evaluations": seq["end_evaluations"], "heldout_episodes": seq["heldout_episodes"],
+            # the settings of a strategy's +shrink_perturb or +redo (the same for every strategy of a summary)
+            "plasticity": {k: v for k, v in cfg.get("plasticity", {}).items() if k != "method"}}
 
 
 # --------------------------------------------------------------------------------------------- plots

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agent.plasticity import unit_scores
+
 MODULES = ("encoder", "rssm", "actor", "critic")
 
 
@@ -40,8 +42,7 @@ def dormant_fraction(activations: list[Tensor], tau: float = 0.025) -> float:
     dormant, total = 0, 0
     for h in activations:
         mean_abs = h.detach().abs().float().mean(0)  # (H,)
-        layer_mean = mean_abs.mean()
-        score = mean_abs / layer_mean if layer_mean > 0 else torch.zeros_like(mean_abs)
+        score = unit_scores(mean_abs)  # the scores ReDo (agent.plasticity) recycles by
         dormant += int((score <= tau).sum())
         total += mean_abs.numel()
     return dormant / total if total else float("nan")

@@ -3,6 +3,7 @@
 import ctypes
 import ctypes.util
 import gc
+import mmap
 
 import gymnasium as gym
 import numpy as np
@@ -54,13 +55,15 @@ def test_memory_is_reported():
     assert set(values) == {"memory/rss_mb", "memory/peak_rss_mb"}
     assert values["memory/peak_rss_mb"] > 10  # a Python process with torch loaded
     if values["memory/rss_mb"] is not None:  # no /proc: None
-        held = bytearray(64 * 2**20)  # 64 MB, touched page by page below
-        held[::4096] = b"x" * len(held[::4096])
+        # 128 MB of fresh anonymous pages (an mmap, so no reuse of memory the process freed before), touched
+        held = mmap.mmap(-1, 128 * 2**20)
+        for page in range(0, len(held), 4096):
+            held[page] = 1
         after = memory_mb()
-        assert after["memory/rss_mb"] - values["memory/rss_mb"] > 50
+        assert after["memory/rss_mb"] - values["memory/rss_mb"] > 100
         # The peak is at least the current RSS (the kernel updates its high-water mark lazily: a little slack).
         assert after["memory/peak_rss_mb"] > after["memory/rss_mb"] - 5
-        del held
+        held.close()
 
 
 @pytest.mark.slow
