@@ -133,7 +133,8 @@ def learning(data: dict, name: str = "learning_cpu") -> str:
             + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy), averaged over seeds (each "
             f"seed's in brackets); first eval likewise; a task passes when that mean reaches the threshold. "
             f"Random policy and zero action: mean returns of uniform-random actions and of doing nothing on the "
-            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`, plot `results/{name}.png`.")
+            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`."
+            f"\n\n![{name} curves](results/{name}.png)")
 
 
 def learning_dmc_proprio(data: dict, name: str = "learning_dmc_proprio") -> str:
