@@ -53,7 +53,7 @@ def wm_throughput(data: dict) -> str:
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "decoder", "update ms", "forward ms",
                     "encoder fwd ms", "peak RSS GB"], rows)
-            + f"\n\nWorld model only, 64x64 pixels, {m['cpu_model']} ({m['cpu_affinity']} cores, torch "
+            + f"\n\nWorld model only, 64x64 pixels, {m['processor']} ({m['cpu_affinity']} cores, torch "
             f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; measured at "
             f"commit {m.get('git_commit')}, whose presets may differ from today's; source "
             "`results/wm_throughput_cpu.json`.")
@@ -66,7 +66,7 @@ def agent_update(data: dict) -> str:
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
             + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
-            f"{m['cpu_model']}, torch {m['torch']}; measured at commit {m.get('git_commit')}, whose presets may "
+            f"{m['processor']}, torch {m['torch']}; measured at commit {m.get('git_commit')}, whose presets may "
             "differ from today's (`make bench-wm` remeasures); source `results/agent_update_cpu.json`.")
 
 
@@ -99,7 +99,7 @@ def speed(data: dict) -> str:
     return (markdown_table(["obs", "encoder", "B x T", f"{base.get('revision', 'baseline')} ms", "now ms", "speedup",
                     "same losses"], rows)
             + f"\n\nMedian over {len(data['results'][0].get('rounds', []))} interleaved rounds of each side's median "
-              f"update ({clock.replace('_', ' ')} time, one torch thread, {data['machine']['cpu']['cpu_model']}, "
+              f"update ({clock.replace('_', ' ')} time, one torch thread, {data['machine']['cpu']['processor']}, "
               f"torch {data['machine']['cpu']['torch']}); both sides with the same settings (`--set` in the "
               "Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
               + " ".join(f"{n}." for n in notes) + " Source `results/speed_cpu.json` (`make bench-speed`).")

@@ -1,21 +1,23 @@
-"""One timed configuration of the whole agent update, run in a fresh interpreter by `wm_throughput --agent`.
+"""One timed configuration, run in a fresh interpreter by `benchmarks.wm_throughput`.
 
     PYTHONPATH=<tree> python benchmarks/speed_child.py '<spec as JSON>'
 
-Its last stdout line is the JSON result. The same file times the current code and, with PYTHONPATH
-pointing at a git worktree of an older revision, that revision's code: the harness (batch, timer,
-phase wrappers, profiler) stays the same on both sides, so only the agent differs. For that it is a
-self-contained script (no `benchmarks` imports) that uses only agent APIs older revisions have too:
+Its last stdout line is the JSON result. ``spec["mode"]`` picks what is timed: ``agent_update`` (the
+whole agent update, the default), or the world model's ``update`` and ``rssm_loop`` (functions of
+`benchmarks.wm_throughput`, run on the current tree only). The same file times the current code and, with
+PYTHONPATH pointing at a git worktree of an older revision, that revision's agent: the harness (batch,
+timer, phase wrappers, profiler) stays the same on both sides, so only the agent differs. For that the
+agent mode imports nothing from `benchmarks` and uses only agent APIs older revisions have too:
 `Agent(obs_space, act_space, cfg)`, `Agent.train_step(batch of numpy arrays)`, `preset`,
 `apply_overrides`. `spec["root"]`, when given, is the tree `agent` must be imported from; a mismatch is
 an error rather than a silently wrong comparison. With one torch thread on a CPU, times are the process's
 CPU time (`clock: process_cpu` in the result), so other processes on the machine do not count in them;
 otherwise wall time.
 
-Spec keys: preset, device, obs (state | pixels), action_dim, batch, length, encoder, decoder, threads,
-warmup, repeats, overrides, phase_repeats (extra updates timed phase by phase; 0: none), profile (true:
-after warm-up, one update under torch.profiler instead of the timed ones), root, check_updates (default 3;
-0: off).
+Spec keys: mode, preset, device, obs (state | pixels), action_dim, batch, length, encoder, decoder,
+threads, warmup, repeats, overrides, phase_repeats (extra updates timed phase by phase; 0: none), profile
+(true: after warm-up, one update under torch.profiler instead of the timed ones), root, check_updates
+(default 3; 0: off).
 
 Before the timing, `check_updates` updates of a separate, freshly seeded agent (global torch and numpy
 seeds 0, each update on its own batch, seeds 100, 101, ...) record the metric dict `train_step` returns, as
@@ -97,10 +99,20 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return CLOCK["fn"]() - start
 
 
-def time_stats(times: list[float]) -> dict[str, Any]:
-    """Median, min, max and count of ``times`` (seconds), and the times themselves."""
+def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median, min, max and count of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones (seconds,
+    CLOCK), and the times themselves."""
+    for _ in range(warmup):
+        fn()
+    times = [timed(fn, device) for _ in range(repeats)]
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times),
             "times_s": times}
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """The peak resident set of this process (MB) and, on CUDA, the peak of allocated device memory."""
+    cuda = {"peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
+    return {**cuda, "peak_rss_mb": rss_mb()}
 
 
 # Methods timed as phases of one update, wrapped on the instance from outside (no agent code edited):
@@ -229,7 +241,7 @@ def check_metrics(spec: dict[str, Any], updates: int) -> list[dict[str, float]]:
     torch.manual_seed(0)
     np.random.seed(0)
     A = spec["action_dim"]
-    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
+    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), build_config(spec))
     out = []
     for i in range(updates):
         batch = make_batch(spec["obs"], spec["batch"], spec["length"], A, seed=CHECK_BATCH_SEED + i)
@@ -248,7 +260,8 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _config(spec: dict[str, Any]) -> Any:
+def build_config(spec: dict[str, Any]) -> Any:
+    """The agent config of ``spec``: its preset with its device, encoder, decoder and overrides applied."""
     from agent.config import apply_overrides, preset
 
     overrides = [f"device={spec['device']}"]
@@ -267,10 +280,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     agent_file = str(Path(agent_package.__file__).resolve())
     if spec.get("root") and not agent_file.startswith(str(Path(spec["root"]).resolve()) + "/"):
         raise RuntimeError(f"agent imported from {agent_file}, not from the tree {spec['root']}")
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    use_cpu_clock(device, spec.get("threads"))
     A = spec["action_dim"]
     batch = make_batch(spec["obs"], spec["batch"], spec["length"], A)
     rss_before = rss_mb()
@@ -283,24 +293,34 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
-    result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__, "clock": CLOCK["clock"],
-                              "torch_threads": torch.get_num_threads(), "param_counts": agent.param_counts(),
-                              "rss_before_model_mb": rss_before, **checked}
+    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), build_config(spec))
+    result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__,
+                              "param_counts": agent.param_counts(), "rss_before_model_mb": rss_before, **checked}
     for _ in range(spec["warmup"]):
         agent.train_step(batch)
     if spec.get("profile"):
         result["profile"] = profile_update(agent, batch, device)
     else:
-        result["agent_update"] = time_stats([timed(lambda: agent.train_step(batch), device)
-                                             for _ in range(spec["repeats"])])
+        result["agent_update"] = measure(lambda: agent.train_step(batch), device, 0, spec["repeats"])
         if spec.get("phase_repeats", 0) > 0:
             result["phases"] = time_phases(agent, batch, device, spec["phase_repeats"])
-    if device.type == "cuda":
-        result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    result["peak_rss_mb"] = rss_mb()
     return result
 
 
+def main(spec: dict[str, Any]) -> dict[str, Any]:
+    """Set the torch threads and the clock, run ``spec``'s mode, and add the clock, threads and peak memory."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    use_cpu_clock(device, spec.get("threads"))
+    if spec.get("mode", "agent_update") == "agent_update":
+        result = run(spec)
+    else:  # the world model alone: the current tree only
+        from benchmarks import wm_throughput
+
+        result = getattr(wm_throughput, f"run_{spec['mode']}")(spec)
+    return {**result, "clock": CLOCK["clock"], "torch_threads": torch.get_num_threads(), **peak_memory(device)}
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(json.loads(sys.argv[1]))))
+    print(json.dumps(main(json.loads(sys.argv[1]))))
