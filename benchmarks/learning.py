@@ -1,34 +1,18 @@
-"""Learning evidence: train on a small suite of tasks and judge each against a bar.
+"""Learning evidence: train on a suite of tasks and judge each against a bar (README: "Learning evidence").
 
     python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
-    python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
     python -m benchmarks.learning --suite dmc-proprio --seeds 0 1 --parallel 2   # against DreamerV3's curves
     python -m benchmarks.learning --suite dmc-proprio --report-only   # results from the finished runs only
-    python -m benchmarks.learning --suite gpu --out results/learning_gpu.json   # a CUDA machine
-    python -m benchmarks.learning --suite dmc-proprio --tasks walker_walk --set agent.actor_critic.actor_lr=3e-5
-    python -m benchmarks.learning --tasks pendulum --seeds 0 1 2    # more seeds of a task
+    python -m benchmarks.learning --tasks pendulum --seeds 0 1 2 --set agent.actor_critic.actor_lr=3e-5
 
-Each task is a real ``python -m agent train`` run in its own process, started by the job runner
-(``benchmarks.jobs``: a local Ray, a Ray cluster with ``--address``, or one run after another without Ray;
-failed runs are retried from their checkpoint, run directories are locked while a sweep writes them).
-Seed 0 runs in ``<task>``, seed N in ``<task>-seed<N>``, under the suite's run root (``runs/learning``;
-``runs/dmc_proprio`` for dmc-proprio). A finished run is reused (or resumed, when the task now asks for
-more steps) and an unfinished one resumed, so an interrupted benchmark picks up where it stopped
-(``--fresh`` starts over); a run configured unlike its task stops the command. The results file (default
-``results/learning_<suite>.json``, dashes as underscores) gathers every finished run under the run root,
-with a PNG of the curves next to it.
-
-Two ways to judge a task:
-
-- ``cpu``, ``cpu-pixels``, ``gpu``: a task passes when the mean over its seeds of the final evaluation
-  (deterministic policy; the mean of the last two) reaches its threshold. The returns of two trivial
-  policies on the same evaluation episodes (uniform random actions, and doing nothing) are written beside.
-- ``dmc-proprio``: DreamerV3's own metric, so that its published curves can be laid over ours. Every
-  training episode (the exploring policy) counts in the 10,000-env-step bin in which it ended,
-  (x - 10,000, x]; a bin's value is the mean return of its episodes. A task's ``ours_100k`` is the mean
-  over its seeds of the bin ending at 100,000 steps, and it passes when that reaches DreamerV3's seed mean
-  in the same bin. Only DreamerV3's proprio curves are used: the vision entries of the reference file are
-  per-episode points, not bins. The eval curve is kept, labelled as the deterministic policy's.
+Each (task, seed) is a ``python -m agent train`` run in ``<run root>/<task>`` (``<task>-seed<N>`` for seed
+N), started by ``benchmarks.jobs``. A finished run is reused, or resumed when its task now asks for more
+steps; an unfinished one is resumed; one configured unlike its task stops the command (``--fresh`` retrains
+it). The results file gathers every finished run under the run root, with a PNG of the curves. ``cpu``,
+``cpu-pixels`` and ``gpu`` tasks pass when the seed mean of the final evaluation (the mean of the last two,
+deterministic policy) reaches their threshold; ``dmc-proprio`` tasks when the seed mean of DreamerV3's own
+metric (the mean return of the training episodes that ended in the 10,000 env steps up to 100K) reaches
+DreamerV3's seed mean there.
 """
 
 from __future__ import annotations
@@ -165,14 +149,6 @@ def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
     return [f"{k}: run {u!r}, task {v!r}" for k, u, v in config_diff(run, task_config(task, seed), skip=skip)]
 
 
-def check_config(task: Task, seed: int, rundir: Path) -> None:
-    """Refuse to reuse or resume a run that the task, as now defined, would not have trained."""
-    diff = config_mismatch(task, seed, rundir)
-    if diff:
-        raise ValueError(f"{rundir} was trained with a different config than task {task.name!r} now asks for "
-                         f"({'; '.join(diff)}); pass --fresh to retrain it, or move it away")
-
-
 def done(rundir: Path) -> dict | None:
     """A finished run's ``done.json`` (``steps``: the env steps it was trained for; ``wall_s``: the seconds
     all its parts ran), or None while it is unfinished."""
@@ -184,14 +160,12 @@ def run_task(task: Task, seed: int, rundir: Path, fresh: bool, gpus: float = 1.0
     """The job that trains ``task`` with ``seed`` in ``rundir`` (None when a finished run of at least the
     task's steps is already there). A run that stopped early, or finished fewer steps than the task now asks
     for, is resumed: the job resumes whenever ``rundir`` holds a checkpoint when it starts (a retry after a
-    crash too). A run configured differently from the task is an error unless ``fresh``, which empties
-    ``rundir``. A run on CUDA declares ``gpus`` of a GPU; every run declares its torch threads as CPUs."""
+    crash too); ``fresh`` empties ``rundir`` instead. A run on CUDA declares ``gpus`` of a GPU; every run
+    declares its torch threads as CPUs. Its config is checked before (``check_runs_before_start``)."""
     if fresh:
         jobs.clear(rundir)
-    else:
-        check_config(task, seed, rundir)
-        if (done(rundir) or {}).get("steps", -1) >= task.steps:
-            return None
+    elif (done(rundir) or {}).get("steps", -1) >= task.steps:
+        return None
     rundir = rundir.resolve()  # a job may start in another directory, or on another machine
     base = ("-m", "agent", "train", "--logdir", str(rundir), "--no-progress")
     fresh_argv = (*base, "--env", task.spec, "--preset", task.preset, "--steps", str(task.steps),
@@ -408,13 +382,16 @@ def seed_dirs(root: Path, task: Task) -> list[tuple[int, Path]]:
 
 def check_runs_before_start(pending: list[tuple[Task, int]], suite: list[Task], root: Path, fresh: bool) -> None:
     """Before any run starts: every run this call would reuse or resume, and every finished one the results
-    gather, must match its task (those that ``fresh`` retrains aside); ValueError names the first that does not."""
+    gather, must match its task (those that ``fresh`` retrains aside); ValueError names the first that does
+    not, with the fields that differ."""
     checked = {root / run_name(t, seed): (t, seed) for t, seed in pending}
     checked.update({rundir: (t, seed) for t in suite for seed, rundir in seed_dirs(root, t) if done(rundir)})
     retrained = {root / run_name(t, seed) for t, seed in pending} if fresh else set()
     for rundir, (task, seed) in checked.items():
-        if rundir not in retrained:
-            check_config(task, seed, rundir)
+        diff = [] if rundir in retrained else config_mismatch(task, seed, rundir)
+        if diff:
+            raise ValueError(f"{rundir} was trained with a different config than task {task.name!r} now asks "
+                             f"for ({'; '.join(diff)}); pass --fresh to retrain it, or move it away")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,7 +475,7 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
 def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
     """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order:
     its eval curve (``curve``, deterministic policy) and its training episodes binned as DreamerV3 bins
-    them (``train_curve``). A run configured differently from its task is an error."""
+    them (``train_curve``)."""
     runs = []
     for task in tasks:
         trivial = None
@@ -506,7 +483,6 @@ def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
             finished = done(rundir)
             if finished is None:
                 continue
-            check_config(task, seed, rundir)
             curve = eval_curve(rundir)
             last = [p["return"] for p in curve][-2:]  # the final eval: the mean of the last two
             trivial = trivial or trivial_returns(task)

@@ -266,10 +266,11 @@ def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path
     pixels = replace(image, obs="pixels")
     assert [d.split(":")[0] for d in learning.config_mismatch(pixels, 0, run)] == [
         "env.obs", "agent.world_model.encoder.mlp_ratio", "agent.world_model.decoder.cnn_depth"]
-    with pytest.raises(ValueError, match="critic_lr"):
-        learning.run_task(changed, 0, run, fresh=False)
-    with pytest.raises(ValueError, match="critic_lr"):
-        learning.finished_runs(tmp_path, [changed])
+    with pytest.raises(ValueError, match="critic_lr"):  # to resume it
+        learning.check_runs_before_start([(changed, 0)], [], tmp_path, fresh=False)
+    with pytest.raises(ValueError, match="critic_lr"):  # to gather it into results
+        learning.check_runs_before_start([], [changed], tmp_path, fresh=False)
+    learning.check_runs_before_start([(changed, 0)], [], tmp_path, fresh=True)  # --fresh retrains it
     job = learning.run_task(changed, 0, run, fresh=True)  # --fresh: the old run is cleared, not resumed
     assert "--resume" not in job.command() and not (run / "config.json").exists()
 
