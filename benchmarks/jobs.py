@@ -1,23 +1,14 @@
-"""One job runner for every benchmark that runs several trainings: local Ray by default, a Ray cluster with
-``--address``, one job after another without Ray.
+"""One job runner for every benchmark that runs several trainings (README: "More than one machine").
 
-A job is one real process (``python -m agent train ...``, or a benchmark's own worker entry) with its run
-directory, where its output goes to ``stdout.log``. It declares its torch threads (and GPU share) as Ray
-resources, so Ray starts as many at once as the CPUs (GPUs) allow.
-
-- Local (no address, no ``RAY_ADDRESS``): Ray starts inside this process with this machine's CPUs
-  (``--cpus`` to use fewer) and stops at the end; nothing to set up.
-- A cluster (``--address HOST:PORT`` or ``RAY_ADDRESS``): the same jobs go to a running Ray cluster. Run
-  directories must then be on storage that every node mounts at the same path; results are read back from
-  there by this process.
-- Without Ray installed (``pip install tubedreamer[cluster]``) or with ``--no-ray``: jobs run one after
-  another in subprocesses of this process.
-
-Faults: a job that exits non-zero (or whose worker or node dies) is reported with the last lines of its log
-and started again, up to ``--retries`` times; a job that can resume (``resume_argv``, used once its
-``resume_when`` file exists, e.g. a checkpoint) continues from its checkpoint. Run directories are locked
-(``.sweep.lock``) for the whole sweep, so two sweeps cannot write one run directory; the lock of a sweep that
-died on this machine is taken over.
+A job is one real process (``python -m agent train ...``, or a benchmark's own worker entry) in its run
+directory, logging to ``stdout.log``; it declares its torch threads (and GPU share) as Ray resources, so
+Ray starts as many at once as the CPUs (GPUs) allow. Ray starts inside this process with this machine's
+CPUs (``--cpus`` to use fewer), or the jobs go to a running cluster (``--address HOST:PORT`` or
+``RAY_ADDRESS``; run directories must then be on storage every node mounts at the same path); without Ray
+(not installed, or ``--no-ray``) they run one after another. A job that fails is reported with its log's
+last lines and started again up to ``--retries`` times, from its checkpoint once ``resume_when`` exists.
+Run directories are locked (``.sweep.lock``) for the whole sweep; the lock of a sweep that died on this
+machine is taken over.
 """
 
 from __future__ import annotations
