@@ -2,27 +2,18 @@
 
     PYTHONPATH=<tree> python benchmarks/speed_child.py '<spec as JSON>'
 
-Its last stdout line is the JSON result. ``spec["mode"]`` picks what is timed: ``agent_update`` (the
-whole agent update, the default), or the world model's ``update`` and ``rssm_loop`` (functions of
-`benchmarks.wm_throughput`, run on the current tree only). The same file times the current code and, with
-PYTHONPATH pointing at a git worktree of an older revision, that revision's agent: the harness (batch,
-timer, phase wrappers, profiler) stays the same on both sides, so only the agent differs. For that the
-agent mode imports nothing from `benchmarks` and uses only agent APIs older revisions have too:
-`Agent(obs_space, act_space, cfg)`, `Agent.train_step(batch of numpy arrays)`, `preset`,
-`apply_overrides`. `spec["root"]`, when given, is the tree `agent` must be imported from; a mismatch is
-an error rather than a silently wrong comparison. With one torch thread on a CPU, times are the process's
-CPU time (`clock: process_cpu` in the result), so other processes on the machine do not count in them;
-otherwise wall time.
+Its last stdout line is the JSON result. ``spec["mode"]``: ``agent_update`` (default) or the world model's
+``update`` and ``rssm_loop`` (functions of `benchmarks.wm_throughput`, current tree only). With PYTHONPATH
+at a git worktree of an older revision the same file times that revision's agent, so the harness (batch,
+timer, phase wrappers, profiler) is the same on both sides; for that the agent mode imports nothing from
+`benchmarks` and uses only agent APIs older revisions have too (`Agent(obs_space, act_space, cfg)`,
+`Agent.train_step(numpy batch)`, `preset`, `apply_overrides`), and refuses to time an `agent` imported
+from outside ``spec["root"]``. With one torch thread on a CPU, times are the process's CPU time (`clock:
+process_cpu`), which other processes on the machine do not inflate; otherwise wall time.
 
-Spec keys: mode, preset, device, obs (state | pixels), action_dim, batch, length, encoder, decoder,
-threads, warmup, repeats, overrides, phase_repeats (extra updates timed phase by phase; 0: none), profile
-(true: after warm-up, one update under torch.profiler instead of the timed ones), root, check_updates
-(default 3; 0: off).
-
-Before the timing, `check_updates` updates of a separate, freshly seeded agent (global torch and numpy
-seeds 0, each update on its own batch, seeds 100, 101, ...) record the metric dict `train_step` returns, as
-`check_metrics` (one dict per update): run with the same spec on two trees, they show whether both give the
-same losses. That agent is deleted before the timed one is built, so it times nothing and shares no state.
+Before the timing, ``check_updates`` (default 3) updates of a separate agent, seeded (torch and numpy 0,
+batch i from seed 100 + i), record the metric dicts `train_step` returns (``check_metrics``): run on two
+trees, they show whether both give the same losses. That agent is gone before the timed one is built.
 """
 
 from __future__ import annotations
@@ -174,26 +165,20 @@ def profile_update(agent: Any, batch: dict[str, np.ndarray], device: torch.devic
     totals: dict[str, float] = {}
     with phase_timers(agent, device, totals), profile(activities=activities) as prof:
         wall = timed(lambda: agent.train_step(batch), device)
-    events = prof.key_averages()
-    ops = [e for e in events if not e.key.startswith("phase/")]
-    self_cpu_us = sum(e.self_cpu_time_total for e in ops)
+    ops = [e for e in prof.key_averages() if not e.key.startswith("phase/")]
     summary: dict[str, Any] = {
-        "wall_s_under_profiler": wall,
-        "op_calls": sum(e.count for e in ops), "distinct_ops": len(ops),
-        "self_cpu_total_ms": self_cpu_us / 1e3,
-        "top_ops_by_self_cpu": [_op_row(e, self_cpu_us) for e in
-                                sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_OPS]],
+        "wall_s_under_profiler": wall, "op_calls": sum(e.count for e in ops), "distinct_ops": len(ops),
         # Wall time of each phase's calls during the profiled update (inflated by the profiler's overhead).
         "phases_s": {**totals, "total": wall, "other": wall - sum(totals.values())},
-    }
-    summary.update(compute_floor(agent, batch, device))
-    if device.type == "cuda":
-        device_us = sum(_self_device_us(e) for e in ops)
-        summary["self_device_total_ms"] = device_us / 1e3
-        summary["top_ops_by_self_device"] = [
-            {"name": e.key, "calls": e.count, "self_device_ms": _self_device_us(e) / 1e3,
-             "pct": 100.0 * _self_device_us(e) / max(device_us, 1e-9)}
-            for e in sorted(ops, key=_self_device_us, reverse=True)[:TOP_OPS]]
+        **compute_floor(agent, batch, device)}
+    units = [("cpu", "self_cpu_time_total")] + ([("device", "self_device_time_total")] if device.type == "cuda" else [])
+    for unit, attr in units:
+        total_us = sum(getattr(e, attr) for e in ops)
+        summary[f"self_{unit}_total_ms"] = total_us / 1e3
+        summary[f"top_ops_by_self_{unit}"] = [
+            {"name": e.key, "calls": e.count, f"self_{unit}_ms": getattr(e, attr) / 1e3,
+             "pct": 100.0 * getattr(e, attr) / max(total_us, 1e-9)}
+            for e in sorted(ops, key=lambda e: getattr(e, attr), reverse=True)[:TOP_OPS]]
     return summary
 
 
@@ -215,16 +200,6 @@ def compute_floor(agent: Any, batch: dict[str, np.ndarray], device: torch.device
     return {"flops_per_update": flops,
             "flops_by_op": {str(k): v for k, v in counter.get_flop_counts().get("Global", {}).items()},
             "gemm_flops_per_s": gemm, "gemm_shape": [n, n, n], "arithmetic_floor_s": flops / gemm}
-
-
-def _op_row(e: Any, total_us: float) -> dict[str, Any]:
-    return {"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-            "pct": 100.0 * e.self_cpu_time_total / max(total_us, 1e-9)}
-
-
-def _self_device_us(e: Any) -> float:
-    # torch >= 2.4 says "device", older versions "cuda".
-    return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
 
 
 CHECK_UPDATES = 3  # default number of updates whose metrics are recorded for the equivalence check

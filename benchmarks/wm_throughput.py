@@ -1,35 +1,26 @@
 """World-model and agent update times per preset, encoder and decoder, each configuration in a fresh process.
 
-    python -m benchmarks.wm_throughput --presets debug small 12m --encoders patch cnn \\
+    python -m benchmarks.wm_throughput --presets debug small 12m --encoders patch cnn \
         --batch 16 --length 64 --out results/wm_throughput_cpu.json
     python -m benchmarks.wm_throughput --rssm-loop --presets debug small --out results/wm_rssm_loop_cpu.json
     python -m benchmarks.wm_throughput --agent --presets 12m --out results/agent_update_cpu.json
-    python -m benchmarks.wm_throughput --agent --presets cpu --obs state --encoders patch --threads 1 \\
+    python -m benchmarks.wm_throughput --agent --presets cpu --obs state --encoders patch --threads 1 \
         --baseline e8b2407 --rounds 3 --profile --out results/speed_cpu.json
 
-Every configuration runs in its own child process (`benchmarks/speed_child.py`, which describes the
-timing) so that its peak memory is its own (peak RSS; on CUDA also torch.cuda.max_memory_allocated).
-By default the world model alone: update = forward + backward + optimizer step (`WorldModel.train_step`)
-after warm-up, median of `--repeats`; forward = `WorldModel.loss` under no_grad, plus its parts (encoder,
-RSSM observe loop, image decoder); 64x64x3 uint8 images and a 6-dim Box action. `--rssm-loop` times the
-RSSM observe loop alone (random embeddings), eager against torch.compile of the step cell, forward and
-forward + backward, and checks that both give the same numbers. `--agent` times the whole update instead
-(world model plus actor-critic in imagination, `Agent.train_step`), phase by phase too (`--phase-repeats`
-more updates); `--obs state` gives it a 5-dim state vector and a 1-dim action (like cartpole-balance from
-state), `--action-dim` changes the action. `--set` passes config overrides (`precision=bf16`) to every child.
+Each configuration runs in its own `benchmarks/speed_child.py` process (which says how it times), so that
+its peak memory is its own. By default the world model alone (64x64x3 images, a 6-dim action): its update
+(`WorldModel.train_step`), its forward (`WorldModel.loss` under no_grad) and the forward's parts (encoder,
+RSSM observe loop, image decoder). `--rssm-loop`: the RSSM observe loop alone, eager against the compiled
+step cell, with a check that both give the same numbers. `--agent`: the whole update (`Agent.train_step`),
+also phase by phase; `--obs state` gives it a 5-dim state and a 1-dim action.
 
-`--baseline REV` measures an older revision in the same run: a temporary `git worktree` of REV (removed
-at the end, also on error or SIGTERM) and, per configuration, `--rounds` rounds that each run one child
-with the current tree's `agent` and one with REV's, alternating which goes first, so that drift in the
-machine's speed hits both sides alike. The result per configuration holds both medians (median over
-rounds of each child's median), `speedup` = baseline / current, the per-round numbers, and the commits.
-The first round's children also run `--check-updates` seeded updates (default 3; 0: off) and return their
-metric dicts; each result then holds `equivalence` (per metric both sides report, the largest absolute and
-relative difference over the updates and at the first; the keys only one side has) and `same_losses`,
-true when every `train/loss/*` agrees at the FIRST update within `tolerance` (|a - b| <= atol + rtol *
-max(|a|, |b|)): later updates start from parameters that already differ by float rounding, so they are
-reported, not judged. `--profile` adds one child with the current code: torch.profiler over one update,
-summarised as op counts, the top ops by self CPU time, the time per phase and the FLOPs against a matmul.
+`--baseline REV` also times REV's agent, from a temporary `git worktree` (removed at the end, also on
+error or SIGTERM), in `--rounds` rounds of one child per side, alternating which goes first so that drift
+in the machine's speed hits both alike; `speedup` = baseline median / current median. The first round's
+children also run `--check-updates` seeded updates and return their metrics: `equivalence` compares them
+per key, and `same_losses` is true when every `train/loss/*` agrees at the first update within
+`tolerance` (later updates start from parameters that float rounding has already moved apart, so they
+are reported, not judged). `--profile` adds a torch.profiler summary of one update of the current code.
 """
 
 from __future__ import annotations
