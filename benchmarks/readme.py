@@ -30,29 +30,25 @@ def env_throughput(data: dict) -> str:
 
 
 def param_counts(data: dict) -> str:
-    presets = list(dict.fromkeys(key.split("/")[0] for key in data["counts"]))
-    rows = []
-    for name in presets:
-        row = [name]
-        for obs in ("pixels/patch", "pixels/cnn", "state"):
-            row.append(f"{data['counts'][f'{name}/{obs}']['total'] / 1e6:.2f}M")
-        rows.append(row)
+    presets = dict.fromkeys(key.split("/")[0] for key in data["counts"])
+    rows = [[name, *(f"{data['counts'][f'{name}/{obs}']['total'] / 1e6:.2f}M" for obs in ("pixels/patch",
+                                                                                      "pixels/cnn", "state"))]
+            for name in presets]
     return (markdown_table(["preset", "pixels, patch encoder", "pixels, CNN encoder", "state (24-dim)"], rows)
             + "\n\nWhole agent (world model, actor, critic), 6-dim actions; source `results/param_counts.json`.")
 
 
+def _ms(stats: dict) -> str:
+    return f"{stats['median_s'] * 1e3:,.0f}"
+
+
 def wm_throughput(data: dict) -> str:
-    rows = []
-    for r in data["results"]:
-        if "update" not in r:
-            continue
-        rows.append([r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"], r["decoder"],
-                     f"{r['update']['median_s'] * 1e3:,.0f}", f"{r['forward']['median_s'] * 1e3:,.0f}",
-                     f"{r['forward_parts']['encoder']['median_s'] * 1e3:,.0f}",
-                     f"{r['peak_rss_mb'] / 1024:.1f}"])
+    rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"], r["decoder"],
+             _ms(r["update"]), _ms(r["forward"]), _ms(r["forward_parts"]["encoder"]), f"{r['peak_rss_mb'] / 1024:.1f}"]
+            for r in data["results"] if "update" in r]
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "decoder", "update ms", "forward ms",
-                    "encoder fwd ms", "peak RSS GB"], rows)
+                            "encoder fwd ms", "peak RSS GB"], rows)
             + f"\n\nWorld model only, 64x64 pixels, {m['processor']} ({m['cpu_affinity']} cores, torch "
             f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; measured at "
             f"commit {m.get('git_commit')}, whose presets may differ from today's; source "
@@ -61,8 +57,8 @@ def wm_throughput(data: dict) -> str:
 
 def agent_update(data: dict) -> str:
     rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"],
-             f"{r['param_counts']['total'] / 1e6:.1f}M", f"{r['agent_update']['median_s'] * 1e3:,.0f}",
-             f"{r['peak_rss_mb'] / 1024:.1f}"] for r in data["results"] if "agent_update" in r]
+             f"{r['param_counts']['total'] / 1e6:.1f}M", _ms(r["agent_update"]), f"{r['peak_rss_mb'] / 1024:.1f}"]
+            for r in data["results"] if "agent_update" in r]
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
             + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
@@ -75,34 +71,29 @@ def speed(data: dict) -> str:
     of today's update goes."""
     rows, notes = [], []
     for r in data["results"]:
-        base = r.get("baseline", {})
-        if "agent_update" not in r or "agent_update" not in base:
+        if r.get("speedup") is None:
             continue
-        same = {True: "yes", False: "no", None: "-"}[r.get("same_losses")]
+        name = f"{r['obs']}/{r['encoder']}" if r["obs"] == "pixels" else r["obs"]
         rows.append([r["obs"], r["encoder"] if r["obs"] == "pixels" else "-", f"{r['batch']}x{r['length']}",
-                     f"{base['agent_update']['median_s'] * 1e3:,.0f}", f"{r['agent_update']['median_s'] * 1e3:,.0f}",
-                     f"{r['speedup']:.2f}x", same])
+                     _ms(r["baseline"]["agent_update"]), _ms(r["agent_update"]), f"{r['speedup']:.2f}x",
+                     {True: "yes", False: "no", None: "-"}[r.get("same_losses")]])
         prof = r.get("profile", {})
         if "flops_per_update" in prof:
-            notes.append(f"{r['obs']}{'/' + r['encoder'] if r['obs'] == 'pixels' else ''}: "
-                         f"{prof['flops_per_update'] / 1e9:.1f} GFLOP per update; at this core's "
+            notes.append(f"{name}: {prof['flops_per_update'] / 1e9:.1f} GFLOP per update; at this core's "
                          f"{prof['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s on a 2048^3 float32 matmul its arithmetic "
                          f"alone takes {prof['arithmetic_floor_s'] * 1e3:,.0f} ms, "
                          f"{r['agent_update']['median_s'] / prof['arithmetic_floor_s']:.1f} times less than the "
-                         "update; "
-                         f"{prof['op_calls']:,} op calls, the top ones by self time: "
+                         f"update; {prof['op_calls']:,} op calls, the top ones by self time: "
                          + ", ".join(f"{o['name'].replace('aten::', '')} {o['pct']:.0f}%"
-                                     for o in prof["top_ops_by_self_cpu"][:4]))
-    code = data.get("code", {})
-    base = code.get("baseline", {})
-    clock = data["results"][0].get("rounds", [{}])[0].get("current", {}).get("clock", "wall")
-    return (markdown_table(["obs", "encoder", "B x T", f"{base.get('revision', 'baseline')} ms", "now ms", "speedup",
-                    "same losses"], rows)
-            + f"\n\nMedian over {len(data['results'][0].get('rounds', []))} interleaved rounds of each side's median "
-              f"update ({clock.replace('_', ' ')} time, one torch thread, {data['machine']['cpu']['processor']}, "
-              f"torch {data['machine']['cpu']['torch']}); both sides with the same settings (`--set` in the "
-              "Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
-              + " ".join(f"{n}." for n in notes) + " Source `results/speed_cpu.json` (`make bench-speed`).")
+                                     for o in prof["top_ops_by_self_cpu"][:4]) + ".")
+    first, machine = data["results"][0], data["machine"]["cpu"]
+    return (markdown_table(["obs", "encoder", "B x T", f"{data['code']['baseline']['revision']} ms", "now ms",
+                            "speedup", "same losses"], rows)
+            + f"\n\nMedian over {len(first['rounds'])} interleaved rounds of each side's median update "
+              f"({first['rounds'][0]['current']['clock'].replace('_', ' ')} time, one torch thread, "
+              f"{machine['processor']}, torch {machine['torch']}); both sides with the same settings (`--set` in "
+              "the Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
+              + " ".join(notes) + " Source `results/speed_cpu.json` (`make bench-speed`).")
 
 
 def _fmt(value: float | None) -> str:
