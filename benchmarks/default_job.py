@@ -218,12 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{args.poll:g} s late); run_wall_s: the loop's time/wall_s (from the loop's start)",
         "load": load, "machine": machine_info(), "torch": torch.__version__,
     })
-    if reached is not None:
-        print(f"[default_job] threshold {task.threshold:g} reached after {reached['wall_s']:.0f} s at "
-              f"{reached['env_steps']:,} env steps", flush=True)
-    else:
-        print(f"[default_job] threshold {task.threshold:g} not reached", flush=True)
-    print(f"[default_job] run: {wall:.0f} s, exit {code}; {load['note']}\n[default_job] wrote {out}", flush=True)
+    verdict = "not reached" if reached is None else \
+        f"reached after {reached['wall_s']:.0f} s at {reached['env_steps']:,} env steps"
+    print(f"[default_job] threshold {task.threshold:g} {verdict}\n[default_job] run: {wall:.0f} s, exit {code}; "
+          f"{load['note']}\n[default_job] wrote {out}", flush=True)
     return 0 if reached is not None and (code == 0 or stopped) else 1
 
 
