@@ -125,13 +125,10 @@ def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
             continue
 
         def phase(*args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
+            out = []
             with torch.profiler.record_function(f"phase/{_name}"):
-                _sync(device)
-                start = CLOCK["fn"]()
-                out = _original(*args, **kwargs)
-                _sync(device)
-                totals[_name] = totals.get(_name, 0.0) + CLOCK["fn"]() - start
-            return out
+                totals[_name] = totals.get(_name, 0.0) + timed(lambda: out.append(_original(*args, **kwargs)), device)
+            return out[0]
 
         object.__setattr__(owner, method, phase)  # an instance attribute shadows the class's method
         wrapped.append((owner, method))
@@ -211,15 +208,12 @@ def check_metrics(spec: dict[str, Any], updates: int) -> list[dict[str, float]]:
     the global torch and numpy RNGs (the agent seeds its parameters from cfg.seed, but actor sampling draws
     from the global torch RNG); update i trains on a batch of its own (seed 100 + i). Non-numeric metrics
     are left out; non-finite ones stay (JSON writes them as NaN / Infinity)."""
-    from agent.agent import Agent
-
     torch.manual_seed(0)
     np.random.seed(0)
-    A = spec["action_dim"]
-    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), build_config(spec))
+    agent = build_agent(spec)
     out = []
     for i in range(updates):
-        batch = make_batch(spec["obs"], spec["batch"], spec["length"], A, seed=CHECK_BATCH_SEED + i)
+        batch = make_batch(spec["obs"], spec["batch"], spec["length"], spec["action_dim"], seed=CHECK_BATCH_SEED + i)
         numbers = {k: _number(v) for k, v in agent.train_step(batch).items()}
         out.append({k: v for k, v in numbers.items() if v is not None})
     return out
@@ -247,17 +241,22 @@ def build_config(spec: dict[str, Any]) -> Any:
     return apply_overrides(preset(spec["preset"]), [*overrides, *spec.get("overrides", [])])
 
 
+def build_agent(spec: dict[str, Any]) -> Any:
+    """The agent of ``spec``: its observations (``obs``), an ``action_dim``-dim Box action, its config."""
+    from agent.agent import Agent
+
+    return Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (spec["action_dim"],), np.float32), build_config(spec))
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the agent of ``spec`` and time its update (or profile one); returns a JSON-able dict."""
     import agent as agent_package
-    from agent.agent import Agent
 
     agent_file = str(Path(agent_package.__file__).resolve())
     if spec.get("root") and not agent_file.startswith(str(Path(spec["root"]).resolve()) + "/"):
         raise RuntimeError(f"agent imported from {agent_file}, not from the tree {spec['root']}")
     device = torch.device(spec["device"])
-    A = spec["action_dim"]
-    batch = make_batch(spec["obs"], spec["batch"], spec["length"], A)
+    batch = make_batch(spec["obs"], spec["batch"], spec["length"], spec["action_dim"])
     rss_before = rss_mb()
     checked = {}
     if spec.get("check_updates", CHECK_UPDATES) > 0:  # before the timed agent exists, and gone before it does
@@ -268,7 +267,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), build_config(spec))
+    agent = build_agent(spec)
     result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__,
                               "param_counts": agent.param_counts(), "rss_before_model_mb": rss_before, **checked}
     for _ in range(spec["warmup"]):

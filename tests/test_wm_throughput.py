@@ -205,11 +205,9 @@ def test_batch_is_what_the_loop_hands_the_agent(obs, key, shape, dtype):
 
 
 def test_phase_timers_see_every_phase_of_a_real_update_and_are_removed_after():
-    from agent.agent import Agent
 
     spec = {**SMALL, "overrides": ["actor_critic.replay_value=0.3"]}  # so that replay_value_loss runs too
-    agent = Agent(speed_child.obs_space("state"), speed_child.spaces.Box(-1, 1, (1,), np.float32),
-                  speed_child.build_config(spec))
+    agent = speed_child.build_agent(spec)
     totals: dict[str, float] = {}
     with speed_child.phase_timers(agent, torch.device("cpu"), totals):
         assert "imagine" in vars(agent) and "train_step" in vars(agent.wm)
