@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -217,24 +216,10 @@ def bin_value(curve: list[dict], steps: int) -> float | None:
     return next((p["return"] for p in curve if p["env_steps"] == steps), None)
 
 
-def trivial_policy(name: str, space: Any, rng: Any) -> Callable[[dict, Any], Any]:
-    """A one-env policy ``(obs, is_first) -> action``: ``random`` (uniform actions from ``rng``) or ``zero``
-    (doing nothing: zero force, or the first discrete action)."""
-    import numpy as np
-
-    def act(obs: dict, is_first: np.ndarray) -> np.ndarray:
-        if hasattr(space, "n"):
-            return rng.integers(space.n, size=1) if name == "random" else np.zeros(1, np.int64)
-        shape = (1, *space.shape)
-        return (rng.uniform(-1, 1, shape) if name == "random" else np.zeros(shape)).astype(np.float32)
-
-    return act
-
-
 def trivial_returns(task: Task) -> dict[str, float]:
-    """Mean return of a uniform-random and a do-nothing policy over the task's evaluation episodes (the
-    run's evaluation seed, episode count and action repeat; state observations: the return does not
-    depend on them)."""
+    """Mean return of a uniform-random and a do-nothing policy (zero force, or the first discrete action)
+    over the task's evaluation episodes (the run's evaluation seed, episode count and action repeat; state
+    observations: the return does not depend on them)."""
     import numpy as np
 
     import envs
@@ -246,9 +231,12 @@ def trivial_returns(task: Task) -> dict[str, float]:
     out = {}
     for policy in ("random", "zero"):
         env = envs.make_vec(task.spec, 1, obs="state", action_repeat=cfg.env.action_repeat)
-        act = trivial_policy(policy, env.single_action_space, np.random.default_rng(0))
+        space = env.action_space  # one env's actions, with the batch axis
+        space.seed(0)
+        action = None if policy == "random" else np.zeros(space.shape, space.dtype)
         try:
-            returns = episode_returns(env, act, cfg.train.eval_episodes, seed=EVAL_SEED)
+            returns = episode_returns(env, lambda obs, first, a=action, s=space: s.sample() if a is None else a,
+                                      cfg.train.eval_episodes, seed=EVAL_SEED)
         finally:
             env.close()
         out[policy] = sum(returns) / len(returns)
