@@ -336,27 +336,24 @@ def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], path: Path) -> N
     _save(fig, path)
 
 
-def select_tasks(parser: argparse.ArgumentParser, suite: str, names: list[str] | None, extra: list[str]
-                 ) -> tuple[list[Task], str]:
+def select_tasks(suite: str, names: list[str] | None, extra: list[str]) -> tuple[list[Task], str]:
     """The suite's tasks (those named, if any) with ``extra`` overrides appended, and the name suffix that
     keeps an ablation's runs and results apart from the suite's own ("" without overrides). An ablation may
-    change the budget too (``--set train.steps=N``): the task's steps follow it."""
+    change the budget too (``--set train.steps=N``): the task's steps follow it. ValueError for an unknown
+    task or a bad override."""
     from agent.config import RunConfig, apply_overrides
 
     known = [t.name for t in SUITES[suite]]
     unknown = sorted(set(names or []) - set(known))
     if unknown:
-        parser.error(f"unknown task(s) {unknown} in suite {suite!r}; it has {known}")
+        raise ValueError(f"unknown task(s) {unknown} in suite {suite!r}; it has {known}")
     tasks = [t for t in SUITES[suite] if not names or t.name in names]
     if not extra:
         return tasks, ""
     out = []
     for t in tasks:
         overrides = [*t.overrides, *extra]
-        try:  # a bad key or value stops here, before any run starts
-            steps = apply_overrides(RunConfig(), [f"train.steps={t.steps}", *overrides]).train.steps
-        except ValueError as err:
-            parser.error(str(err))
+        steps = apply_overrides(RunConfig(), [f"train.steps={t.steps}", *overrides]).train.steps
         out.append(replace(t, overrides=overrides, steps=steps))
     return out, "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8]
 
@@ -405,16 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(o.startswith("agent.seed=") for o in args.set):
         parser.error("give seeds with --seeds, not --set agent.seed=...")
-    tasks, variant = select_tasks(parser, args.suite, args.tasks, args.set)
-    suite = select_tasks(parser, args.suite, None, args.set)[0]
-    out = Path(args.out or f"results/learning_{args.suite.replace('-', '_')}{variant}.json")
-    root = Path((args.rundir or ("runs/dmc_proprio" if args.suite == "dmc-proprio" else "runs/learning")) + variant)
-
-    pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
-    try:
+    try:  # a bad task or override, a run unlike its task, a directory another sweep writes, a bad runner option
+        tasks, variant = select_tasks(args.suite, args.tasks, args.set)
+        suite = select_tasks(args.suite, None, args.set)[0]
+        root = Path((args.rundir or ("runs/dmc_proprio" if args.suite == "dmc-proprio" else "runs/learning")) + variant)
+        pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
         check_runs_before_start(pending, suite, root, args.fresh)
         failed = run_pending(pending, root, args)
-    except ValueError as err:  # a run unlike its task, a directory another sweep is writing, a bad runner option
+    except ValueError as err:
         parser.error(str(err))
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them", flush=True)
@@ -422,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one
     # more seed adds to the results file instead of replacing it.
+    out = Path(args.out or f"results/learning_{args.suite.replace('-', '_')}{variant}.json")
     runs = finished_runs(root, suite)
     if not runs:
         print(f"no finished run of suite {args.suite!r} under {root}; nothing written", flush=True)
