@@ -70,29 +70,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# On a CPU with one torch thread the process's CPU time is the update's cost even when other processes share
-# the cores (a preempted update does not count the time it waited); elsewhere wall time.
-CLOCK = {"clock": "wall", "fn": time.perf_counter}
-
-
-def use_cpu_clock(device: torch.device, threads: int | None) -> None:
-    """Time with the process's CPU time when the update runs on one CPU thread."""
-    if device.type == "cpu" and threads == 1:
-        CLOCK.update(clock="process_cpu", fn=time.process_time)
+def clock(device: torch.device) -> tuple[str, Callable[[], float]]:
+    """The clock times are read from: on a CPU with one torch thread the process's CPU time, which is the
+    update's cost even when other processes share the cores (a preempted update does not count the time it
+    waited); elsewhere wall time. Decided per call, so that every copy of this module agrees."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return "process_cpu", time.process_time
+    return "wall", time.perf_counter
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds (CLOCK) one call of ``fn`` takes, the device synchronised before and after."""
+    """Seconds (``clock``) one call of ``fn`` takes, the device synchronised before and after."""
+    now = clock(device)[1]
     _sync(device)
-    start = CLOCK["fn"]()
+    start = now()
     fn()
     _sync(device)
-    return CLOCK["fn"]() - start
+    return now() - start
 
 
 def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
     """Median, min, max and count of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones (seconds,
-    CLOCK), and the times themselves."""
+    ``clock``), and the times themselves."""
     for _ in range(warmup):
         fn()
     times = [timed(fn, device) for _ in range(repeats)]
@@ -115,7 +114,7 @@ PHASES = (("world_model", "wm", "train_step"), ("imagine", "", "imagine"),
 
 @contextmanager
 def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
-    """Accumulate the time (CLOCK) of each phase's calls into ``totals`` (seconds) while active; each call is
+    """Accumulate the time (``clock``) of each phase's calls into ``totals`` (seconds) while active; each call is
     also a `record_function` range, so a profile shows the phases too. Phases a revision lacks are skipped."""
     wrapped = []
     for name, owner_path, method in PHASES:
@@ -286,14 +285,13 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    use_cpu_clock(device, spec.get("threads"))
     if spec.get("mode", "agent_update") == "agent_update":
         result = run(spec)
     else:  # the world model alone: the current tree only
         from benchmarks import wm_throughput
 
         result = getattr(wm_throughput, f"run_{spec['mode']}")(spec)
-    return {**result, "clock": CLOCK["clock"], "torch_threads": torch.get_num_threads(), **peak_memory(device)}
+    return {**result, "clock": clock(device)[0], "torch_threads": torch.get_num_threads(), **peak_memory(device)}
 
 
 if __name__ == "__main__":

@@ -267,3 +267,25 @@ def test_gpu_check_records_a_failed_step_and_goes_on(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["steps"]["nvidia_smi"]["rc"] == 127 and not result["steps"]["nvidia_smi"]["ok"]
     assert "gpu" not in result and result["throughput"] == {} and "train" not in result
+
+
+def test_one_cpu_thread_is_timed_in_process_cpu_time():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert speed_child.clock(torch.device("cpu"))[0] == "process_cpu"
+        torch.set_num_threads(2)
+        assert speed_child.clock(torch.device("cpu"))[0] == "wall"
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_world_model_child_times_update_forward_and_parts():
+    """The world-model mode runs in the same child script as the agent's, with its thread count and clock."""
+    spec = {**SMALL, "mode": "update", "obs": "pixels", "warmup": 0, "repeats": 1}
+    result = run_in_child(spec, ROOT)
+    assert "error" not in result, result.get("error")
+    assert result["clock"] == "process_cpu" and result["torch_threads"] == 1 and result["peak_rss_mb"] > 0
+    assert {"encoder", "rssm_observe", "image_decoder"} == set(result["forward_parts"])
+    assert result["update"]["n"] == 1 and result["frames_per_s_update"] > 0
