@@ -4,18 +4,14 @@
     python -m benchmarks.default_job --stop-at-threshold --out results/default_job_cpu.json
     python -m benchmarks.default_job --set train.steps=1500 train.eval_every=500 --out /tmp/smoke.json  # smoke
 
-Runs ``python -m agent train --logdir <dir>`` with no task or preset, as ``make train`` does (the default
-job: ``agent.config.default_job``), its progress bar and output going to this terminal. While it runs, the
-run's ``metrics.jsonl`` is read as it grows; every evaluation is printed and recorded with its env steps,
-return and the wall seconds since the process was started (when this command first saw the line: at most
-``--poll`` seconds late), next to the loop's own ``time/wall_s`` (which starts when the loop does, after
-imports). The threshold is the learning benchmark's for the same env and observations
-(``benchmarks.learning.SUITES``: on a CPU, task ``pendulum``, -300). The results JSON holds the time and
-env steps to the first evaluation that reaches it, the whole run's wall time, the eval curve, the peak
-memory, the machine, torch and git commit, and how busy the machine was: the load average at start and
-end, and the CPU time other processes took during the run (from /proc/stat). On a shared machine that
-number says whether the times can be trusted. Exit status 1 when the run failed or never reached the
-threshold.
+Runs ``python -m agent train --logdir <dir>`` with no task or preset, as ``make train`` does, and reads the
+run's ``metrics.jsonl`` as it grows: every evaluation is recorded with the wall seconds since the process
+started (when this command first saw it: at most ``--poll`` seconds late) beside the loop's own
+``time/wall_s``. The threshold is the learning benchmark's task for the same env and observations (on a
+CPU, ``pendulum``: -300). The results hold the time and env steps to the first evaluation that reaches it,
+the whole run's wall time, the eval curve, peak memory, machine, torch and commit, and how busy the machine
+was (load averages, and the CPU time other processes took, from /proc/stat). Exit status 1 when the run
+failed or never reached the threshold.
 """
 
 from __future__ import annotations
@@ -78,26 +74,6 @@ def first_reaching(curve: list[dict[str, Any]], threshold: float) -> dict[str, A
     return next((point for point in curve if point["return"] >= threshold), None)
 
 
-def cpu_times_s() -> tuple[float, float] | tuple[None, None]:
-    """CPU seconds since boot (/proc/stat) that all processes on the machine were busy, and that a hypervisor
-    took from this (virtual) machine ("steal"); None without /proc."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    except (OSError, IndexError, ValueError):
-        return None, None
-    hz = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / hz, steal / hz
-
-
-def children_cpu_s() -> float:
-    """CPU seconds of this process's finished and waited-for children (and theirs)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def machine_load(start: dict[str, Any], end: dict[str, Any], wall_s: float) -> dict[str, Any]:
     """How busy the machine was apart from the job: load averages and other processes' mean busy cores."""
     cores = os.cpu_count() or 1
@@ -123,10 +99,21 @@ def machine_load(start: dict[str, Any], end: dict[str, Any], wall_s: float) -> d
 
 
 def load_sample() -> dict[str, Any]:
-    """Load averages, the machine's busy and stolen CPU seconds, and this process's children's CPU seconds."""
-    busy, steal = cpu_times_s()
+    """Load averages, the CPU seconds since boot that all processes on the machine were busy and that a
+    hypervisor took from this (virtual) machine ("steal"; both None without /proc/stat), and the CPU
+    seconds of this process's finished children."""
+    import resource
+
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+        hz = os.sysconf("SC_CLK_TCK")
+        busy, steal = (user + nice + system + irq + softirq) / hz, steal / hz
+    except (OSError, IndexError, ValueError):
+        busy = steal = None
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"loadavg": [round(v, 2) for v in os.getloadavg()], "busy_s": busy, "steal_s": steal,
-            "children_cpu_s": children_cpu_s()}
+            "children_cpu_s": children.ru_utime + children.ru_stime}
 
 
 def resolve(extra: list[str], logdir: Path) -> Any:
@@ -216,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
 
     reached = first_reaching(curve, task.threshold)
     peaks = [row["memory/peak_rss_mb"] for row in follower.rows if "memory/peak_rss_mb" in row]
-    info = machine_info()
     write_json(out, {
         "benchmark": "default_job", "command": cmd[1:], "default_job": not args.set, "overrides": args.set,
         "spec": cfg.env.spec, "obs": cfg.env.obs, "steps": cfg.train.steps, "logdir": str(logdir),
@@ -230,15 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         "curve": curve,
         "curve_fields": "wall_s: seconds since the process started, when this command first saw the eval (at most "
                         f"{args.poll:g} s late); run_wall_s: the loop's time/wall_s (from the loop's start)",
-        "load": load, "machine": info, "torch": torch.__version__, "git_commit": info["git_commit"],
-        "git_dirty": info["git_dirty"],
+        "load": load, "machine": machine_info(), "torch": torch.__version__,
     })
-    if reached is not None:
-        print(f"[default_job] threshold {task.threshold:g} reached after {reached['wall_s']:.0f} s at "
-              f"{reached['env_steps']:,} env steps", flush=True)
-    else:
-        print(f"[default_job] threshold {task.threshold:g} not reached", flush=True)
-    print(f"[default_job] run: {wall:.0f} s, exit {code}; {load['note']}\n[default_job] wrote {out}", flush=True)
+    verdict = "not reached" if reached is None else \
+        f"reached after {reached['wall_s']:.0f} s at {reached['env_steps']:,} env steps"
+    print(f"[default_job] threshold {task.threshold:g} {verdict}\n[default_job] run: {wall:.0f} s, exit {code}; "
+          f"{load['note']}\n[default_job] wrote {out}", flush=True)
     return 0 if reached is not None and (code == 0 or stopped) else 1
 
 

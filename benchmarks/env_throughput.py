@@ -59,24 +59,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     print(f"{'spec':24s} {'obs':7s} {'envs':>4s} {'quality':7s} {'env steps/s':>12s}")
     for i, (spec, obs, n, quality) in enumerate(configs, 1):
-        row = measure(spec, obs, n, "fast" if quality == "-" else quality, args.steps, args.action_repeat)
-        rows.append(row)
-        print(f"{spec:24s} {obs:7s} {n:4d} {quality:7s} {row['env_steps_per_s']:12.1f}   [{i}/{len(configs)}]",
+        rows.append(measure(spec, obs, n, "fast" if quality == "-" else quality, args.steps, args.action_repeat))
+        print(f"{spec:24s} {obs:7s} {n:4d} {quality:7s} {rows[-1]['env_steps_per_s']:12.1f}   [{i}/{len(configs)}]",
               flush=True)
-        write_json(args.out, {"benchmark": "env_throughput", "machine": machine_info(), "results": rows})
-    speedups = {}
-    for row in rows:
-        if row["render_quality"] == "fast":
-            full = [r for r in rows if r["render_quality"] == "full" and
-                    (r["spec"], r["obs"], r["num_envs"]) == (row["spec"], row["obs"], row["num_envs"])]
-            if full:
-                speedups[f"{row['spec']} x{row['num_envs']}"] = round(
-                    row["env_steps_per_s"] / full[0]["env_steps_per_s"], 2)
-    payload = {"benchmark": "env_throughput", "machine": machine_info(), "results": rows,
-               "fast_over_full_speedup": speedups, "numpy": np.__version__}
-    print("fast/full render speed-up:", speedups)
-    print("wrote", write_json(args.out, payload))
-
+        rate = {(r["spec"], r["obs"], r["num_envs"], r["render_quality"]): r["env_steps_per_s"] for r in rows}
+        speedups = {f"{s} x{n}": round(v / rate[s, o, n, "full"], 2) for (s, o, n, q), v in rate.items()
+                    if q == "fast" and (s, o, n, "full") in rate}
+        write_json(args.out, {"benchmark": "env_throughput", "machine": machine_info(), "results": rows,
+                              "fast_over_full_speedup": speedups, "numpy": np.__version__})
+    print("fast/full render speed-up:", speedups, "\nwrote", args.out)
 
 if __name__ == "__main__":
     main()

@@ -1,23 +1,14 @@
-"""One job runner for every benchmark that runs several trainings: local Ray by default, a Ray cluster with
-``--address``, one job after another without Ray.
+"""One job runner for every benchmark that runs several trainings (README: "More than one machine").
 
-A job is one real process (``python -m agent train ...``, or a benchmark's own worker entry) with its run
-directory, where its output goes to ``stdout.log``. It declares its torch threads (and GPU share) as Ray
-resources, so Ray starts as many at once as the CPUs (GPUs) allow.
-
-- Local (no address, no ``RAY_ADDRESS``): Ray starts inside this process with this machine's CPUs
-  (``--cpus`` to use fewer) and stops at the end; nothing to set up.
-- A cluster (``--address HOST:PORT`` or ``RAY_ADDRESS``): the same jobs go to a running Ray cluster. Run
-  directories must then be on storage that every node mounts at the same path; results are read back from
-  there by this process.
-- Without Ray installed (``pip install tubedreamer[cluster]``) or with ``--no-ray``: jobs run one after
-  another in subprocesses of this process.
-
-Faults: a job that exits non-zero (or whose worker or node dies) is reported with the last lines of its log
-and started again, up to ``--retries`` times; a job that can resume (``resume_argv``, used once its
-``resume_when`` file exists, e.g. a checkpoint) continues from its checkpoint. Run directories are locked
-(``.sweep.lock``) for the whole sweep, so two sweeps cannot write one run directory; the lock of a sweep that
-died on this machine is taken over.
+A job is one real process (``python -m agent train ...``, or a benchmark's own worker entry) in its run
+directory, logging to ``stdout.log``; it declares its torch threads (and GPU share) as Ray resources, so
+Ray starts as many at once as the CPUs (GPUs) allow. Ray starts inside this process with this machine's
+CPUs (``--cpus`` to use fewer), or the jobs go to a running cluster (``--address HOST:PORT`` or
+``RAY_ADDRESS``; run directories must then be on storage every node mounts at the same path); without Ray
+(not installed, or ``--no-ray``) they run one after another. A job that fails is reported with its log's
+last lines and started again up to ``--retries`` times, from its checkpoint once there is one.
+Run directories are locked (``.sweep.lock``) for the whole sweep; the lock of a sweep that died on this
+machine is taken over.
 """
 
 from __future__ import annotations
@@ -33,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +40,13 @@ class Job:
     name: str
     rundir: str
     argv: tuple[str, ...]  # after the interpreter, e.g. ("-m", "agent", "train", "--logdir", ...)
-    resume_argv: tuple[str, ...] | None = None  # used instead once ``rundir/resume_when`` exists
-    resume_when: str = "checkpoint.pt"
+    resume_argv: tuple[str, ...] | None = None  # used instead once ``rundir/checkpoint.pt`` exists
     cpus: float = 1.0  # Ray resources: the job's torch threads
     gpus: float = 0.0
-    env: dict[str, str] = field(default_factory=dict)  # added to the worker's environment
 
     def command(self) -> tuple[str, ...]:
-        """The arguments of the next attempt: ``resume_argv`` once there is something to resume from."""
-        if self.resume_argv is not None and (Path(self.rundir) / self.resume_when).exists():
+        """The arguments of the next attempt: ``resume_argv`` once there is a checkpoint to resume from."""
+        if self.resume_argv is not None and (Path(self.rundir) / "checkpoint.pt").exists():
             return self.resume_argv
         return self.argv
 
@@ -127,7 +116,7 @@ def run_attempt(job: Job, cwd: str) -> dict[str, Any]:
                 "error": f"run directory {rundir} does not exist on {host}: with a Ray cluster, put the run "
                          "directories on storage that every node mounts at the same path"}
     cmd = [sys.executable, *job.command()]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **job.env}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     start = time.time()
     with _interruptible(), open(rundir / LOG, "a") as log:
         stamp = datetime.datetime.now().isoformat(timespec="seconds")

@@ -1,37 +1,18 @@
-"""Learning evidence: train on a small suite of tasks and judge each against a bar.
+"""Learning evidence: train on a suite of tasks and judge each against a bar (README: "Learning evidence").
 
     python -m benchmarks.learning --suite cpu --out results/learning_cpu.json
-    python -m benchmarks.learning --suite cpu-pixels --parallel 1 --out results/learning_cpu_pixels.json
     python -m benchmarks.learning --suite dmc-proprio --seeds 0 1 --parallel 2   # against DreamerV3's curves
     python -m benchmarks.learning --suite dmc-proprio --report-only   # results from the finished runs only
-    python -m benchmarks.learning --suite gpu --out results/learning_gpu.json   # a CUDA machine
-    python -m benchmarks.learning --suite dmc-proprio --tasks walker_walk --set agent.actor_critic.actor_lr=3e-5
-    python -m benchmarks.learning --tasks pendulum --seeds 0 1 2    # more seeds of a task
+    python -m benchmarks.learning --tasks pendulum --seeds 0 1 2 --set agent.actor_critic.actor_lr=3e-5
 
-Each task is a real ``python -m agent train`` run in its own process, started by the job runner
-(``benchmarks.jobs``): on a Ray started in this process by default (as many runs at once as the CPUs hold
-their torch threads, at most ``--parallel``), on a running Ray cluster with ``--address`` (then ``--rundir``
-must be on storage every node mounts), or one after another without Ray. A run that fails is reported with
-its log's last lines and started again from its checkpoint (``--retries``); run directories are locked while
-a sweep writes them. Seed 0 runs in ``<task>``, seed N in ``<task>-seed<N>``, under the
-suite's run root (``runs/learning``; ``runs/dmc_proprio`` for dmc-proprio). A run directory that already
-holds a finished run is reused (or resumed, when the task now asks for more steps), and an unfinished one
-is resumed from its checkpoint, so an interrupted benchmark picks up where it stopped (``--fresh`` starts
-over). The results file (default ``results/learning_<suite>.json``, dashes as underscores) gathers every
-finished run under the run root, with a PNG of the curves next to it.
-
-Two ways to judge a task:
-
-- ``cpu``, ``cpu-pixels``, ``gpu``: the eval returns each run logs (deterministic policy) are read back
-  from its ``metrics.jsonl``; a task passes when the mean of its seeds' final evaluations (the last two)
-  reaches its threshold. The returns of two trivial policies on the same evaluation episodes (uniform
-  random actions, and doing nothing) are written beside them.
-- ``dmc-proprio``: DreamerV3's own metric, so that its published curves can be laid over ours. Every
-  training episode (the exploring policy) counts in the 10,000-env-step bin in which it ended,
-  (x - 10,000, x]; a bin's value is the mean return of its episodes. A task's ``ours_100k`` is the mean
-  over its seeds of the bin ending at 100,000 steps, and it passes when that reaches DreamerV3's seed mean
-  in the same bin. Only DreamerV3's proprio curves are used: the vision entries of the reference file are
-  per-episode points, not bins. The eval curve is kept, labelled as the deterministic policy's.
+Each (task, seed) is a ``python -m agent train`` run in ``<run root>/<task>`` (``<task>-seed<N>`` for seed
+N), started by ``benchmarks.jobs``. A finished run is reused, or resumed when its task now asks for more
+steps; an unfinished one is resumed; one configured unlike its task stops the command (``--fresh`` retrains
+it). The results file gathers every finished run under the run root, with a PNG of the curves. ``cpu``,
+``cpu-pixels`` and ``gpu`` tasks pass when the seed mean of the final evaluation (the mean of the last two,
+deterministic policy) reaches their threshold; ``dmc-proprio`` tasks when the seed mean of DreamerV3's own
+metric (the mean return of the training episodes that ended in the 10,000 env steps up to 100K) reaches
+DreamerV3's seed mean there.
 """
 
 from __future__ import annotations
@@ -41,7 +22,6 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +32,8 @@ from .common import machine_info, write_json
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "dreamerv3_dmc.json"
 CURVES = ROOT.parent / "shared" / "reference" / "dreamerv3_dmc_curves.json"
+BIN = 10_000  # env steps per bin of DreamerV3's score curves
+MARKS = (50_000, 100_000)  # the bins that the results and the README compare
 
 
 @dataclass(frozen=True)
@@ -68,38 +50,12 @@ class Task:
     overrides: list[str] = field(default_factory=list)
 
 
-CPU_SCHEDULE = ["train.batch_length=32", "train.prefill=2000", "train.eval_episodes=3", "train.video_every=0",
-                "train.checkpoint_every=5000", "train.threads=1"]
-
-# The DMC proprio suite's one schedule. DreamerV3's published curves were trained with B16 x T64 at train
-# ratio 512 (its 2024 code), i.e. 25,000 updates in 100,000 env steps (action repeat 2); B16 x T32 at ratio
-# 256 makes as many updates, each replaying half as many steps, which keeps a run near 2 hours on one core.
-DMC_PROPRIO_SCHEDULE = ["train.batch_length=32", "train.train_ratio=256", "train.eval_every=10000",
-                        "train.eval_episodes=5", "train.video_every=0", "train.checkpoint_every=5000",
-                        "train.threads=1"]
-DMC_PROPRIO_TASKS = ["cartpole-balance", "cartpole-swingup", "reacher-easy", "pendulum-swingup", "finger-spin",
-                     "walker-walk"]
-
-
-def dreamerv3_mean_at(task: str, steps: int, kind: str = "proprio") -> float:
-    """DreamerV3's seed-mean training-episode return in the 10,000-step bin ending at ``steps``."""
-    curve = json.loads(CURVES.read_text())[kind][task.replace("-", "_")]
-    return curve["mean"][curve["x"].index(steps)]
-
-
-# Suites judged by DreamerV3's own metric against its published curves: suite -> the curves file's section.
-# Proprio only: the file's "vision" entries are raw per-episode points (with nulls), not 10K bins.
-DREAMERV3_SUITES = {"dmc-proprio": "proprio"}
-BIN = 10_000  # env steps per bin of DreamerV3's score curves
-MARKS = (50_000, 100_000)  # the bins that the results and the README compare
-
-
-def dreamerv3_curve(task: str, kind: str = "proprio") -> dict | None:
-    """DreamerV3's binned curve of ``task`` (``x``, seed ``mean``, ``seeds``), or None where the reference
-    has none."""
+def dreamerv3_curve(task: str) -> dict | None:
+    """DreamerV3's binned proprio curve of ``task`` (``x``, seed ``mean``, ``seeds``), or None where the
+    reference has none. The file's vision entries are raw per-episode points (with nulls), not 10K bins."""
     if not CURVES.exists():
         return None
-    return json.loads(CURVES.read_text())[kind].get(task.replace("-", "_"))
+    return json.loads(CURVES.read_text())["proprio"].get(task.replace("-", "_"))
 
 
 def dreamerv3_at(curve: dict | None, steps: int) -> dict[str, float | None]:
@@ -113,7 +69,17 @@ def dreamerv3_at(curve: dict | None, steps: int) -> dict[str, float | None]:
             "seeds": len(seeds)}
 
 
-DEFAULT_RUNDIR = {"dmc-proprio": "runs/dmc_proprio"}  # any other suite: runs/learning
+CPU_SCHEDULE = ["train.batch_length=32", "train.prefill=2000", "train.eval_episodes=3", "train.video_every=0",
+                "train.checkpoint_every=5000", "train.threads=1"]
+
+# The DMC proprio suite's one schedule. DreamerV3's published curves were trained with B16 x T64 at train
+# ratio 512 (its 2024 code), i.e. 25,000 updates in 100,000 env steps (action repeat 2); B16 x T32 at ratio
+# 256 makes as many updates, each replaying half as many steps, which keeps a run near 2 hours on one core.
+DMC_PROPRIO_SCHEDULE = ["train.batch_length=32", "train.train_ratio=256", "train.eval_every=10000",
+                        "train.eval_episodes=5", "train.video_every=0", "train.checkpoint_every=5000",
+                        "train.threads=1"]
+DMC_PROPRIO_TASKS = ["cartpole-balance", "cartpole-swingup", "reacher-easy", "pendulum-swingup", "finger-spin",
+                     "walker-walk"]
 
 SUITES = {
     "cpu": [
@@ -123,7 +89,7 @@ SUITES = {
     ],
     "dmc-proprio": [
         Task(name.replace("-", "_"), f"dmc:{name}", "state", "cpu", 100_000,
-             dreamerv3_mean_at(name, 100_000) if CURVES.exists() else float("nan"),
+             dreamerv3_at(dreamerv3_curve(name), 100_000)["mean"] if CURVES.exists() else float("nan"),
              "DreamerV3's seed mean at 100K env steps (training episodes, 10K bin)", DMC_PROPRIO_SCHEDULE)
         for name in DMC_PROPRIO_TASKS
     ],
@@ -142,6 +108,7 @@ SUITES = {
              ["agent.device=cuda", "train.eval_every=10000", "train.video_every=20000", "env.num_envs=4"]),
     ],
 }
+DREAMERV3_SUITES = ("dmc-proprio",)  # judged by DreamerV3's metric; the others by their thresholds
 
 
 def run_name(task: Task, seed: int) -> str:
@@ -176,32 +143,28 @@ def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
     path = rundir / "config.json"
     if not path.exists():
         return []
-    run = config_to_dict(config_from_dict(json.loads(path.read_text()), RunConfig))  # older runs: new fields default
+    run = config_to_dict(config_from_dict(json.loads(path.read_text()), RunConfig))  # JSON lists as tuples
     skip = ["train.steps", *(IMAGE_ONLY if task.obs == "state" else [])]
-    diff = config_diff(run, task_config(task, seed), skip=skip)
-    return [f"{k}: run {u!r}, task {v!r}" for k, u, v in diff]
+    return [f"{k}: run {u!r}, task {v!r}" for k, u, v in config_diff(run, task_config(task, seed), skip=skip)]
 
 
-def check_config(task: Task, seed: int, rundir: Path) -> None:
-    """Refuse to reuse or resume a run that the task, as now defined, would not have trained."""
-    diff = config_mismatch(task, seed, rundir)
-    if diff:
-        raise ValueError(f"{rundir} was trained with a different config than task {task.name!r} now asks for "
-                         f"({'; '.join(diff)}); pass --fresh to retrain it, or move it away")
+def done(rundir: Path) -> dict | None:
+    """A finished run's ``done.json`` (``steps``: the env steps it was trained for; ``wall_s``: the seconds
+    all its parts ran), or None while it is unfinished."""
+    path = rundir / "done.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def run_task(task: Task, seed: int, rundir: Path, fresh: bool, gpus: float = 1.0) -> jobs.Job | None:
     """The job that trains ``task`` with ``seed`` in ``rundir`` (None when a finished run of at least the
     task's steps is already there). A run that stopped early, or finished fewer steps than the task now asks
     for, is resumed: the job resumes whenever ``rundir`` holds a checkpoint when it starts (a retry after a
-    crash too). A run configured differently from the task is an error unless ``fresh``, which empties
-    ``rundir``. A run on CUDA declares ``gpus`` of a GPU; every run declares its torch threads as CPUs."""
-    if not fresh:
-        check_config(task, seed, rundir)
-    if not fresh and (rundir / "done.json").exists() and run_steps(rundir) >= task.steps:
-        return None
+    crash too); ``fresh`` empties ``rundir`` instead. A run on CUDA declares ``gpus`` of a GPU; every run
+    declares its torch threads as CPUs. Its config is checked before (``check_runs_before_start``)."""
     if fresh:
         jobs.clear(rundir)
+    elif (done(rundir) or {}).get("steps", -1) >= task.steps:
+        return None
     rundir = rundir.resolve()  # a job may start in another directory, or on another machine
     base = ("-m", "agent", "train", "--logdir", str(rundir), "--no-progress")
     fresh_argv = (*base, "--env", task.spec, "--preset", task.preset, "--steps", str(task.steps),
@@ -214,63 +177,38 @@ def run_task(task: Task, seed: int, rundir: Path, fresh: bool, gpus: float = 1.0
                     gpus=gpus if cfg["agent"]["device"].startswith("cuda") else 0.0)
 
 
-def run_steps(rundir: Path) -> int:
-    """The env steps a finished run was trained for: its done.json, or for older runs the last step its
-    metrics.jsonl logged (not config.json, which names the target of the latest start)."""
-    done = json.loads((rundir / "done.json").read_text())
-    if "steps" in done:
-        return done["steps"]
-    return max(json.loads(line)["step"] for line in (rundir / "metrics.jsonl").read_text().splitlines() if line)
+def metrics(rundir: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (a resume has already dropped those logged after its checkpoint)."""
+    return [json.loads(line) for line in (rundir / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def eval_curve(rundir: Path) -> list[dict[str, float]]:
     """The run's evaluations (deterministic policy): env steps and mean return of each."""
-    curve = []
-    for line in (rundir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "eval/return" in row:
-            curve.append({"env_steps": row["step"], "return": row["eval/return"]})
-    return curve
-
-
-def final_return(curve: list[dict[str, float]], up_to: float = float("inf")) -> float:
-    """A run's final eval: the mean of its last two evaluations (those at or before ``up_to`` env steps)."""
-    last = [p["return"] for p in curve if p["env_steps"] <= up_to][-2:]
-    return sum(last) / len(last)
-
-
-def run_commits(rundir: Path) -> list[str]:
-    """The commits a run was started and resumed at (from its starts.jsonl; "+dirty" marks uncommitted
-    changes); empty for runs older than that file."""
-    path = rundir / "starts.jsonl"
-    if not path.exists():
-        return []
-    starts = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return [f"{s['git_commit']}{'+dirty' if s.get('git_dirty') else ''}" for s in starts]
+    return [{"env_steps": row["step"], "return": row["eval/return"]} for row in metrics(rundir)
+            if "eval/return" in row]
 
 
 def training_episodes(rundir: Path) -> list[tuple[int, float]]:
-    """(env step at which it ended, return) of every training episode in a run's ``metrics.jsonl`` (one line
-    each; a resume has already dropped the lines logged after its checkpoint)."""
-    rows = (json.loads(line) for line in (rundir / "metrics.jsonl").read_text().splitlines() if line)
-    return [(row["step"], row["episode/return"]) for row in rows if "episode/return" in row]
+    """(env step at which it ended, return) of every training episode of a run."""
+    return [(row["step"], row["episode/return"]) for row in metrics(rundir) if "episode/return" in row]
+
+
+def run_commits(rundir: Path) -> list[str]:
+    """The commits a run was started and resumed at (its ``starts.jsonl``; "+dirty" marks uncommitted changes)."""
+    path = rundir / "starts.jsonl"
+    starts = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return [f"{s['git_commit']}{'+dirty' if s.get('git_dirty') else ''}" for s in starts]
 
 
 def binned_returns(episodes: list[tuple[int, float]], steps: int, width: int = BIN) -> list[dict]:
     """DreamerV3's metric: for x = width, 2 width, ... up to ``steps``, the mean return of the episodes that
     ended in (x - width, x] env steps, and how many did; ``return`` is None for a bin in which none ended.
     Episodes after the last whole bin are left out."""
-    sums: dict[int, list[float]] = {}
+    bins: dict[int, list[float]] = {}
     for step, ret in episodes:
-        right = -(-step // width) * width  # the bin's right edge: an episode ending exactly at x counts for x
-        total = sums.setdefault(right, [0.0, 0])
-        total[0] += ret
-        total[1] += 1
-    curve = []
-    for x in range(width, steps + 1, width):
-        total, count = sums.get(x, (0.0, 0))
-        curve.append({"env_steps": x, "return": total / count if count else None, "episodes": count})
-    return curve
+        bins.setdefault(-(-step // width) * width, []).append(ret)  # right edge: an episode ending at x counts for x
+    return [{"env_steps": x, "return": sum(bins[x]) / len(bins[x]) if x in bins else None,
+             "episodes": len(bins.get(x, []))} for x in range(width, steps + 1, width)]
 
 
 def bin_value(curve: list[dict], steps: int) -> float | None:
@@ -278,24 +216,10 @@ def bin_value(curve: list[dict], steps: int) -> float | None:
     return next((p["return"] for p in curve if p["env_steps"] == steps), None)
 
 
-def trivial_policy(name: str, space: Any, rng: Any) -> Callable[[dict, Any], Any]:
-    """A one-env policy ``(obs, is_first) -> action``: ``random`` (uniform actions from ``rng``) or ``zero``
-    (doing nothing: zero force, or the first discrete action)."""
-    import numpy as np
-
-    def act(obs: dict, is_first: np.ndarray) -> np.ndarray:
-        if hasattr(space, "n"):
-            return rng.integers(space.n, size=1) if name == "random" else np.zeros(1, np.int64)
-        shape = (1, *space.shape)
-        return (rng.uniform(-1, 1, shape) if name == "random" else np.zeros(shape)).astype(np.float32)
-
-    return act
-
-
 def trivial_returns(task: Task) -> dict[str, float]:
-    """Mean return of a uniform-random and a do-nothing policy over the task's evaluation episodes (the
-    run's evaluation seed, episode count and action repeat; state observations: the return does not
-    depend on them)."""
+    """Mean return of a uniform-random and a do-nothing policy (zero force, or the first discrete action)
+    over the task's evaluation episodes (the run's evaluation seed, episode count and action repeat; state
+    observations: the return does not depend on them)."""
     import numpy as np
 
     import envs
@@ -304,13 +228,15 @@ def trivial_returns(task: Task) -> dict[str, float]:
     from agent.rollout import episode_returns
 
     cfg = apply_overrides(RunConfig(), task.overrides)
-    episodes, repeat = cfg.train.eval_episodes, cfg.env.action_repeat
     out = {}
     for policy in ("random", "zero"):
-        env = envs.make_vec(task.spec, 1, obs="state", action_repeat=repeat)
-        act = trivial_policy(policy, env.single_action_space, np.random.default_rng(0))
+        env = envs.make_vec(task.spec, 1, obs="state", action_repeat=cfg.env.action_repeat)
+        space = env.action_space  # one env's actions, with the batch axis
+        space.seed(0)
+        action = None if policy == "random" else np.zeros(space.shape, space.dtype)
         try:
-            returns = episode_returns(env, act, episodes, seed=EVAL_SEED)
+            returns = episode_returns(env, lambda obs, first, a=action, s=space: s.sample() if a is None else a,
+                                      cfg.train.eval_episodes, seed=EVAL_SEED)
         finally:
             env.close()
         out[policy] = sum(returns) / len(returns)
@@ -318,58 +244,74 @@ def trivial_returns(task: Task) -> dict[str, float]:
 
 
 def reference_score(task: Task) -> dict | None:
+    """DreamerV3's published final scores of a DMC task (``proprio_500k``, ``vision_500k``, ...), if any."""
     if not task.spec.startswith("dmc:") or not REFERENCE.exists():
         return None
-    key = task.spec[4:].replace("-", "_")
-    return json.loads(REFERENCE.read_text())["tasks"].get(key)
+    return json.loads(REFERENCE.read_text())["tasks"].get(task.spec[4:].replace("-", "_"))
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def by_task(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs grouped by task name, in the order the tasks first appear (seed order within each)."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["name"], []).append(run)
+    return groups
+
+
+def _panels(n: int, cols: int) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels in rows of ``cols`` (those past ``n`` hidden), and its axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(dict.fromkeys(r["name"] for r in runs))
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        seeds = [r for r in runs if r["name"] == name]
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """One panel per task: each seed's eval curve, the threshold, the trivial policies and DreamerV3's score."""
+    groups = by_task(runs)
+    fig, axes = _panels(len(groups), len(groups))
+    for ax, seeds in zip(axes, groups.values()):
         for r in seeds:
             ax.plot([p["env_steps"] for p in r["curve"]], [p["return"] for p in r["curve"]], marker="o",
                     markersize=3, label=f"eval return (ours), seed {r['seed']}")
         run = seeds[0]
         ax.axhline(run["threshold"], color="gray", linestyle="--", label=f"threshold {run['threshold']:g}")
-        for (policy, value), style in zip(run.get("trivial", {}).items(), ("-.", (0, (1, 3)))):
+        for (policy, value), style in zip(run["trivial"].items(), ("-.", (0, (1, 3)))):
             ax.axhline(value, color="tab:red", linestyle=style, linewidth=1, label=f"{policy} policy {value:.0f}")
-        ref = run.get("dreamerv3")
-        if ref:
+        if run["dreamerv3"]:
             key = "vision_500k" if run["obs"] == "pixels" else "proprio_500k"
-            ax.axhline(ref[key], color="green", linestyle=":", label=f"DreamerV3 {key}: {ref[key]}")
-        ax.set_title(f"{run['spec']} ({run['obs']}, {run['preset']})")
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("return")
+            ax.axhline(run["dreamerv3"][key], color="green", linestyle=":",
+                       label=f"DreamerV3 {key}: {run['dreamerv3'][key]}")
+        ax.set(title=f"{run['spec']} ({run['obs']}, {run['preset']})", xlabel="env steps", ylabel="return")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
 
 
-def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], kind: str, path: Path) -> None:
+def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], path: Path) -> None:
     """One panel per task: each seed's binned training-episode returns (solid) and deterministic eval
     (dashed) over DreamerV3's seed mean and min-max band, up to our budget in env steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    cols = min(3, len(tasks))
-    rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False)
-    nan = float("nan")
-    for ax, task in zip(axes.flat, tasks):
-        seeds = [r for r in runs if r["name"] == task["name"]]
+    groups, nan = by_task(runs), float("nan")
+    fig, axes = _panels(len(tasks), min(3, len(tasks)))
+    for ax, task in zip(axes, tasks):
+        seeds = groups[task["name"]]
         budget = max(r["steps"] for r in seeds)
-        curve = dreamerv3_curve(task["spec"].split(":", 1)[1], kind)
+        curve = dreamerv3_curve(task["spec"].split(":", 1)[1])
         if curve is not None:
             points = [dreamerv3_at(curve, x) for x in curve["x"] if x <= budget]
             xs = curve["x"][:len(points)]
@@ -378,12 +320,11 @@ def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], kind: str, path:
                             label=f"DreamerV3, min-max of {len(curve['seeds'])} seeds")
             ax.plot(xs, [p["mean"] for p in points], color="black", label="DreamerV3, seed mean")
         for i, r in enumerate(seeds):
-            color = f"C{i}"
             ax.plot([p["env_steps"] for p in r["train_curve"]],
-                    [nan if p["return"] is None else p["return"] for p in r["train_curve"]], color=color,
+                    [nan if p["return"] is None else p["return"] for p in r["train_curve"]], color=f"C{i}",
                     marker="o", markersize=3, label=f"ours seed {r['seed']}, training episodes")
             evals = [p for p in r["curve"] if p["env_steps"] <= budget]
-            ax.plot([p["env_steps"] for p in evals], [p["return"] for p in evals], color=color, linestyle="--",
+            ax.plot([p["env_steps"] for p in evals], [p["return"] for p in evals], color=f"C{i}", linestyle="--",
                     linewidth=1, label=f"ours seed {r['seed']}, eval (deterministic policy)")
         ax.set_xlim(0, budget)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:.0f}K"))
@@ -391,48 +332,51 @@ def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], kind: str, path:
         ax.set_title(f"{task['spec']}: {verdict} DreamerV3 at {MARKS[-1] // 1000}K", fontsize=9)
         ax.set_xlabel("env steps")
         ax.set_ylabel(f"return (training episodes, {BIN // 1000}K bins)", fontsize=8)
-    axes.flat[0].legend(fontsize=6)  # the same lines in every panel
-    for ax in axes.flat[len(tasks):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[0].legend(fontsize=6)  # the same lines in every panel
+    _save(fig, path)
 
 
-def select_tasks(parser: argparse.ArgumentParser, suite: str, names: list[str] | None, extra: list[str]
-                 ) -> tuple[list[Task], str]:
+def select_tasks(suite: str, names: list[str] | None, extra: list[str]) -> tuple[list[Task], str]:
     """The suite's tasks (those named, if any) with ``extra`` overrides appended, and the name suffix that
-    keeps an ablation's runs and results apart from the suite's own ("" without overrides)."""
+    keeps an ablation's runs and results apart from the suite's own ("" without overrides). An ablation may
+    change the budget too (``--set train.steps=N``): the task's steps follow it. ValueError for an unknown
+    task or a bad override."""
+    from agent.config import RunConfig, apply_overrides
+
     known = [t.name for t in SUITES[suite]]
     unknown = sorted(set(names or []) - set(known))
     if unknown:
-        parser.error(f"unknown task(s) {unknown} in suite {suite!r}; it has {known}")
+        raise ValueError(f"unknown task(s) {unknown} in suite {suite!r}; it has {known}")
     tasks = [t for t in SUITES[suite] if not names or t.name in names]
     if not extra:
         return tasks, ""
-    from agent.config import RunConfig, apply_overrides
+    out = []
+    for t in tasks:
+        overrides = [*t.overrides, *extra]
+        steps = apply_overrides(RunConfig(), [f"train.steps={t.steps}", *overrides]).train.steps
+        out.append(replace(t, overrides=overrides, steps=steps))
+    return out, "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8]
 
-    try:
-        apply_overrides(RunConfig(), extra)  # a bad key or value stops here, before any run starts
-    except ValueError as err:
-        parser.error(str(err))
-    variant = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8]
-    tasks = [replace(t, overrides=[*t.overrides, *extra]) for t in tasks]
-    # An ablation may change the budget too (`--set train.steps=N`): the task's steps follow it.
-    return [replace(t, steps=apply_overrides(RunConfig(), [f"train.steps={t.steps}", *t.overrides]).train.steps)
-            for t in tasks], variant
+
+def seed_dirs(root: Path, task: Task) -> list[tuple[int, Path]]:
+    """(seed, run directory) of every seed of ``task`` under ``root``, seed order; seed 0's may not exist."""
+    return [(0, root / task.name)] + sorted(
+        (int(d.name.rsplit("-seed", 1)[1]), d) for d in root.glob(f"{task.name}-seed*")
+        if d.name.rsplit("-seed", 1)[1].isdigit())
 
 
 def check_runs_before_start(pending: list[tuple[Task, int]], suite: list[Task], root: Path, fresh: bool) -> None:
     """Before any run starts: every run this call would reuse or resume, and every finished one the results
-    gather, must match its task (those that ``fresh`` retrains aside); ValueError names the first that does not."""
+    gather, must match its task (those that ``fresh`` retrains aside); ValueError names the first that does
+    not, with the fields that differ."""
     checked = {root / run_name(t, seed): (t, seed) for t, seed in pending}
-    checked.update({rundir: (t, seed) for t in suite for seed, rundir in seed_dirs(root, t)
-                    if (rundir / "done.json").exists()})
+    checked.update({rundir: (t, seed) for t in suite for seed, rundir in seed_dirs(root, t) if done(rundir)})
     retrained = {root / run_name(t, seed) for t, seed in pending} if fresh else set()
     for rundir, (task, seed) in checked.items():
-        if rundir not in retrained:
-            check_config(task, seed, rundir)
+        diff = [] if rundir in retrained else config_mismatch(task, seed, rundir)
+        if diff:
+            raise ValueError(f"{rundir} was trained with a different config than task {task.name!r} now asks "
+                             f"for ({'; '.join(diff)}); pass --fresh to retrain it, or move it away")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,18 +400,16 @@ def main(argv: list[str] | None = None) -> int:
                              "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
     jobs.add_arguments(parser)
     args = parser.parse_args(argv)
-    tasks, variant = select_tasks(parser, args.suite, args.tasks, args.set)
-    out = Path(args.out or f"results/learning_{args.suite.replace('-', '_')}{variant}.json")
-    root = Path((args.rundir or DEFAULT_RUNDIR.get(args.suite, "runs/learning")) + variant)
-
     if any(o.startswith("agent.seed=") for o in args.set):
         parser.error("give seeds with --seeds, not --set agent.seed=...")
-
-    pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
-    try:
-        check_runs_before_start(pending, select_tasks(parser, args.suite, None, args.set)[0], root, args.fresh)
+    try:  # a bad task or override, a run unlike its task, a directory another sweep writes, a bad runner option
+        tasks, variant = select_tasks(args.suite, args.tasks, args.set)
+        suite = select_tasks(args.suite, None, args.set)[0]
+        root = Path((args.rundir or ("runs/dmc_proprio" if args.suite == "dmc-proprio" else "runs/learning")) + variant)
+        pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
+        check_runs_before_start(pending, suite, root, args.fresh)
         failed = run_pending(pending, root, args)
-    except ValueError as err:  # a run unlike its task, a directory another sweep is writing, a bad runner option
+    except ValueError as err:
         parser.error(str(err))
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them", flush=True)
@@ -475,18 +417,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one
     # more seed adds to the results file instead of replacing it.
-    suite = select_tasks(parser, args.suite, None, args.set)[0]
+    out = Path(args.out or f"results/learning_{args.suite.replace('-', '_')}{variant}.json")
     runs = finished_runs(root, suite)
     if not runs:
         print(f"no finished run of suite {args.suite!r} under {root}; nothing written", flush=True)
         return 1
     header = {"benchmark": "learning", "suite": args.suite, "added_overrides": args.set, "machine": machine_info()}
-    if args.suite in DREAMERV3_SUITES:
-        passed = write_dreamerv3_results(out, header, runs, suite, DREAMERV3_SUITES[args.suite])
-    else:
-        passed = write_threshold_results(out, header, runs)
-    print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0 if passed else 1
+    write = write_dreamerv3_results if args.suite in DREAMERV3_SUITES else write_threshold_results
+    data = write(out, header, runs, suite)
+    print(f"{data['table']}\nwrote {out} and {out.with_suffix('.png')}", flush=True)
+    return 0 if all(t["passed"] for t in data["tasks"]) else 1
 
 
 def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Namespace) -> list[str]:
@@ -508,103 +448,36 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
                 print(f"run {job.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
 
         def finished(outcome: jobs.Outcome) -> None:
-            done = Path(outcome.job.rundir) / "done.json"
-            earlier = json.loads(done.read_text())["wall_s"] if done.exists() else 0.0
-            done.write_text(json.dumps({"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]}))
+            earlier = (done(Path(outcome.job.rundir)) or {}).get("wall_s", 0.0)
+            (Path(outcome.job.rundir) / "done.json").write_text(
+                json.dumps({"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]}))
 
         outcomes = runner.run(planned, on_success=finished)
     return [o.job.name for o in outcomes if not o.ok]
 
 
-def write_threshold_results(out: Path, header: dict, runs: list[dict]) -> bool:
-    """Results judged by the final eval against each task's threshold; True when every task passes."""
-    summary = summarize(runs)
-    for t in summary:
-        print(f"{t['name']:24s} final {t['final_return']:8.1f} (seeds {t['seeds']}: "
-              f"{', '.join(f'{v:.0f}' for v in t['final_returns'])})  threshold {t['threshold']:8.1f}  "
-              f"{'PASS' if t['passed'] else 'FAIL'}")
-    write_json(out, {**header,
-                     "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
-                     "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
-                     "tasks": summary, "runs": runs})
-    plot(runs, out.with_suffix(".png"))
-    return all(t["passed"] for t in summary)
-
-
-def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: list[Task], kind: str) -> bool:
-    """Results judged by DreamerV3's metric against its published ``kind`` curves; True when every task that
-    has runs reaches DreamerV3's seed mean at 100K env steps."""
-    tasks = compare_with_dreamerv3(runs, kind)
-    summary = suite_summary(tasks, suite)
-    fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-    for t in tasks:
-        print(f"{t['name']:18s} seeds {t['seeds']}  50K ours {fmt(t['ours_50k'])} DreamerV3 {fmt(t['dreamerv3_50k'])}"
-              f"  100K ours {fmt(t['ours_100k'])} ({', '.join(map(fmt, t['ours_100k_seeds']))}) DreamerV3 "
-              f"{fmt(t['dreamerv3_100k'])} [{fmt(t['dreamerv3_100k_min'])}, {fmt(t['dreamerv3_100k_max'])}]  "
-              f"{'AT OR ABOVE' if t['passed'] else 'BELOW'}")
-    print(f"suite: {summary['at_or_above_dreamerv3_100k']} of {len(summary['tasks_in_mean'])} tasks at or above "
-          f"DreamerV3 at 100K; mean ours {fmt(summary['ours_100k_mean'])}, DreamerV3 "
-          f"{fmt(summary['dreamerv3_100k_mean'])}; not run yet: {summary['tasks_not_run'] or 'none'}")
-    reference = json.loads(CURVES.read_text())["source"] if CURVES.exists() else None
-    write_json(out, {**header,
-                     "metric": f"DreamerV3's: the mean return of the training episodes (exploring policy) that "
-                               f"ended in the {BIN:,} env steps up to x, i.e. in (x - {BIN:,}, x]; null: none "
-                               f"ended there. ours_<k>: the mean over seeds of the bin ending at k env steps; "
-                               f"dreamerv3_<k>: DreamerV3's seed mean in that bin (_min, _max: its lowest and "
-                               f"highest seed); passed: ours_100k >= dreamerv3_100k",
-                     "curves": {"train_curve": "DreamerV3's metric, per bin (env_steps: the bin's right edge)",
-                                "curve": "eval (deterministic policy): mean return of the evaluation episodes"},
-                     "reference": {"file": os.path.relpath(CURVES, ROOT), "section": kind, "source": reference,
-                                   "note": "only the proprio section is read: the file's vision entries are "
-                                           "per-episode points, not 10K bins"},
-                     "bin": BIN, "summary": summary, "tasks": tasks, "runs": runs})
-    plot_against_dreamerv3(runs, tasks, kind, out.with_suffix(".png"))
-    return all(t["passed"] for t in tasks)
-
-
-def seed_dirs(root: Path, task: Task) -> list[tuple[int, Path]]:
-    """(seed, run directory) of every seed of ``task`` under ``root``, seed order; seed 0's may not exist."""
-    return [(0, root / task.name)] + sorted(
-        (int(d.name.rsplit("-seed", 1)[1]), d) for d in root.glob(f"{task.name}-seed*")
-        if d.name.rsplit("-seed", 1)[1].isdigit())
-
-
 def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
     """One entry per finished run (a ``done.json``) of ``tasks`` under ``root``, every seed, seed order:
     its eval curve (``curve``, deterministic policy) and its training episodes binned as DreamerV3 bins
-    them (``train_curve``). A run configured differently from its task is an error."""
+    them (``train_curve``)."""
     runs = []
     for task in tasks:
         trivial = None
         for seed, rundir in seed_dirs(root, task):
-            if not (rundir / "done.json").exists():
+            finished = done(rundir)
+            if finished is None:
                 continue
-            check_config(task, seed, rundir)
-            curve, steps = eval_curve(rundir), run_steps(rundir)
-            final = final_return(curve)
+            curve = eval_curve(rundir)
+            last = [p["return"] for p in curve][-2:]  # the final eval: the mean of the last two
             trivial = trivial or trivial_returns(task)
             runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
-                         "preset": task.preset, "steps": steps, "overrides": task.overrides,
-                         "threshold": task.threshold, "threshold_why": task.why, "final_return": final,
-                         "wall_s": json.loads((rundir / "done.json").read_text())["wall_s"], "curve": curve,
-                         "train_curve": binned_returns(training_episodes(rundir), steps),
+                         "preset": task.preset, "steps": finished["steps"], "overrides": task.overrides,
+                         "threshold": task.threshold, "threshold_why": task.why,
+                         "final_return": sum(last) / len(last), "wall_s": finished["wall_s"], "curve": curve,
+                         "train_curve": binned_returns(training_episodes(rundir), finished["steps"]),
                          "dreamerv3": reference_score(task), "trivial": trivial, "rundir": str(rundir),
                          "trained_at": run_commits(rundir)})
     return runs
-
-
-def summarize(runs: list[dict]) -> list[dict]:
-    """Per task: its seeds, their final evals, the mean, and whether the mean clears the threshold."""
-    out = []
-    for name in dict.fromkeys(r["name"] for r in runs):
-        seeds = [r for r in runs if r["name"] == name]
-        finals = [r["final_return"] for r in seeds]
-        mean = sum(finals) / len(finals)
-        out.append({"name": name, "seeds": [r["seed"] for r in seeds], "final_returns": finals,
-                    "final_return": mean, "threshold": seeds[0]["threshold"],
-                    "passed": mean >= seeds[0]["threshold"]})
-    return out
-
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -612,15 +485,37 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def compare_with_dreamerv3(runs: list[dict], kind: str = "proprio") -> list[dict]:
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per task: its seeds, their final evals, the mean, and whether the mean clears the threshold."""
+    out = []
+    for name, seeds in by_task(runs).items():
+        finals = [r["final_return"] for r in seeds]
+        out.append({"name": name, "seeds": [r["seed"] for r in seeds], "final_returns": finals,
+                    "final_return": _mean(finals), "threshold": seeds[0]["threshold"],
+                    "passed": _mean(finals) >= seeds[0]["threshold"]})
+    return out
+
+
+def write_threshold_results(out: Path, header: dict, runs: list[dict], suite: list[Task]) -> dict:
+    """Results judged by the final eval against each task's threshold; returns them with their README table."""
+    from .readme import learning
+
+    data = {**header, "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
+            "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
+            "tasks": summarize(runs), "runs": runs}
+    write_json(out, data)
+    plot(runs, out.with_suffix(".png"))
+    return {**data, "table": learning(data, out.stem)}
+
+
+def compare_with_dreamerv3(runs: list[dict]) -> list[dict]:
     """Per task, DreamerV3's metric at 50K and 100K env steps: ours (each seed's bin, ``ours_<k>_seeds``,
     and their mean ``ours_<k>``) against DreamerV3's seed mean and its lowest and highest seed in the same
     bin; ``passed`` when ``ours_100k`` reaches ``dreamerv3_100k``. Also each run's wall time, commits and
     deterministic final eval."""
     out = []
-    for name in dict.fromkeys(r["name"] for r in runs):
-        seeds = [r for r in runs if r["name"] == name]
-        curve = dreamerv3_curve(seeds[0]["spec"].split(":", 1)[1], kind)
+    for name, seeds in by_task(runs).items():
+        curve = dreamerv3_curve(seeds[0]["spec"].split(":", 1)[1])
         task: dict[str, Any] = {"name": name, "spec": seeds[0]["spec"], "seeds": [r["seed"] for r in seeds]}
         for mark in MARKS:
             key = f"{mark // 1000}k"
@@ -655,6 +550,31 @@ def suite_summary(tasks: list[dict], suite: list[Task]) -> dict:
         summary[f"ours_{key}_mean"] = _mean([a for a, _ in pairs])
         summary[f"dreamerv3_{key}_mean"] = _mean([b for _, b in pairs])
     return summary
+
+
+def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: list[Task]) -> dict:
+    """Results judged by DreamerV3's metric against its published proprio curves (a task passes when it
+    reaches DreamerV3's seed mean at 100K env steps); returns them with their README table."""
+    from .readme import learning_dmc_proprio
+
+    tasks = compare_with_dreamerv3(runs)
+    reference = json.loads(CURVES.read_text())["source"] if CURVES.exists() else None
+    data = {**header,
+            "metric": f"DreamerV3's: the mean return of the training episodes (exploring policy) that "
+                      f"ended in the {BIN:,} env steps up to x, i.e. in (x - {BIN:,}, x]; null: none "
+                      f"ended there. ours_<k>: the mean over seeds of the bin ending at k env steps; "
+                      f"dreamerv3_<k>: DreamerV3's seed mean in that bin (_min, _max: its lowest and "
+                      f"highest seed); passed: ours_100k >= dreamerv3_100k",
+            "curves": {"train_curve": "DreamerV3's metric, per bin (env_steps: the bin's right edge)",
+                       "curve": "eval (deterministic policy): mean return of the evaluation episodes"},
+            "reference": {"file": os.path.relpath(CURVES, ROOT), "section": "proprio", "source": reference,
+                          "note": "only the proprio section is read: the file's vision entries are "
+                                  "per-episode points, not 10K bins"},
+            "bin": BIN, "summary": suite_summary(tasks, suite), "tasks": tasks, "runs": runs}
+    write_json(out, data)
+    plot_against_dreamerv3(runs, tasks, out.with_suffix(".png"))
+    return {**data, "table": learning_dmc_proprio(data, out.stem)}
+
 
 if __name__ == "__main__":
     sys.exit(main())

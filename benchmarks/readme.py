@@ -30,30 +30,26 @@ def env_throughput(data: dict) -> str:
 
 
 def param_counts(data: dict) -> str:
-    presets = list(dict.fromkeys(key.split("/")[0] for key in data["counts"]))
-    rows = []
-    for name in presets:
-        row = [name]
-        for obs in ("pixels/patch", "pixels/cnn", "state"):
-            row.append(f"{data['counts'][f'{name}/{obs}']['total'] / 1e6:.2f}M")
-        rows.append(row)
+    presets = dict.fromkeys(key.split("/")[0] for key in data["counts"])
+    rows = [[name, *(f"{data['counts'][f'{name}/{obs}']['total'] / 1e6:.2f}M" for obs in ("pixels/patch",
+                                                                                      "pixels/cnn", "state"))]
+            for name in presets]
     return (markdown_table(["preset", "pixels, patch encoder", "pixels, CNN encoder", "state (24-dim)"], rows)
             + "\n\nWhole agent (world model, actor, critic), 6-dim actions; source `results/param_counts.json`.")
 
 
+def _ms(stats: dict) -> str:
+    return f"{stats['median_s'] * 1e3:,.0f}"
+
+
 def wm_throughput(data: dict) -> str:
-    rows = []
-    for r in data["results"]:
-        if "update" not in r:
-            continue
-        rows.append([r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"], r["decoder"],
-                     f"{r['update']['median_s'] * 1e3:,.0f}", f"{r['forward']['median_s'] * 1e3:,.0f}",
-                     f"{r['forward_parts']['encoder']['median_s'] * 1e3:,.0f}",
-                     f"{r['peak_rss_mb'] / 1024:.1f}"])
+    rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"], r["decoder"],
+             _ms(r["update"]), _ms(r["forward"]), _ms(r["forward_parts"]["encoder"]), f"{r['peak_rss_mb'] / 1024:.1f}"]
+            for r in data["results"] if "update" in r]
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "decoder", "update ms", "forward ms",
-                    "encoder fwd ms", "peak RSS GB"], rows)
-            + f"\n\nWorld model only, 64x64 pixels, {m['cpu_model']} ({m['cpu_affinity']} cores, torch "
+                            "encoder fwd ms", "peak RSS GB"], rows)
+            + f"\n\nWorld model only, 64x64 pixels, {m['processor']} ({m['cpu_affinity']} cores, torch "
             f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; measured at "
             f"commit {m.get('git_commit')}, whose presets may differ from today's; source "
             "`results/wm_throughput_cpu.json`.")
@@ -61,12 +57,12 @@ def wm_throughput(data: dict) -> str:
 
 def agent_update(data: dict) -> str:
     rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"],
-             f"{r['param_counts']['total'] / 1e6:.1f}M", f"{r['agent_update']['median_s'] * 1e3:,.0f}",
-             f"{r['peak_rss_mb'] / 1024:.1f}"] for r in data["results"] if "agent_update" in r]
+             f"{r['param_counts']['total'] / 1e6:.1f}M", _ms(r["agent_update"]), f"{r['peak_rss_mb'] / 1024:.1f}"]
+            for r in data["results"] if "agent_update" in r]
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
             + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
-            f"{m['cpu_model']}, torch {m['torch']}; measured at commit {m.get('git_commit')}, whose presets may "
+            f"{m['processor']}, torch {m['torch']}; measured at commit {m.get('git_commit')}, whose presets may "
             "differ from today's (`make bench-wm` remeasures); source `results/agent_update_cpu.json`.")
 
 
@@ -75,100 +71,83 @@ def speed(data: dict) -> str:
     of today's update goes."""
     rows, notes = [], []
     for r in data["results"]:
-        base = r.get("baseline", {})
-        if "agent_update" not in r or "agent_update" not in base:
+        if r.get("speedup") is None:
             continue
-        same = {True: "yes", False: "no", None: "-"}[r.get("same_losses")]
+        name = f"{r['obs']}/{r['encoder']}" if r["obs"] == "pixels" else r["obs"]
         rows.append([r["obs"], r["encoder"] if r["obs"] == "pixels" else "-", f"{r['batch']}x{r['length']}",
-                     f"{base['agent_update']['median_s'] * 1e3:,.0f}", f"{r['agent_update']['median_s'] * 1e3:,.0f}",
-                     f"{r['speedup']:.2f}x", same])
+                     _ms(r["baseline"]["agent_update"]), _ms(r["agent_update"]), f"{r['speedup']:.2f}x",
+                     {True: "yes", False: "no", None: "-"}[r.get("same_losses")]])
         prof = r.get("profile", {})
         if "flops_per_update" in prof:
-            notes.append(f"{r['obs']}{'/' + r['encoder'] if r['obs'] == 'pixels' else ''}: "
-                         f"{prof['flops_per_update'] / 1e9:.1f} GFLOP per update; at this core's "
+            notes.append(f"{name}: {prof['flops_per_update'] / 1e9:.1f} GFLOP per update; at this core's "
                          f"{prof['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s on a 2048^3 float32 matmul its arithmetic "
                          f"alone takes {prof['arithmetic_floor_s'] * 1e3:,.0f} ms, "
                          f"{r['agent_update']['median_s'] / prof['arithmetic_floor_s']:.1f} times less than the "
-                         "update; "
-                         f"{prof['op_calls']:,} op calls, the top ones by self time: "
+                         f"update; {prof['op_calls']:,} op calls, the top ones by self time: "
                          + ", ".join(f"{o['name'].replace('aten::', '')} {o['pct']:.0f}%"
-                                     for o in prof["top_ops_by_self_cpu"][:4]))
-    code = data.get("code", {})
-    base = code.get("baseline", {})
-    clock = data["results"][0].get("rounds", [{}])[0].get("current", {}).get("clock", "wall")
-    return (markdown_table(["obs", "encoder", "B x T", f"{base.get('revision', 'baseline')} ms", "now ms", "speedup",
-                    "same losses"], rows)
-            + f"\n\nMedian over {len(data['results'][0].get('rounds', []))} interleaved rounds of each side's median "
-              f"update ({clock.replace('_', ' ')} time, one torch thread, {data['machine']['cpu']['cpu_model']}, "
-              f"torch {data['machine']['cpu']['torch']}); both sides with the same settings (`--set` in the "
-              "Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
-              + " ".join(f"{n}." for n in notes) + " Source `results/speed_cpu.json` (`make bench-speed`).")
+                                     for o in prof["top_ops_by_self_cpu"][:4]) + ".")
+    first, machine = data["results"][0], data["machine"]["cpu"]
+    return (markdown_table(["obs", "encoder", "B x T", f"{data['code']['baseline']['revision']} ms", "now ms",
+                            "speedup", "same losses"], rows)
+            + f"\n\nMedian over {len(first['rounds'])} interleaved rounds of each side's median update "
+              f"({first['rounds'][0]['current']['clock'].replace('_', ' ')} time, one torch thread, "
+              f"{machine['processor']}, torch {machine['torch']}); both sides with the same settings (`--set` in "
+              "the Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
+              + " ".join(notes) + " Source `results/speed_cpu.json` (`make bench-speed`).")
 
 
-def _seed_finals(task: dict) -> str:
-    """A task's final eval: the mean over seeds, with each seed's value after it when there are several."""
-    finals = task["final_returns"]
-    each = f" ({', '.join(f'{v:.0f}' for v in finals)})" if len(finals) > 1 else ""
-    return f"{task['final_return']:.0f}{each}"
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
-def _task_runs(data: dict, name: str) -> list[dict]:
-    return [r for r in data["runs"] if r["name"] == name]
+def _seeds(mean: float | None, seeds: list[float | None]) -> str:
+    """A mean over seeds, with each seed's value after it in brackets when there are several."""
+    return _fmt(mean) + (f" ({', '.join(map(_fmt, seeds))})" if len(seeds) > 1 else "")
 
 
 def learning(data: dict, name: str = "learning_cpu") -> str:
-    """A threshold-judged suite's table: the tasks the suite still has (a retired task's runs stay in the
-    file, as history, but are not shown as results)."""
-    from .learning import SUITES
+    """A threshold-judged suite's table (``name``: its results file's, for the source line)."""
+    from .learning import by_task
 
-    current = {t.name for t in SUITES[data["suite"]]}
-    retired = [t["name"] for t in data["tasks"] if t["name"] not in current]
+    groups = by_task(data["runs"])
     rows = []
     for t in data["tasks"]:
-        if t["name"] not in current:
-            continue
-        runs = _task_runs(data, t["name"])
+        runs = groups[t["name"]]
         r, n = runs[0], len(runs)
-        trivial = r.get("trivial", {})
         rows.append([r["name"], r["spec"], r["obs"], r["preset"], f"{r['steps']:,}", str(n),
-                     f"{sum(x['curve'][0]['return'] for x in runs) / n:.0f}", _seed_finals(t),
-                     f"{t['threshold']:g}", "yes" if t["passed"] else "no",
-                     *(f"{trivial[k]:.0f}" if k in trivial else "-" for k in ("random", "zero")),
+                     f"{sum(x['curve'][0]['return'] for x in runs) / n:.0f}",
+                     _seeds(t["final_return"], t["final_returns"]), f"{t['threshold']:g}",
+                     "yes" if t["passed"] else "no", *(_fmt(r["trivial"].get(k)) for k in ("random", "zero")),
                      f"{sum(x['wall_s'] for x in runs) / n / 60:.0f}"])
     return (markdown_table(["run", "task", "obs", "preset", "env steps", "seeds", "first eval", "final eval",
                             "threshold", "passed", "random policy", "zero action", "wall min"], rows)
             + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy), averaged over seeds (each "
             f"seed's in brackets); first eval likewise; a task passes when that mean reaches the threshold. "
             f"Random policy and zero action: mean returns of uniform-random actions and of doing nothing on the "
-            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`, plot `results/{name}.png`."
-            + (f" The file also holds runs of tasks that are no longer in the suite ({', '.join(retired)}), "
-               f"left out here." if retired else ""))
+            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`."
+            f"\n\n![{name} curves](results/{name}.png)")
 
 
-def learning_dmc_proprio(data: dict) -> str:
+def learning_dmc_proprio(data: dict, name: str = "learning_dmc_proprio") -> str:
     """The DMC proprio suite against DreamerV3 on DreamerV3's metric at 50K and 100K env steps: one row per
     task that has runs, then the suite mean."""
-    fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-
-    def ours(t: dict, key: str) -> str:
-        seeds = t[f"ours_{key}_seeds"]
-        return fmt(t[f"ours_{key}"]) + (f" ({', '.join(map(fmt, seeds))})" if len(seeds) > 1 else "")
 
     def dreamerv3(t: dict, key: str) -> str:
-        return f"{fmt(t[f'dreamerv3_{key}'])} ({fmt(t[f'dreamerv3_{key}_min'])}-{fmt(t[f'dreamerv3_{key}_max'])})"
+        return f"{_fmt(t[f'dreamerv3_{key}'])} ({_fmt(t[f'dreamerv3_{key}_min'])}-{_fmt(t[f'dreamerv3_{key}_max'])})"
 
-    rows = [[t["name"], ", ".join(map(str, t["seeds"])), ours(t, "50k"), dreamerv3(t, "50k"), ours(t, "100k"),
-             dreamerv3(t, "100k"), "yes" if t["passed"] else "no", fmt(t["final_eval"]),
-             ", ".join(f"{w / 60:.0f}" for w in t["wall_s"])] for t in data["tasks"]]
+    rows = [[t["name"], ", ".join(map(str, t["seeds"])), _seeds(t["ours_50k"], t["ours_50k_seeds"]),
+             dreamerv3(t, "50k"), _seeds(t["ours_100k"], t["ours_100k_seeds"]), dreamerv3(t, "100k"),
+             "yes" if t["passed"] else "no", _fmt(t["final_eval"]), ", ".join(f"{w / 60:.0f}" for w in t["wall_s"])]
+            for t in data["tasks"]]
     s = data["summary"]
     n = len(s["tasks_in_mean"])
-    rows.append([f"suite mean, {n} of {s['tasks_in_suite']} tasks", f"{s['runs']} runs", fmt(s["ours_50k_mean"]),
-                 fmt(s["dreamerv3_50k_mean"]), fmt(s["ours_100k_mean"]), fmt(s["dreamerv3_100k_mean"]),
+    rows.append([f"suite mean, {n} of {s['tasks_in_suite']} tasks", f"{s['runs']} runs", _fmt(s["ours_50k_mean"]),
+                 _fmt(s["dreamerv3_50k_mean"]), _fmt(s["ours_100k_mean"]), _fmt(s["dreamerv3_100k_mean"]),
                  f"{s['at_or_above_dreamerv3_100k']} of {n}", "", ""])
     commits = sorted({c for t in data["tasks"] for run in t["trained_at"] for c in run})
     seeds = sorted({t["dreamerv3_seeds"] for t in data["tasks"]})
     return (markdown_table(["task", "seeds", "ours 50K", "DreamerV3 50K", "ours 100K", "DreamerV3 100K",
-                    "at or above DreamerV3 at 100K", "final eval (deterministic)", "wall min per run"], rows)
+                            "at or above DreamerV3 at 100K", "final eval (deterministic)", "wall min per run"], rows)
             + "\n\nOurs: the mean return of the training episodes (exploring policy) that ended in the 10,000 env "
             "steps up to 50K or 100K, averaged over seeds (each seed's in brackets). DreamerV3: its seed mean in the "
             f"same bin ({' or '.join(map(str, seeds))} seeds, the lowest and highest seed in brackets). Final eval: "
@@ -177,8 +156,8 @@ def learning_dmc_proprio(data: dict) -> str:
             f"{data['machine'].get('cpu_count')}-core machine. "
             + (f"Not run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
             + f"Trained at {'commits' if len(commits) > 1 else 'commit'} {', '.join(commits) or 'unknown'}. "
-            "Source `results/learning_dmc_proprio.json`."
-            + "\n\n![DMC proprio against DreamerV3](results/learning_dmc_proprio.png)")
+            f"Source `results/{name}.json`."
+            + f"\n\n![DMC proprio against DreamerV3](results/{name}.png)")
 
 
 def continual(data: dict) -> str:

@@ -1,26 +1,19 @@
-"""One timed configuration of the whole agent update, run in a fresh interpreter by `wm_throughput --agent`.
+"""One timed configuration, run in a fresh interpreter by `benchmarks.wm_throughput`.
 
     PYTHONPATH=<tree> python benchmarks/speed_child.py '<spec as JSON>'
 
-Its last stdout line is the JSON result. The same file times the current code and, with PYTHONPATH
-pointing at a git worktree of an older revision, that revision's code: the harness (batch, timer,
-phase wrappers, profiler) stays the same on both sides, so only the agent differs. For that it is a
-self-contained script (no `benchmarks` imports) that uses only agent APIs older revisions have too:
-`Agent(obs_space, act_space, cfg)`, `Agent.train_step(batch of numpy arrays)`, `preset`,
-`apply_overrides`. `spec["root"]`, when given, is the tree `agent` must be imported from; a mismatch is
-an error rather than a silently wrong comparison. With one torch thread on a CPU, times are the process's
-CPU time (`clock: process_cpu` in the result), so other processes on the machine do not count in them;
-otherwise wall time.
+Its last stdout line is the JSON result. ``spec["mode"]``: ``agent_update`` (default) or the world model's
+``update`` and ``rssm_loop`` (functions of `benchmarks.wm_throughput`, current tree only). With PYTHONPATH
+at a git worktree of an older revision the same file times that revision's agent, so the harness (batch,
+timer, phase wrappers, profiler) is the same on both sides; for that the agent mode imports nothing from
+`benchmarks` and uses only agent APIs older revisions have too (`Agent(obs_space, act_space, cfg)`,
+`Agent.train_step(numpy batch)`, `preset`, `apply_overrides`), and refuses to time an `agent` imported
+from outside ``spec["root"]``. With one torch thread on a CPU, times are the process's CPU time (`clock:
+process_cpu`), which other processes on the machine do not inflate; otherwise wall time.
 
-Spec keys: preset, device, obs (state | pixels), action_dim, batch, length, encoder, decoder, threads,
-warmup, repeats, overrides, phase_repeats (extra updates timed phase by phase; 0: none), profile (true:
-after warm-up, one update under torch.profiler instead of the timed ones), root, check_updates (default 3;
-0: off).
-
-Before the timing, `check_updates` updates of a separate, freshly seeded agent (global torch and numpy
-seeds 0, each update on its own batch, seeds 100, 101, ...) record the metric dict `train_step` returns, as
-`check_metrics` (one dict per update): run with the same spec on two trees, they show whether both give the
-same losses. That agent is deleted before the timed one is built, so it times nothing and shares no state.
+Before the timing, ``check_updates`` (default 3) updates of a separate agent, seeded (torch and numpy 0,
+batch i from seed 100 + i), record the metric dicts `train_step` returns (``check_metrics``): run on two
+trees, they show whether both give the same losses. That agent is gone before the timed one is built.
 """
 
 from __future__ import annotations
@@ -77,30 +70,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# On a CPU with one torch thread the process's CPU time is the update's cost even when other processes share
-# the cores (a preempted update does not count the time it waited); elsewhere wall time.
-CLOCK = {"clock": "wall", "fn": time.perf_counter}
-
-
-def use_cpu_clock(device: torch.device, threads: int | None) -> None:
-    """Time with the process's CPU time when the update runs on one CPU thread."""
-    if device.type == "cpu" and threads == 1:
-        CLOCK.update(clock="process_cpu", fn=time.process_time)
+def clock(device: torch.device) -> tuple[str, Callable[[], float]]:
+    """The clock times are read from: on a CPU with one torch thread the process's CPU time, which is the
+    update's cost even when other processes share the cores (a preempted update does not count the time it
+    waited); elsewhere wall time. Decided per call, so that every copy of this module agrees."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return "process_cpu", time.process_time
+    return "wall", time.perf_counter
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds (CLOCK) one call of ``fn`` takes, the device synchronised before and after."""
+    """Seconds (``clock``) one call of ``fn`` takes, the device synchronised before and after."""
+    now = clock(device)[1]
     _sync(device)
-    start = CLOCK["fn"]()
+    start = now()
     fn()
     _sync(device)
-    return CLOCK["fn"]() - start
+    return now() - start
 
 
-def time_stats(times: list[float]) -> dict[str, Any]:
-    """Median, min, max and count of ``times`` (seconds), and the times themselves."""
+def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median, min, max and count of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones (seconds,
+    ``clock``), and the times themselves."""
+    for _ in range(warmup):
+        fn()
+    times = [timed(fn, device) for _ in range(repeats)]
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times),
             "times_s": times}
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """The peak resident set of this process (MB) and, on CUDA, the peak of allocated device memory."""
+    cuda = {"peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
+    return {**cuda, "peak_rss_mb": rss_mb()}
 
 
 # Methods timed as phases of one update, wrapped on the instance from outside (no agent code edited):
@@ -112,7 +114,7 @@ PHASES = (("world_model", "wm", "train_step"), ("imagine", "", "imagine"),
 
 @contextmanager
 def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
-    """Accumulate the time (CLOCK) of each phase's calls into ``totals`` (seconds) while active; each call is
+    """Accumulate the time (``clock``) of each phase's calls into ``totals`` (seconds) while active; each call is
     also a `record_function` range, so a profile shows the phases too. Phases a revision lacks are skipped."""
     wrapped = []
     for name, owner_path, method in PHASES:
@@ -122,13 +124,10 @@ def phase_timers(agent: Any, device: torch.device, totals: dict[str, float]):
             continue
 
         def phase(*args: Any, _original=original, _name=name, **kwargs: Any) -> Any:
+            out = []
             with torch.profiler.record_function(f"phase/{_name}"):
-                _sync(device)
-                start = CLOCK["fn"]()
-                out = _original(*args, **kwargs)
-                _sync(device)
-                totals[_name] = totals.get(_name, 0.0) + CLOCK["fn"]() - start
-            return out
+                totals[_name] = totals.get(_name, 0.0) + timed(lambda: out.append(_original(*args, **kwargs)), device)
+            return out[0]
 
         object.__setattr__(owner, method, phase)  # an instance attribute shadows the class's method
         wrapped.append((owner, method))
@@ -162,26 +161,20 @@ def profile_update(agent: Any, batch: dict[str, np.ndarray], device: torch.devic
     totals: dict[str, float] = {}
     with phase_timers(agent, device, totals), profile(activities=activities) as prof:
         wall = timed(lambda: agent.train_step(batch), device)
-    events = prof.key_averages()
-    ops = [e for e in events if not e.key.startswith("phase/")]
-    self_cpu_us = sum(e.self_cpu_time_total for e in ops)
+    ops = [e for e in prof.key_averages() if not e.key.startswith("phase/")]
     summary: dict[str, Any] = {
-        "wall_s_under_profiler": wall,
-        "op_calls": sum(e.count for e in ops), "distinct_ops": len(ops),
-        "self_cpu_total_ms": self_cpu_us / 1e3,
-        "top_ops_by_self_cpu": [_op_row(e, self_cpu_us) for e in
-                                sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_OPS]],
+        "wall_s_under_profiler": wall, "op_calls": sum(e.count for e in ops), "distinct_ops": len(ops),
         # Wall time of each phase's calls during the profiled update (inflated by the profiler's overhead).
         "phases_s": {**totals, "total": wall, "other": wall - sum(totals.values())},
-    }
-    summary.update(compute_floor(agent, batch, device))
-    if device.type == "cuda":
-        device_us = sum(_self_device_us(e) for e in ops)
-        summary["self_device_total_ms"] = device_us / 1e3
-        summary["top_ops_by_self_device"] = [
-            {"name": e.key, "calls": e.count, "self_device_ms": _self_device_us(e) / 1e3,
-             "pct": 100.0 * _self_device_us(e) / max(device_us, 1e-9)}
-            for e in sorted(ops, key=_self_device_us, reverse=True)[:TOP_OPS]]
+        **compute_floor(agent, batch, device)}
+    units = [("cpu", "self_cpu_time_total")] + ([("device", "self_device_time_total")] if device.type == "cuda" else [])
+    for unit, attr in units:
+        total_us = sum(getattr(e, attr) for e in ops)
+        summary[f"self_{unit}_total_ms"] = total_us / 1e3
+        summary[f"top_ops_by_self_{unit}"] = [
+            {"name": e.key, "calls": e.count, f"self_{unit}_ms": getattr(e, attr) / 1e3,
+             "pct": 100.0 * getattr(e, attr) / max(total_us, 1e-9)}
+            for e in sorted(ops, key=lambda e: getattr(e, attr), reverse=True)[:TOP_OPS]]
     return summary
 
 
@@ -205,16 +198,6 @@ def compute_floor(agent: Any, batch: dict[str, np.ndarray], device: torch.device
             "gemm_flops_per_s": gemm, "gemm_shape": [n, n, n], "arithmetic_floor_s": flops / gemm}
 
 
-def _op_row(e: Any, total_us: float) -> dict[str, Any]:
-    return {"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-            "pct": 100.0 * e.self_cpu_time_total / max(total_us, 1e-9)}
-
-
-def _self_device_us(e: Any) -> float:
-    # torch >= 2.4 says "device", older versions "cuda".
-    return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
-
-
 CHECK_UPDATES = 3  # default number of updates whose metrics are recorded for the equivalence check
 CHECK_BATCH_SEED = 100  # update i of the check trains on make_batch(..., seed=CHECK_BATCH_SEED + i)
 
@@ -224,15 +207,12 @@ def check_metrics(spec: dict[str, Any], updates: int) -> list[dict[str, float]]:
     the global torch and numpy RNGs (the agent seeds its parameters from cfg.seed, but actor sampling draws
     from the global torch RNG); update i trains on a batch of its own (seed 100 + i). Non-numeric metrics
     are left out; non-finite ones stay (JSON writes them as NaN / Infinity)."""
-    from agent.agent import Agent
-
     torch.manual_seed(0)
     np.random.seed(0)
-    A = spec["action_dim"]
-    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
+    agent = build_agent(spec)
     out = []
     for i in range(updates):
-        batch = make_batch(spec["obs"], spec["batch"], spec["length"], A, seed=CHECK_BATCH_SEED + i)
+        batch = make_batch(spec["obs"], spec["batch"], spec["length"], spec["action_dim"], seed=CHECK_BATCH_SEED + i)
         numbers = {k: _number(v) for k, v in agent.train_step(batch).items()}
         out.append({k: v for k, v in numbers.items() if v is not None})
     return out
@@ -248,7 +228,8 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _config(spec: dict[str, Any]) -> Any:
+def build_config(spec: dict[str, Any]) -> Any:
+    """The agent config of ``spec``: its preset with its device, encoder, decoder and overrides applied."""
     from agent.config import apply_overrides, preset
 
     overrides = [f"device={spec['device']}"]
@@ -259,20 +240,22 @@ def _config(spec: dict[str, Any]) -> Any:
     return apply_overrides(preset(spec["preset"]), [*overrides, *spec.get("overrides", [])])
 
 
+def build_agent(spec: dict[str, Any]) -> Any:
+    """The agent of ``spec``: its observations (``obs``), an ``action_dim``-dim Box action, its config."""
+    from agent.agent import Agent
+
+    return Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (spec["action_dim"],), np.float32), build_config(spec))
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the agent of ``spec`` and time its update (or profile one); returns a JSON-able dict."""
     import agent as agent_package
-    from agent.agent import Agent
 
     agent_file = str(Path(agent_package.__file__).resolve())
     if spec.get("root") and not agent_file.startswith(str(Path(spec["root"]).resolve()) + "/"):
         raise RuntimeError(f"agent imported from {agent_file}, not from the tree {spec['root']}")
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    use_cpu_clock(device, spec.get("threads"))
-    A = spec["action_dim"]
-    batch = make_batch(spec["obs"], spec["batch"], spec["length"], A)
+    batch = make_batch(spec["obs"], spec["batch"], spec["length"], spec["action_dim"])
     rss_before = rss_mb()
     checked = {}
     if spec.get("check_updates", CHECK_UPDATES) > 0:  # before the timed agent exists, and gone before it does
@@ -283,24 +266,33 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    agent = Agent(obs_space(spec["obs"]), spaces.Box(-1, 1, (A,), np.float32), _config(spec))
-    result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__, "clock": CLOCK["clock"],
-                              "torch_threads": torch.get_num_threads(), "param_counts": agent.param_counts(),
-                              "rss_before_model_mb": rss_before, **checked}
+    agent = build_agent(spec)
+    result: dict[str, Any] = {"agent_file": agent_file, "torch": torch.__version__,
+                              "param_counts": agent.param_counts(), "rss_before_model_mb": rss_before, **checked}
     for _ in range(spec["warmup"]):
         agent.train_step(batch)
     if spec.get("profile"):
         result["profile"] = profile_update(agent, batch, device)
     else:
-        result["agent_update"] = time_stats([timed(lambda: agent.train_step(batch), device)
-                                             for _ in range(spec["repeats"])])
+        result["agent_update"] = measure(lambda: agent.train_step(batch), device, 0, spec["repeats"])
         if spec.get("phase_repeats", 0) > 0:
             result["phases"] = time_phases(agent, batch, device, spec["phase_repeats"])
-    if device.type == "cuda":
-        result["peak_cuda_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    result["peak_rss_mb"] = rss_mb()
     return result
 
 
+def main(spec: dict[str, Any]) -> dict[str, Any]:
+    """Set the torch threads and the clock, run ``spec``'s mode, and add the clock, threads and peak memory."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    if spec.get("mode", "agent_update") == "agent_update":
+        result = run(spec)
+    else:  # the world model alone: the current tree only
+        from benchmarks import wm_throughput
+
+        result = getattr(wm_throughput, f"run_{spec['mode']}")(spec)
+    return {**result, "clock": clock(device)[0], "torch_threads": torch.get_num_threads(), **peak_memory(device)}
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(json.loads(sys.argv[1]))))
+    print(json.dumps(main(json.loads(sys.argv[1]))))

@@ -26,23 +26,21 @@ def test_trivial_policy_returns_follow_the_evaluation_protocol():
 
 
 def test_ablation_overrides_reach_every_task_and_get_their_own_name():
-    import argparse
-
     import pytest
 
     from benchmarks.learning import SUITES, select_tasks
 
-    parser = argparse.ArgumentParser()
-    tasks, variant = select_tasks(parser, "cpu", None, [])
+    tasks, variant = select_tasks("cpu", None, [])
     assert [t.name for t in tasks] == [t.name for t in SUITES["cpu"]] and variant == ""
     extra = ["agent.actor_critic.actor_lr=1e-4"]
-    tasks, variant = select_tasks(parser, "dmc-proprio", ["walker_walk"], extra)
+    tasks, variant = select_tasks("dmc-proprio", ["walker_walk"], extra)
     assert [t.name for t in tasks] == ["walker_walk"] and tasks[0].overrides[-1] == extra[0]
-    other = select_tasks(parser, "cpu", None, ["agent.actor_critic.critic_lr=1e-4"])[1]
+    other = select_tasks("cpu", None, ["agent.actor_critic.critic_lr=1e-4"])[1]
     assert variant.startswith("-") and variant != other
-    for bad in (["agent.actor_critic.no_such_field=1"], None):
-        with pytest.raises(SystemExit):  # an unknown field, or (None) an unknown task name
-            select_tasks(parser, "cpu", ["nope"] if bad is None else None, bad or [])
+    with pytest.raises(ValueError, match="no_such_field"):
+        select_tasks("cpu", None, ["agent.actor_critic.no_such_field=1"])
+    with pytest.raises(ValueError, match="unknown task"):
+        select_tasks("cpu", ["nope"], [])
 
 
 def test_results_gather_every_finished_seed_and_judge_the_mean(tmp_path, monkeypatch):
@@ -59,7 +57,7 @@ def test_results_gather_every_finished_seed_and_judge_the_mean(tmp_path, monkeyp
         rows = [{"step": 10 * i, "eval/return": r} for i, r in enumerate(returns)] + [{"step": 99, "fps/env": 1}]
         (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         if name != "p-seed1":  # seed 1 never finished
-            (run / "done.json").write_text(json.dumps({"wall_s": 60.0}))
+            (run / "done.json").write_text(json.dumps({"wall_s": 60.0, "steps": 100}))
     (tmp_path / "p-seedx").mkdir()
     runs = learning.finished_runs(tmp_path, [task])
     assert [(r["seed"], r["final_return"]) for r in runs] == [(0, 500.0), (2, 250.0)]  # last two evals
@@ -188,7 +186,7 @@ def test_the_dmc_proprio_command_writes_results_plot_and_readme_section(tmp_path
     assert "Not run yet" in readme.render(text) and "old numbers" not in readme.render(text)
 
 
-def test_the_cpu_table_leaves_out_tasks_no_longer_in_the_suite(tmp_path, monkeypatch):
+def test_the_cpu_table_shows_the_seed_mean_and_each_seed(tmp_path, monkeypatch):
     import json
 
     import benchmarks.readme as readme
@@ -196,14 +194,13 @@ def test_the_cpu_table_leaves_out_tasks_no_longer_in_the_suite(tmp_path, monkeyp
 
     run = {"name": "pendulum", "seed": 0, "spec": "gym:Pendulum-v1", "obs": "state", "preset": "cpu",
            "steps": 15_000, "curve": [{"env_steps": 1000, "return": -1200.0}], "final_return": -90.0,
-           "wall_s": 600.0, "threshold": -300.0}
-    old = {**run, "name": "cartpole_balance", "final_return": 800.0, "threshold": 800.0}
-    (tmp_path / "learning_cpu.json").write_text(json.dumps({"suite": "cpu", "runs": [run, old],
-                                                            "tasks": summarize([run, old])}))
+           "wall_s": 600.0, "threshold": -300.0, "trivial": {"random": -1100.0}}
+    other = {**run, "seed": 1, "final_return": -110.0, "curve": [{"env_steps": 1000, "return": -1000.0}]}
+    (tmp_path / "learning_cpu.json").write_text(json.dumps({"suite": "cpu", "runs": [run, other],
+                                                            "tasks": summarize([run, other])}))
     monkeypatch.setattr(readme, "RESULTS", tmp_path)
-    table = readme.table("learning")
-    assert "| pendulum |" in table and "| cartpole_balance |" not in table
-    assert "no longer in the suite (cartpole_balance)" in table
+    assert "| pendulum | gym:Pendulum-v1 | state | cpu | 15,000 | 2 | -1100 | -100 (-90, -110) | -300 | yes " \
+           "| -1100 | - | 10 |" in readme.table("learning")
 
 
 def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, monkeypatch):
@@ -213,10 +210,8 @@ def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, 
 
     run = tmp_path / "p"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 40}) + "\n" + json.dumps({"step": 50}) + "\n")
-    (run / "done.json").write_text(json.dumps({"wall_s": 1.0}))  # an older run: steps from its metrics
+    (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 50}))
     (run / "checkpoint.pt").write_bytes(b"")
-    assert learning.run_steps(run) == 50
     task = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "")
     assert learning.run_task(task, 0, run, fresh=False) is None
     longer = Task("p", "gym:Pendulum-v1", "state", "debug", 80, 0.0, "")
@@ -234,9 +229,7 @@ def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, 
     (tmp_path / "p-seed3" / "checkpoint.pt").write_bytes(b"")
     assert "--resume" in job.command()
     # An ablation's train.steps sets the task's budget.
-    import argparse
-
-    (tuned,), _ = learning.select_tasks(argparse.ArgumentParser(), "cpu", ["pendulum"], ["train.steps=1234"])
+    (tuned,), _ = learning.select_tasks("cpu", ["pendulum"], ["train.steps=1234"])
     assert tuned.steps == 1234
 
 
@@ -269,10 +262,11 @@ def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path
     pixels = replace(image, obs="pixels")
     assert [d.split(":")[0] for d in learning.config_mismatch(pixels, 0, run)] == [
         "env.obs", "agent.world_model.encoder.mlp_ratio", "agent.world_model.decoder.cnn_depth"]
-    with pytest.raises(ValueError, match="critic_lr"):
-        learning.run_task(changed, 0, run, fresh=False)
-    with pytest.raises(ValueError, match="critic_lr"):
-        learning.finished_runs(tmp_path, [changed])
+    with pytest.raises(ValueError, match="critic_lr"):  # to resume it
+        learning.check_runs_before_start([(changed, 0)], [], tmp_path, fresh=False)
+    with pytest.raises(ValueError, match="critic_lr"):  # to gather it into results
+        learning.check_runs_before_start([], [changed], tmp_path, fresh=False)
+    learning.check_runs_before_start([(changed, 0)], [], tmp_path, fresh=True)  # --fresh retrains it
     job = learning.run_task(changed, 0, run, fresh=True)  # --fresh: the old run is cleared, not resumed
     assert "--resume" not in job.command() and not (run / "config.json").exists()
 

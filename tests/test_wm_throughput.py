@@ -21,7 +21,7 @@ from benchmarks.wm_throughput import (
     compare,
     equivalence,
     interleave,
-    run_agent_child,
+    run_in_child,
 )
 
 SMALL = {"preset": "debug", "device": "cpu", "obs": "state", "action_dim": 1, "batch": 2, "length": 4,
@@ -180,7 +180,7 @@ def test_only_the_first_round_checks_and_the_result_carries_the_verdict():
 def test_the_check_of_a_real_child_is_deterministic():
     """Two runs of the same code give identical check metrics: a difference against a baseline is the code's."""
     spec = {**SMALL, "length": 8, "warmup": 0, "phase_repeats": 0, "check_updates": 2}
-    first, second = run_agent_child(spec, ROOT), run_agent_child(spec, ROOT)
+    first, second = run_in_child(spec, ROOT), run_in_child(spec, ROOT)
     assert "error" not in first, first.get("error")
     assert len(first["check_metrics"]) == 2 and first["check_metrics"] == second["check_metrics"]
     assert {"train/loss/reward", "train/loss/actor", "train/loss/critic"} <= set(first["check_metrics"][0])
@@ -205,11 +205,9 @@ def test_batch_is_what_the_loop_hands_the_agent(obs, key, shape, dtype):
 
 
 def test_phase_timers_see_every_phase_of_a_real_update_and_are_removed_after():
-    from agent.agent import Agent
 
     spec = {**SMALL, "overrides": ["actor_critic.replay_value=0.3"]}  # so that replay_value_loss runs too
-    agent = Agent(speed_child.obs_space("state"), speed_child.spaces.Box(-1, 1, (1,), np.float32),
-                  speed_child._config(spec))
+    agent = speed_child.build_agent(spec)
     totals: dict[str, float] = {}
     with speed_child.phase_timers(agent, torch.device("cpu"), totals):
         assert "imagine" in vars(agent) and "train_step" in vars(agent.wm)
@@ -231,12 +229,12 @@ def test_baseline_worktree_is_removed_even_on_error():
 
 @pytest.mark.slow
 def test_child_imports_agent_from_the_tree_it_is_given(tmp_path):
-    result = run_agent_child(SMALL, ROOT)
+    result = run_in_child(SMALL, ROOT)
     assert result["agent_file"] == str(ROOT / "agent" / "__init__.py")
     assert result["agent_update"]["n"] == 1 and result["peak_rss_mb"] > 0
     assert {"world_model", "imagine", "total", "other"} <= set(result["phases"]["median_s"])
     # A tree without `agent`: the child would import another copy, and must refuse rather than time it.
-    wrong = run_agent_child(SMALL, tmp_path)
+    wrong = run_in_child(SMALL, tmp_path)
     assert "error" in wrong and "not from the tree" in wrong["error"]
 
 
@@ -269,3 +267,25 @@ def test_gpu_check_records_a_failed_step_and_goes_on(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["steps"]["nvidia_smi"]["rc"] == 127 and not result["steps"]["nvidia_smi"]["ok"]
     assert "gpu" not in result and result["throughput"] == {} and "train" not in result
+
+
+def test_one_cpu_thread_is_timed_in_process_cpu_time():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert speed_child.clock(torch.device("cpu"))[0] == "process_cpu"
+        torch.set_num_threads(2)
+        assert speed_child.clock(torch.device("cpu"))[0] == "wall"
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_world_model_child_times_update_forward_and_parts():
+    """The world-model mode runs in the same child script as the agent's, with its thread count and clock."""
+    spec = {**SMALL, "mode": "update", "obs": "pixels", "warmup": 0, "repeats": 1}
+    result = run_in_child(spec, ROOT)
+    assert "error" not in result, result.get("error")
+    assert result["clock"] == "process_cpu" and result["torch_threads"] == 1 and result["peak_rss_mb"] > 0
+    assert {"encoder", "rssm_observe", "image_decoder"} == set(result["forward_parts"])
+    assert result["update"]["n"] == 1 and result["frames_per_s_update"] > 0
