@@ -193,6 +193,13 @@ def training_episodes(rundir: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["episode/return"]) for row in metrics(rundir) if "episode/return" in row]
 
 
+def cpu_seconds(rundir: Path) -> float | None:
+    """The training process's CPU seconds over the whole run (its last ``time/cpu_s``), or None where the run
+    did not log it from its first log on (runs begun before it was logged)."""
+    timed = [row for row in metrics(rundir) if "time/wall_s" in row]
+    return timed[-1]["time/cpu_s"] if timed and all("time/cpu_s" in row for row in timed) else None
+
+
 def run_commits(rundir: Path) -> list[str]:
     """The commits a run was started and resumed at (its ``starts.jsonl``; "+dirty" marks uncommitted changes)."""
     path = rundir / "starts.jsonl"
@@ -473,7 +480,8 @@ def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
             runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
                          "preset": task.preset, "steps": finished["steps"], "overrides": task.overrides,
                          "threshold": task.threshold, "threshold_why": task.why,
-                         "final_return": sum(last) / len(last), "wall_s": finished["wall_s"], "curve": curve,
+                         "final_return": sum(last) / len(last), "wall_s": finished["wall_s"],
+                         "cpu_s": cpu_seconds(rundir), "curve": curve,
                          "train_curve": binned_returns(training_episodes(rundir), finished["steps"]),
                          "dreamerv3": reference_score(task), "trivial": trivial, "rundir": str(rundir),
                          "trained_at": run_commits(rundir)})
@@ -528,7 +536,7 @@ def compare_with_dreamerv3(runs: list[dict]) -> list[dict]:
             task["ours_100k"] >= task["dreamerv3_100k"]
         finals = [r["final_return"] for r in seeds]
         task.update({"final_evals": finals, "final_eval": _mean(finals), "wall_s": [r["wall_s"] for r in seeds],
-                     "trained_at": [r["trained_at"] for r in seeds]})
+                     "cpu_s": [r.get("cpu_s") for r in seeds], "trained_at": [r["trained_at"] for r in seeds]})
         out.append(task)
     return out
 

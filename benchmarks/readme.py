@@ -137,23 +137,26 @@ def learning_dmc_proprio(data: dict, name: str = "learning_dmc_proprio") -> str:
 
     rows = [[t["name"], ", ".join(map(str, t["seeds"])), _seeds(t["ours_50k"], t["ours_50k_seeds"]),
              dreamerv3(t, "50k"), _seeds(t["ours_100k"], t["ours_100k_seeds"]), dreamerv3(t, "100k"),
-             "yes" if t["passed"] else "no", _fmt(t["final_eval"]), ", ".join(f"{w / 60:.0f}" for w in t["wall_s"])]
+             "yes" if t["passed"] else "no", _fmt(t["final_eval"]), ", ".join(f"{w / 60:.0f}" for w in t["wall_s"]),
+             ", ".join("-" if c is None else f"{c / 3600:.1f}" for c in t.get("cpu_s", []))]
             for t in data["tasks"]]
     s = data["summary"]
     n = len(s["tasks_in_mean"])
     rows.append([f"suite mean, {n} of {s['tasks_in_suite']} tasks", f"{s['runs']} runs", _fmt(s["ours_50k_mean"]),
                  _fmt(s["dreamerv3_50k_mean"]), _fmt(s["ours_100k_mean"]), _fmt(s["dreamerv3_100k_mean"]),
-                 f"{s['at_or_above_dreamerv3_100k']} of {n}", "", ""])
+                 f"{s['at_or_above_dreamerv3_100k']} of {n}", "", "", ""])
     commits = sorted({c for t in data["tasks"] for run in t["trained_at"] for c in run})
     seeds = sorted({t["dreamerv3_seeds"] for t in data["tasks"]})
     return (markdown_table(["task", "seeds", "ours 50K", "DreamerV3 50K", "ours 100K", "DreamerV3 100K",
-                            "at or above DreamerV3 at 100K", "final eval (deterministic)", "wall min per run"], rows)
+                            "at or above DreamerV3 at 100K", "final eval (deterministic)", "wall min per run",
+                            "CPU h per run"], rows)
             + "\n\nOurs: the mean return of the training episodes (exploring policy) that ended in the 10,000 env "
             "steps up to 50K or 100K, averaged over seeds (each seed's in brackets). DreamerV3: its seed mean in the "
             f"same bin ({' or '.join(map(str, seeds))} seeds, the lowest and highest seed in brackets). Final eval: "
             "our deterministic policy, mean of the last two evaluations averaged over seeds; not DreamerV3's "
             "metric. Wall min: each run's, with the runs in parallel on a shared "
-            f"{data['machine'].get('cpu_count')}-core machine. "
+            f"{data['machine'].get('cpu_count')}-core machine; CPU h: the training process's CPU time (one torch "
+            "thread; '-' for a run that began before it was logged), what a run costs on one idle core. "
             + (f"Not run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
             + f"Trained at {'commits' if len(commits) > 1 else 'commit'} {', '.join(commits) or 'unknown'}. "
             f"Source `results/{name}.json`."

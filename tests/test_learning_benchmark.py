@@ -66,14 +66,19 @@ def test_results_gather_every_finished_seed_and_judge_the_mean(tmp_path, monkeyp
     assert learning.summarize(runs[:1])[0]["passed"]  # seed 0 alone clears 500
 
 
-def _write_run(rundir, episodes, evals, steps, wall_s=60.0, commit="abc1234"):
-    """A finished run as `python -m agent train` and the benchmark leave it: training episodes and evals in
-    metrics.jsonl (among other scalars), done.json, starts.jsonl."""
+def _write_run(rundir, episodes, evals, steps, wall_s=60.0, commit="abc1234", cpu_s=50.0, cpu_from_start=True):
+    """A finished run as `python -m agent train` and the benchmark leave it: training episodes, evals and
+    periodic logs (with time/wall_s and time/cpu_s; ``cpu_from_start`` False: the first log lacks cpu_s, as
+    in a run begun before it was logged) in metrics.jsonl, done.json, starts.jsonl."""
     import json
 
     rundir.mkdir(parents=True)
     rows = [{"step": s, "episode/return": r, "episode/length": 500.0} for s, r in episodes]
-    rows += [{"step": s, "eval/return": r} for s, r in evals] + [{"step": steps, "fps/env": 10.0}]
+    first_log = {"step": steps // 2, "fps/env": 10.0, "time/wall_s": wall_s / 2}
+    if cpu_from_start:
+        first_log["time/cpu_s"] = cpu_s / 2
+    rows += [{"step": s, "eval/return": r} for s, r in evals] + [first_log]
+    rows += [{"step": steps, "fps/env": 10.0, "time/wall_s": wall_s, "time/cpu_s": cpu_s}]
     rows.sort(key=lambda row: row["step"])
     (rundir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (rundir / "done.json").write_text(json.dumps({"wall_s": wall_s, "steps": steps}))
@@ -121,9 +126,9 @@ def _two_seeds(root):
     """Seed 0: 50K bin 200 (two episodes), 100K bin 900; seed 1: 50K bin 400, 100K bin 700."""
     first = [(41_000, 100.0), (50_000, 300.0), (60_000, 5.0), (99_000, 900.0), (100_001, 0.0)]
     _write_run(root / "cartpole_balance", first, [(50_000, 10.0), (100_000, 30.0)], 100_000, wall_s=6000.0,
-               commit="aaa1111")
+               commit="aaa1111", cpu_s=3600.0)
     _write_run(root / "cartpole_balance-seed1", [(45_000, 400.0), (100_000, 700.0)],
-               [(50_000, 20.0), (100_000, 50.0)], 100_000, wall_s=7200.0, commit="bbb2222")
+               [(50_000, 20.0), (100_000, 50.0)], 100_000, wall_s=7200.0, commit="bbb2222", cpu_from_start=False)
 
 
 def test_ours_at_100k_is_the_seed_mean_of_the_bin_and_passes_at_dreamerv3s_mean(tmp_path, monkeypatch):
@@ -143,6 +148,7 @@ def test_ours_at_100k_is_the_seed_mean_of_the_bin_and_passes_at_dreamerv3s_mean(
         assert (task["dreamerv3_100k_min"], task["dreamerv3_100k_max"]) == (90.0, 270.0)  # seed 1's None skipped
         assert (task["dreamerv3_50k"], task["dreamerv3_50k_min"], task["dreamerv3_50k_max"]) == (80.0, 40.0, 120.0)
         assert task["final_evals"] == [20.0, 35.0] and task["wall_s"] == [6000.0, 7200.0]
+        assert task["cpu_s"] == [3600.0, None]  # seed 1 did not log CPU time from its start
         assert task["trained_at"] == [["aaa1111"], ["bbb2222"]]
     summary = learning.suite_summary([task], learning.SUITES["dmc-proprio"])
     assert summary["tasks_in_mean"] == ["cartpole_balance"] and summary["runs"] == 2
