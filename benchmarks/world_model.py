@@ -3,7 +3,7 @@
     python -m benchmarks.world_model --record --task dmc:cartpole-swingup --out data/world_model/cartpole_swingup
     python -m benchmarks.world_model --data data/world_model/cartpole_swingup --encoder patch --tubelet-frames 2 \\
         --updates 5000 --seed 0 --out results/world_model/cartpole_swingup/patch2-s0.json
-    python -m benchmarks.world_model --flops                  # FLOPs per frame and parameters of the encoders
+    python -m benchmarks.world_model --flops --out results/world_model_encoders.json   # encoders' FLOPs, params
     python -m benchmarks.world_model --grid --updates 5000   # 3 tasks x 4 encoders x 3 seeds, then the report
     python -m benchmarks.world_model --report-only           # the report again from results/world_model.json
 
@@ -244,11 +244,14 @@ def to_torch(wm: Any, batch: dict[str, np.ndarray]) -> dict[str, Any]:
 def train_updates(wm: Any, sampler: Any, state: dict[str, Any], updates: int, batch: int,
                   on_update: Any = None) -> None:
     """Train ``wm`` until ``state['updates']`` reaches ``updates``, appending each update's losses to
-    ``state['history']`` and its seconds to ``state['train_s']``; ``on_update(state)`` after each."""
+    ``state['history']``, its wall seconds to ``state['train_s']`` and its process CPU seconds to
+    ``state['train_cpu_s']`` (with one torch thread: one core's time, whatever else the machine runs);
+    ``on_update(state)`` after each."""
     while state["updates"] < updates:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         metrics, _ = wm.train_step(to_torch(wm, sampler.sample(batch)))
         state["train_s"] += time.perf_counter() - t0
+        state["train_cpu_s"] = state.get("train_cpu_s", 0.0) + time.process_time() - c0
         state["updates"] += 1
         state["history"].append({"update": state["updates"], **{k: v for k, v in metrics.items()
                                                                   if k.startswith("loss/")}})
@@ -262,7 +265,7 @@ def _load_or_start(run_dir: Path, cfg_dict: dict[str, Any], wm: Any, sampler: An
 
     path = run_dir / "checkpoint.pt"
     if fresh or not path.exists():
-        return {"updates": 0, "train_s": 0.0, "history": []}
+        return {"updates": 0, "train_s": 0.0, "train_cpu_s": 0.0, "history": []}
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt["config"] != cfg_dict:
         raise ValueError(f"{path} was written with another configuration; pass --fresh to start over or "
@@ -357,7 +360,7 @@ def evaluate(wm: Any, heldout: list[dict[str, np.ndarray]], fit: list[dict[str, 
 
     sample = args.latent == "sample"
     wm.generator.manual_seed(args.seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     outputs = [episode_outputs(wm, ep, sample) for ep in heldout]
     result: dict[str, Any] = {"episodes": len(heldout), "steps": int(sum(len(e["reward"]) for e in heldout))}
     if wm.has_image:
@@ -373,7 +376,7 @@ def evaluate(wm: Any, heldout: list[dict[str, np.ndarray]], fit: list[dict[str, 
             [insight.probe_targets(e, names, winding) for e in fit],
             [insight.probe_targets(e, names, winding) for e in heldout], quantities,
             probe_quantities(names, winding))
-    result["seconds"] = time.perf_counter() - t0
+    result["seconds"], result["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
     return result
 
 
@@ -419,8 +422,9 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
               "preset": args.preset, "set": args.set, "updates": progress["updates"],
               "batch": [args.batch_size, args.batch_length], "config": cfg_dict,
               "encoder_cost": encoder_cost(cfg, args.batch_length), "params": wm.param_counts(),
-              "train": {"seconds": progress["train_s"],
+              "train": {"seconds": progress["train_s"], "cpu_seconds": progress.get("train_cpu_s"),
                         "s_per_update": progress["train_s"] / max(1, progress["updates"]),
+                        "cpu_s_per_update": progress.get("train_cpu_s", 0.0) / max(1, progress["updates"]),
                         "curve": binned_curve(progress["history"], args.log_every)}}
     result["eval"] = _evaluate_run(wm, data, keys, args)
     result["machine"] = machine_info()
@@ -482,7 +486,8 @@ def summary_lines(result: dict[str, Any]) -> None:
     """A few lines on stdout: training speed, reconstruction, open-loop error against copying, probes."""
     e = result["eval"]
     print(f"{result['task']} {result['encoder']} seed {result['seed']}: {result['updates']} updates, "
-          f"{result['train']['s_per_update']:.2f} s/update; held-out reconstruction MSE "
+          f"{result['train']['s_per_update']:.2f} s/update ({result['train']['cpu_s_per_update']:.2f} CPU s); "
+          "held-out reconstruction MSE "
           f"{e.get('recon_mse', float('nan')):.5f}")
     curves = e["openloop"]["curves"]
     if "image_mse" in curves:
@@ -608,7 +613,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per (task, encoder), mean ± sd over seeds."""
     picks = (1, 10, 50, 100)
     header = ["task", "encoder", "seeds", "recon MSE (x1e3)", *[f"open-loop h={h} (x1e3)" for h in picks],
-              "qpos R² embed", "qvel R² embed", "qpos R² posterior", "qvel R² posterior", "s/update"]
+              "qpos R² embed", "qvel R² embed", "qpos R² posterior", "qvel R² posterior", "CPU s/update"]
     rows = []
     for (task, label), group in _cells(runs).items():
         copy = [f"{_stat([_horizon(r, h) for r in group], 2, 1e3)} "
@@ -617,23 +622,45 @@ def results_table(runs: list[dict[str, Any]]) -> str:
                      _stat([r["eval"].get("recon_mse") for r in group], 2, 1e3), *copy,
                      *[_stat([_probe(r, s, g) for r in group])
                        for s in ("embed", "posterior") for g in ("qpos", "qvel")],
-                     _stat([r["train"]["s_per_update"] for r in group])])
+                     _stat([r["train"].get("cpu_s_per_update", r["train"]["s_per_update"]) for r in group])])
     return markdown_table(header, rows)
 
 
-def grid_estimate(payload: dict[str, Any], tasks: int = len(TASKS), seeds: int = 3) -> dict[str, Any] | None:
-    """Hours the whole grid takes on one core at the measured seconds per update (and per evaluation) of
-    each encoder, at the results file's update count."""
+def grid_estimate(payload: dict[str, Any], tasks: int = len(TASKS), seeds: int = 3, updates: int | None = None
+                  ) -> dict[str, Any] | None:
+    """Hours the whole grid takes on one core at the measured CPU seconds per update (and per evaluation) of
+    each encoder, at ``updates`` (default: the results file's update count)."""
     measured: dict[str, list[tuple[float, float]]] = {}
     for run in payload["runs"]:
-        measured.setdefault(run["encoder"], []).append((run["train"]["s_per_update"], run["eval"]["seconds"]))
+        train, evaluation = run["train"], run["eval"]
+        measured.setdefault(run["encoder"], []).append((train.get("cpu_s_per_update", train["s_per_update"]),
+                                                        evaluation.get("cpu_seconds", evaluation["seconds"])))
     if not measured:
         return None
-    per_run = {k: payload["updates"] * np.mean([m[0] for m in v]) + np.mean([m[1] for m in v])
-               for k, v in measured.items()}
+    updates = updates or payload["updates"]
+    per_run = {k: updates * np.mean([m[0] for m in v]) + np.mean([m[1] for m in v]) for k, v in measured.items()}
     hours = sum(per_run.values()) * tasks * seeds / 3600
-    return {"updates": payload["updates"], "hours_one_core": hours, "runs": tasks * seeds * len(per_run),
+    return {"updates": updates, "hours_one_core": hours, "runs": tasks * seeds * len(per_run),
             "hours_per_run": {k: v / 3600 for k, v in per_run.items()}}
+
+
+def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
+    """Report lines on the direct test of the tubelet idea: joint velocities read linearly from the encoder's
+    embedding alone, per task and encoder (patch1 is the single-frame control of the same architecture)."""
+    cells = _cells(runs)
+    tasks = list(dict.fromkeys(t for t, _ in cells))
+    if not any(_probe(r, "embed", "qvel") is not None for r in runs):
+        return []
+    lines = ["## Velocity from one embedding", "",
+             "A single frame holds no velocity, so a per-frame embedding (cnn, and patch1, the same Transformer "
+             "with one-frame tubelets) can carry joint velocities only through what position and context imply; "
+             "a tubelet of k >= 2 frames sees the motion. Held-out R² of qvel from the embedding alone (mean ± sd "
+             "over seeds; the embeddings' sizes differ, see the encoder table):", ""]
+    for task in tasks:
+        parts = [f"{label} {_stat([_probe(r, 'embed', 'qvel') for r in group])}"
+                 for (t, label), group in cells.items() if t == task]
+        lines.append(f"- {task_dirname(task or '?')}: " + ", ".join(parts))
+    return [*lines, ""]
 
 
 def write_report(payload: dict[str, Any], out: Path) -> None:
@@ -648,6 +675,7 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
              "the error of copying the last observed frame. Probe R²: ridge probes fitted on training episodes, "
              "scored on held-out ones; qpos is the mean over position quantities (winding angles as cos and sin), "
              "qvel over joint velocities.", "", results_table(runs) if runs else "(no finished runs)", ""]
+    lines += tubelet_test(runs)
     estimate = grid_estimate(payload)
     if estimate:
         lines += [f"Time: the full grid ({estimate['runs']} runs of {estimate['updates']} updates) takes about "
@@ -731,7 +759,7 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--report-only", action="store_true", help="the report again from the results file --out")
     mode.add_argument("--flops", action="store_true", help="print the encoders' FLOPs per frame and parameters")
     p.add_argument("--out", help="record: the dataset directory; a run: its results JSON; grid: the results file "
-                                 "(default results/world_model.json)")
+                                 "(default results/world_model.json); --flops: a JSON of the table (optional)")
     p.add_argument("--seed", type=int, default=0,
                    help="record: the first env seed; a run: the model's and batches' seed")
     g = p.add_argument_group("recording")
@@ -794,8 +822,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--record needs --out, the dataset directory.")
             record(args)
         elif args.flops:
-            print(flops_markdown(flops_table(args.preset, args.set, list(args.encoders), args.equal_flops,
-                                             args.batch_length)))
+            table = flops_table(args.preset, args.set, list(args.encoders), args.equal_flops, args.batch_length)
+            print(flops_markdown(table))
+            if args.out:
+                write_json(args.out, {"benchmark": "world_model/encoders", "preset": args.preset, "set": args.set,
+                                      "equal_flops": args.equal_flops, "encoders": table, "machine": machine_info()})
+                print(f"wrote {args.out}")
         elif args.grid or args.report_only:
             args.out = args.out or "results/world_model.json"
             if args.report_only:

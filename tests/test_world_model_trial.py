@@ -121,6 +121,37 @@ def test_sampler_windows_stay_in_segments_and_split_episodes():
     assert [p["x"].tolist() for p in parts] == [[0, 1, 2], [3, 4], [2, 3]]
 
 
+def test_a_training_runs_replay_directory_is_a_dataset(tmp_path):
+    from agent.replay import Replay
+
+    replay = Replay(capacity=64, chunk=16, directory=tmp_path)
+    for t in range(40):  # two streams, as a run with two envs: 2 closed chunks each and an open one
+        replay.add({"image": np.full((2, 64, 64, 3), t, np.uint8), "action": np.zeros((2, 1), np.float32),
+                    "reward": np.full(2, t, np.float32), "is_first": np.array([t == 0] * 2),
+                    "is_last": np.zeros(2, bool), "is_terminal": np.zeros(2, bool)})
+    replay.state_dict()  # writes the open chunks, as a checkpoint does
+    segments = wm_data.load_segments(tmp_path, ["image", "action", "reward", "is_first", "is_terminal"])
+    assert sorted(len(s["reward"]) for s in segments) == [8, 8, 16, 16, 16, 16]
+    batch = wm_data.WindowSampler(segments, 8, seed=0).sample(64)
+    assert np.all(np.diff(batch["reward"], axis=1) == 1)  # consecutive steps, never across chunk files
+    with pytest.raises(ValueError, match="lacks"):
+        wm_data.load_segments(tmp_path, ["qpos"])
+
+
+def test_agent_policy_restarts_its_latent_state_at_episode_starts():
+    seen = []
+
+    class FakeAgent:
+        def act(self, obs, is_first, carry, explore):
+            seen.append((carry, explore))
+            return np.zeros((1, 1), np.float32), (carry or 0) + 1
+
+    policy = wm_data.agent_policy(FakeAgent(), ["state"])
+    for first in [True, False, False, True, False]:
+        policy({"state": np.zeros((1, 3)), "image": None}, np.array([first]))
+    assert seen == [(None, True), (1, True), (2, True), (None, True), (1, True)]
+
+
 # --------------------------------------------------------------------------------------------- training
 
 
