@@ -455,6 +455,10 @@ def _train_with_progress(wm: Any, sampler: Any, progress: dict[str, Any], run_di
                             image=f"{np.mean([h.get('loss/image', 0.0) for h in recent]):.1f}")
         if state["updates"] % args.checkpoint_every == 0 or state["updates"] == args.updates:
             save_checkpoint(run_dir, cfg_dict, wm, sampler, state)
+            if args.no_progress:  # a log file (the grid's jobs) still shows how far the run is
+                recent = state["history"][-args.checkpoint_every:]
+                print(f"update {state['updates']}/{args.updates}: loss {np.mean([h['loss/total'] for h in recent]):.1f}"
+                      f", {state['train_cpu_s'] / state['updates']:.2f} CPU s/update; checkpoint saved", flush=True)
 
     try:
         train_updates(wm, sampler, progress, args.updates, args.batch_size, on_update)
@@ -640,8 +644,8 @@ def grid_estimate(payload: dict[str, Any], tasks: int = len(TASKS), seeds: int =
     updates = updates or payload["updates"]
     per_run = {k: updates * np.mean([m[0] for m in v]) + np.mean([m[1] for m in v]) for k, v in measured.items()}
     hours = sum(per_run.values()) * tasks * seeds / 3600
-    return {"updates": updates, "hours_one_core": hours, "runs": tasks * seeds * len(per_run),
-            "hours_per_run": {k: v / 3600 for k, v in per_run.items()}}
+    return {"updates": updates, "hours_one_core": float(hours), "runs": tasks * seeds * len(per_run),
+            "hours_per_run": {k: float(v / 3600) for k, v in per_run.items()}}
 
 
 def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
@@ -708,7 +712,8 @@ def plot_horizons(runs: list[dict[str, Any]], path: Path) -> None:
         ax.plot(np.arange(1, len(copy) + 1), copy, "k--", label="copy last frame")
         ax.set_title(task_dirname(task or "?"), fontsize=9)
         ax.set_xlabel("horizon (imagined steps)")
-        ax.set_ylabel("image MSE per pixel")
+        ax.set_ylabel("image MSE per pixel (log scale)")
+        ax.set_yscale("log")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
