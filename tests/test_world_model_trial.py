@@ -213,6 +213,9 @@ def test_probe_groups_replace_winding_angles_by_cos_and_sin():
     groups = wmt.probe_quantities(names, ["qpos[hinge_1]"])
     assert groups == {"qpos": ["qpos[slider]", "cos(qpos[hinge_1])", "sin(qpos[hinge_1])"],
                       "qvel": ["qvel[slider]", "qvel[hinge_1]"]}
+    walker = {"qpos": ["qpos[rootz]", "qpos[rootx]", "qpos[rooty]"], "qvel": ["qvel[rootz]", "qvel[rootx]"]}
+    assert wmt.probe_quantities(walker, ["qpos[rooty]"])["qpos"] == ["qpos[rootz]", "cos(qpos[rooty])",
+                                                                     "sin(qpos[rooty])"]
 
 
 # --------------------------------------------------------------------------------------------- FLOPs
