@@ -776,7 +776,21 @@ def parser() -> argparse.ArgumentParser:
                                  "(default results/world_model.json); --flops: a JSON of the table (optional)")
     p.add_argument("--seed", type=int, default=0,
                    help="record: the first env seed; a run: the model's and batches' seed")
-    g = p.add_argument_group("recording")
+    _recording_arguments(p.add_argument_group("recording"))
+    _training_arguments(p.add_argument_group("training"))
+    _evaluation_arguments(p.add_argument_group("evaluation"))
+    g = p.add_argument_group("grid")
+    g.add_argument("--tasks", nargs="+", default=list(TASKS), help="tasks of the grid")
+    g.add_argument("--encoders", nargs="+", default=list(ENCODERS), help="encoders of the grid (cnn, patch<k>)")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the grid")
+    g.add_argument("--data-root", default="data/world_model", help="datasets, one directory per task")
+    g.add_argument("--root", default="runs/world_model", help="run directories, <task>/<encoder>-s<seed>")
+    g.add_argument("--parallel", type=int, default=None, help="runs at once (default: what the CPUs hold)")
+    jobs.add_arguments(p)
+    return p
+
+
+def _recording_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--task", default="dmc:cartpole-swingup", help="env spec to record")
     g.add_argument("--episodes", type=int, default=60, help="training episodes to record")
     g.add_argument("--heldout", type=int, default=12, help="held-out episodes to record")
@@ -789,7 +803,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--action-repeat", type=int, default=2, help="simulator steps per recorded step")
     g.add_argument("--size", type=int, default=64, help="image size (the world model expects 64)")
     g.add_argument("--max-steps", type=int, default=0, help="cut episodes at this many steps (0: the task's limit)")
-    g = p.add_argument_group("training")
+
+
+def _training_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", help="a recorded dataset (or any replay directory) to train on")
     g.add_argument("--heldout-data", help="held-out episodes (default: <data>/heldout)")
     g.add_argument("--encoder", choices=["patch", "cnn"], default="patch", help="image encoder")
@@ -809,7 +825,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--fresh", action="store_true", help="start over instead of resuming the run directory")
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("evaluation")
+
+
+def _evaluation_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--context", type=int, default=5, help="observed steps before open-loop imagination")
     g.add_argument("--horizon", type=int, default=100, help="imagined steps")
     g.add_argument("--starts", type=int, default=5, help="open-loop windows per held-out episode")
@@ -817,15 +835,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-episodes", type=int, default=0, help="held-out episodes to use (0: all)")
     g.add_argument("--latent", choices=["sample", "mode"], default="sample", help="posterior latents sampled or mode")
     g.add_argument("--chunk", type=int, default=16, help="open-loop windows per forward pass (memory)")
-    g = p.add_argument_group("grid")
-    g.add_argument("--tasks", nargs="+", default=list(TASKS), help="tasks of the grid")
-    g.add_argument("--encoders", nargs="+", default=list(ENCODERS), help="encoders of the grid (cnn, patch<k>)")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the grid")
-    g.add_argument("--data-root", default="data/world_model", help="datasets, one directory per task")
-    g.add_argument("--root", default="runs/world_model", help="run directories, <task>/<encoder>-s<seed>")
-    g.add_argument("--parallel", type=int, default=None, help="runs at once (default: what the CPUs hold)")
-    jobs.add_arguments(p)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
