@@ -442,8 +442,13 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _task_of(data: Path) -> str | None:
-    meta = data / "dataset.json"
-    return json.loads(meta.read_text())["task"] if meta.exists() else None
+    """The task of a recorded dataset, or of the training run whose ``replay/`` directory ``data`` is."""
+    meta, run_config = data / "dataset.json", data.parent / "config.json"
+    if meta.exists():
+        return json.loads(meta.read_text())["task"]
+    if run_config.exists():
+        return json.loads(run_config.read_text()).get("env", {}).get("spec")
+    return None
 
 
 def _train_with_progress(wm: Any, sampler: Any, progress: dict[str, Any], run_dir: Path, cfg_dict: dict[str, Any],
