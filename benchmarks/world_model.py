@@ -425,7 +425,8 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     progress = _load_or_start(run_dir, cfg_dict, wm, sampler, args.fresh)
     _train_with_progress(wm, sampler, progress, run_dir, cfg_dict, args)
     del segments, sampler  # the training data is not needed for evaluation
-    result = {"benchmark": "world_model", "task": _task_of(data), "encoder": label, "seed": args.seed,
+    shown = label if "image" in keys else "mlp"  # without images the image encoder is not used
+    result = {"benchmark": "world_model", "task": _task_of(data), "encoder": shown, "seed": args.seed,
               "preset": args.preset, "set": args.set, "updates": progress["updates"],
               "batch": [args.batch_size, args.batch_length], "config": cfg_dict,
               "encoder_cost": encoder_cost(cfg, args.batch_length), "params": wm.param_counts(),
@@ -502,9 +503,8 @@ def summary_lines(result: dict[str, Any]) -> None:
     """A few lines on stdout: training speed, reconstruction, open-loop error against copying, probes."""
     e = result["eval"]
     print(f"{result['task']} {result['encoder']} seed {result['seed']}: {result['updates']} updates, "
-          f"{result['train']['s_per_update']:.2f} s/update ({result['train']['cpu_s_per_update']:.2f} CPU s); "
-          "held-out reconstruction MSE "
-          f"{e.get('recon_mse', float('nan')):.5f}")
+          f"{result['train']['s_per_update']:.2f} s/update ({result['train']['cpu_s_per_update']:.2f} CPU s)"
+          + (f"; held-out reconstruction MSE {e['recon_mse']:.5f}" if "recon_mse" in e else ""))
     curves = e["openloop"]["curves"]
     if "image_mse" in curves:
         picks = [h for h in HORIZON_PICKS if h <= e["openloop"]["horizon"]]
