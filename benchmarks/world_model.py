@@ -335,16 +335,22 @@ def probe_quantities(names: dict[str, list[str]], winding: list[str]) -> dict[st
 
 def probe_scores(fit: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarray]],
                  fit_targets: list[np.ndarray], test_targets: list[np.ndarray], quantities: list[str],
-                 groups: dict[str, list[str]]) -> dict[str, Any]:
-    """Ridge probes from the embedding and from the posterior latent (deter and stoch), fitted on ``fit``
-    episodes (cross-validated by episode) and scored on ``test``: R^2 per quantity and the mean over each
-    group of ``groups`` (qpos, qvel)."""
+                 groups: dict[str, list[str]], pca: int = 0) -> dict[str, Any]:
+    """Ridge probes fitted on ``fit`` episodes (cross-validated by episode) and scored on ``test``: R^2 per
+    quantity and the mean over each group of ``groups`` (qpos, qvel), from the embedding (``embed``), from
+    the embedding's first ``pca`` principal components on the fit set (``embed_pca``, when pca > 0: the
+    encoders' embeddings differ in size, this reads the same number of features from each) and from the
+    posterior latent, deter and stoch (``posterior``)."""
     from .probes import fit_ridge_cv, r2_score
 
+    embed = np.concatenate([o["embed"] for o in fit])
+    center, basis = embed.mean(0), np.linalg.svd(embed - embed.mean(0), full_matrices=False)[2][:pca].T  # (E, k)
     sources = {"embed": lambda o: o["embed"], "posterior": lambda o: np.concatenate([o["deter"], o["stoch"]], -1)}
+    if pca > 0:
+        sources["embed_pca"] = lambda o: (o["embed"] - center) @ basis
     Y_fit, Y_test = np.concatenate(fit_targets), np.concatenate(test_targets)
     episode = np.concatenate([np.full(len(t), i) for i, t in enumerate(fit_targets)])
-    report: dict[str, Any] = {"fit_episodes": len(fit), "test_episodes": len(test)}
+    report: dict[str, Any] = {"fit_episodes": len(fit), "test_episodes": len(test), "pca": int(basis.shape[1])}
     for source, features in sources.items():
         probe = fit_ridge_cv(np.concatenate([features(o) for o in fit]), Y_fit, episode)
         r2 = r2_score(Y_test, probe.predict(np.concatenate([features(o) for o in test])))
@@ -382,7 +388,7 @@ def evaluate(wm: Any, heldout: list[dict[str, np.ndarray]], fit: list[dict[str, 
             [episode_outputs(wm, ep, sample) for ep in fit], outputs,
             [insight.probe_targets(e, names, winding) for e in fit],
             [insight.probe_targets(e, names, winding) for e in heldout], quantities,
-            probe_quantities(names, winding))
+            probe_quantities(names, winding), args.probe_pca)
     result["seconds"], result["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - c0
     return result
 
@@ -557,7 +563,7 @@ def _shared_argv(args: argparse.Namespace) -> tuple[str, ...]:
            "--batch-length", str(args.batch_length), "--obs", args.obs, "--threads", "1", "--no-progress",
            "--checkpoint-every", str(args.checkpoint_every), "--log-every", str(args.log_every),
            "--context", str(args.context), "--horizon", str(args.horizon), "--starts", str(args.starts),
-           "--probe-episodes", str(args.probe_episodes), "--latent", args.latent]
+           "--probe-episodes", str(args.probe_episodes), "--probe-pca", str(args.probe_pca), "--latent", args.latent]
     out += ["--train-episodes", str(args.train_episodes), "--eval-episodes", str(args.eval_episodes)]
     out += [] if args.equal_flops else ["--no-equal-flops"]
     return tuple(out + (["--set", *args.set] if args.set else []))
@@ -622,14 +628,15 @@ def _horizon(run: dict[str, Any], h: int, key: str = "image_mse") -> float | Non
 
 def _probe(run: dict[str, Any], source: str, group: str) -> float | None:
     probes = run["eval"].get("probes")
-    return probes[source][group] if probes else None
+    return probes[source][group] if probes and source in probes else None
 
 
 def results_table(runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per (task, encoder), mean ± sd over seeds."""
     picks = (1, 10, 50, 100)
     header = ["task", "encoder", "seeds", "recon MSE (x1e3)", *[f"open-loop h={h} (x1e3)" for h in picks],
-              "qpos R² embed", "qvel R² embed", "qpos R² posterior", "qvel R² posterior", "CPU s/update"]
+              "qpos R² embed", "qvel R² embed", "qvel R² embed PCA", "qpos R² posterior", "qvel R² posterior",
+              "CPU s/update"]
     rows = []
     for (task, label), group in _cells(runs).items():
         copy = [f"{_stat([_horizon(r, h) for r in group], 2, 1e3)} "
@@ -637,7 +644,8 @@ def results_table(runs: list[dict[str, Any]]) -> str:
         rows.append([task_dirname(task or "?"), label, str(len(group)),
                      _stat([r["eval"].get("recon_mse") for r in group], 2, 1e3), *copy,
                      *[_stat([_probe(r, s, g) for r in group])
-                       for s in ("embed", "posterior") for g in ("qpos", "qvel")],
+                       for s, g in [("embed", "qpos"), ("embed", "qvel"), ("embed_pca", "qvel"), ("posterior", "qpos"),
+                                    ("posterior", "qvel")]],
                      _stat([r["train"].get("cpu_s_per_update", r["train"]["s_per_update"]) for r in group])])
     return markdown_table(header, rows)
 
@@ -667,13 +675,16 @@ def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
     tasks = list(dict.fromkeys(t for t, _ in cells))
     if not any(_probe(r, "embed", "qvel") is not None for r in runs):
         return []
+    pcs = next((r["eval"]["probes"].get("pca") for r in runs if r["eval"].get("probes")), None)
     lines = ["## Velocity from one embedding", "",
              "A single frame holds no velocity, so a per-frame embedding (cnn, and patch1, the same Transformer "
              "with one-frame tubelets) can carry joint velocities only through what position and context imply; "
              "a tubelet of k >= 2 frames sees the motion. Held-out R² of qvel from the embedding alone (mean ± sd "
-             "over seeds; the embeddings' sizes differ, see the encoder table):", ""]
+             "over seeds; the embeddings' sizes differ, see the encoder table), and in brackets from its first "
+             f"{pcs} principal components on the probe's fit set, the same number of features for every encoder:", ""]
     for task in tasks:
         parts = [f"{label} {_stat([_probe(r, 'embed', 'qvel') for r in group])}"
+                 f" (first principal components: {_stat([_probe(r, 'embed_pca', 'qvel') for r in group])})"
                  for (t, label), group in cells.items() if t == task]
         lines.append(f"- {task_dirname(task or '?')}: " + ", ".join(parts))
     return [*lines, ""]
@@ -837,6 +848,8 @@ def _evaluation_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--horizon", type=int, default=100, help="imagined steps")
     g.add_argument("--starts", type=int, default=5, help="open-loop windows per held-out episode")
     g.add_argument("--probe-episodes", type=int, default=12, help="training episodes the probes are fitted on")
+    g.add_argument("--probe-pca", type=int, default=240,
+                   help="also probe the embedding's first N principal components (the same size for every encoder)")
     g.add_argument("--eval-episodes", type=int, default=0, help="held-out episodes to use (0: all)")
     g.add_argument("--latent", choices=["sample", "mode"], default="sample", help="posterior latents sampled or mode")
     g.add_argument("--chunk", type=int, default=16, help="open-loop windows per forward pass (memory)")

@@ -202,8 +202,10 @@ def test_probes_read_a_linear_signal_from_the_right_source():
     MIX = rng.normal(size=(3, 3))
     fit, test = [outputs(200) for _ in range(4)], [outputs(200) for _ in range(2)]
     report = wmt.probe_scores([o for o, _ in fit], [o for o, _ in test], [t for _, t in fit], [t for _, t in test],
-                              ["qpos[a]", "qvel[a]", "qvel[b]"], {"qpos": ["qpos[a]"], "qvel": ["qvel[a]", "qvel[b]"]})
+                              ["qpos[a]", "qvel[a]", "qvel[b]"], {"qpos": ["qpos[a]"], "qvel": ["qvel[a]", "qvel[b]"]},
+                              pca=8)
     assert report["embed"]["qpos"] > 0.99 and report["embed"]["qvel"] > 0.99
+    assert report["pca"] == 8 and report["embed_pca"]["qvel"] > 0.99  # all 8 components: the same information
     assert abs(report["posterior"]["qpos"]) < 0.05 and abs(report["posterior"]["qvel"]) < 0.05
     assert set(report["embed"]["r2"]) == {"qpos[a]", "qvel[a]", "qvel[b]"}
 
