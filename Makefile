@@ -10,7 +10,7 @@ VENV_FLAGS := $(if $(SYSTEM_TORCH),--system-site-packages,)
 export MUJOCO_GL ?= egl
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint train bench-default-job bench-envs bench-wm bench-speed bench-learning bench-dmc-proprio bench-insight bench-continual readme clean
+.PHONY: install test lint train bench-default-job bench-envs bench-wm bench-speed bench-learning bench-dmc-proprio bench-insight bench-world-model bench-continual readme clean
 
 install: $(STAMP)
 
@@ -101,6 +101,16 @@ INSIGHT_LABELS ?= state pixels-patch pixels-cnn
 bench-insight: $(STAMP)
 	$(BIN)/python -m benchmarks.insight --checkpoint $(INSIGHT_CHECKPOINTS) --label $(INSIGHT_LABELS) \
 		--policy random --video-sequences 2 --out results/insight --tensorboard runs/insight
+
+# The patch encoder on trial (issue 16): world models trained alone on recorded datasets (data/world_model/<task>,
+# recorded on the first call: 60 training and 12 held-out episodes per task from uniform and smooth random actions),
+# encoders cnn, patch1, patch2, patch4 at equal FLOPs per frame, 3 tasks x 3 seeds, WM_UPDATES updates each; writes
+# results/world_model.json, .md and two plots (`python -m benchmarks.world_model --report-only` redraws them).
+# Days on one core (see the estimate in the .md); rerun to resume: finished runs are reused, others continue.
+WM_UPDATES ?= 5000
+WM_FLAGS ?=
+bench-world-model: $(STAMP)
+	$(BIN)/python -m benchmarks.world_model --grid --updates $(WM_UPDATES) --out results/world_model.json $(WM_FLAGS)
 
 readme: $(STAMP)
 	$(BIN)/python -m benchmarks.readme

@@ -81,23 +81,15 @@ def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed:
     space, for comparing world models on the same data). max_steps > 0 cuts episodes there.
 
     Each episode: the observation keys (T, ...), action (T, A) (one-hot for Discrete), reward (T,),
-    is_first (T,), is_terminal (T,) in the replay's convention (row t: obs_t, the reward arriving at it,
+    is_first (T,), is_last (T,), is_terminal (T,) in the replay's convention (row t: obs_t, the reward arriving at it,
     the action chosen at it; the last row's action is never executed), and for MuJoCo tasks qpos (T, nq)
     and qvel (T, nv), the simulator's state at obs_t. An episode whose simulation diverges ends at the
     last step before that.
     """
-    import gymnasium as gym
-
-    import envs
-    from agent.rollout import Rollout
-
     if policy not in ("sample", "mode", "random"):
         raise ValueError(f"policy must be sample, mode or random, got {policy!r}.")
     discrete = hasattr(env.action_space, "n")
     rng = np.random.default_rng(seed)
-    with_sim = envs.has_sim_state(env)
-    # A one-env vector view of ``env`` itself, so the simulator read below is the one being stepped.
-    vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     carry = None
 
     def choose(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
@@ -106,31 +98,43 @@ def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed:
             action = (np.eye(env.action_space.n, dtype=np.float32)[rng.integers(env.action_space.n)] if discrete
                       else rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
             return action[None]  # (1, A)
+        if is_first[0]:
+            carry = None
         action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=policy == "sample")
         return action
 
-    out = []
-    for i in range(episodes):
-        carry = None
-        rollout = Rollout(vec, seed + i, lambda action: action.argmax(-1) if discrete else action)
-        rows: dict[str, list] = {k: [] for k in [*keys, "action", "reward", "is_first", "is_terminal"]}
+    return [record_episode(env, keys, choose, seed + i, max_steps) for i in range(episodes)]
+
+
+def record_episode(env: Any, keys: list[str], policy: Any, seed: int, max_steps: int = 0) -> Episode:
+    """One episode of ``env`` (reset with ``seed``) acted on by ``policy`` (obs (1, ...), is_first (1,) ->
+    action (1, A)), recorded step by step as ``collect_episodes`` describes."""
+    import gymnasium as gym
+
+    import envs
+    from agent.rollout import Rollout
+
+    discrete = hasattr(env.action_space, "n")
+    with_sim = envs.has_sim_state(env)
+    # A one-env vector view of ``env`` itself, so the simulator read below is the one being stepped.
+    vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    rollout = Rollout(vec, seed, lambda action: action.argmax(-1) if discrete else action)
+    names = [*keys, "action", "reward", "is_first", "is_last", "is_terminal"]
+    rows: dict[str, list] = {k: [] for k in names + ["qpos", "qvel"] * with_sim}
+    while True:
+        record = rollout.act(policy)
+        for k in names:
+            rows[k].append(record[k][0])
         if with_sim:
-            rows.update(qpos=[], qvel=[])
-        while True:
-            record = rollout.act(choose)
-            for k in [*keys, "action", "reward", "is_first", "is_terminal"]:
-                rows[k].append(record[k][0])
-            if with_sim:
-                sim = envs.sim_state(env)
-                rows["qpos"].append(sim["qpos"])
-                rows["qvel"].append(sim["qvel"])
-            if record["is_last"][0] or (max_steps and len(rows["reward"]) >= max_steps):
-                break
-            outcome = rollout.advance()
-            if outcome.info.get("_simulator_failure", [False])[0]:  # diverged: its state no longer matches obs
-                break
-        out.append({k: np.stack(v) for k, v in rows.items()})
-    return out
+            sim = envs.sim_state(env)
+            rows["qpos"].append(sim["qpos"])
+            rows["qvel"].append(sim["qvel"])
+        if record["is_last"][0] or (max_steps and len(rows["reward"]) >= max_steps):
+            break
+        outcome = rollout.advance()
+        if outcome.info.get("_simulator_failure", [False])[0]:  # diverged: its state no longer matches obs
+            break
+    return {k: np.stack(v) for k, v in rows.items()}
 
 
 def window_starts(length: int, context: int, horizon: int, starts: int) -> list[int]:
