@@ -840,6 +840,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _inspect(args: argparse.Namespace) -> str:
+    """The commands that train nothing: --list, --measure-random (with --write) and --dreamerv3-budget."""
+    if args.list:
+        return "\n".join(f"{name}: {seq.description} ({len(seq.tasks)} tasks, {len(seq.stages)} stages, "
+                         f"{seq.boundaries[-1]:,} env steps, {seq.obs})"
+                         for name, seq in ((n, load_sequence(n, check=False)) for n in shipped_sequences()))
+    if not args.sequence:
+        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
+    if args.measure_random is not None:
+        if args.measure_random < 1:
+            raise ValueError("--measure-random needs a number of episodes >= 1.")
+        return measure_random(args.sequence, args.measure_random, args.write)
+    if args.write:
+        raise ValueError("--write goes with --measure-random.")
+    seq = load_sequence(args.sequence, check=False, ranges=False)
+    lines = []
+    for task in seq.tasks:
+        at = dreamerv3_learned_at(task.spec, seq.obs)
+        lines.append(f"{task.name} ({task.spec}, {seq.obs}): budget {task.steps:,} env steps; DreamerV3's seed mean "
+                     f"first reaches 75% of its final value at {'-' if at is None else f'{at:,}'} env steps")
+    return "\n".join(lines)
+
+
 def _main(args: argparse.Namespace) -> int:
     from . import continual_report as report
 
@@ -848,28 +871,11 @@ def _main(args: argparse.Namespace) -> int:
         raw = json.loads((rundir / "job.json").read_text())
         run_job(Job(**{**raw, "overrides": tuple(raw["overrides"])}), rundir)
         return 0
-    if args.list:
-        for name in shipped_sequences():
-            seq = load_sequence(name, check=False)
-            print(f"{name}: {seq.description} ({len(seq.tasks)} tasks, {len(seq.stages)} stages, "
-                  f"{seq.boundaries[-1]:,} env steps, {seq.obs})")
+    if args.list or args.measure_random is not None or args.dreamerv3_budget or args.write:
+        print(_inspect(args))
         return 0
     if not args.sequence:
         raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
-    if args.measure_random is not None:
-        if args.measure_random < 1:
-            raise ValueError("--measure-random needs a number of episodes >= 1.")
-        print(measure_random(args.sequence, args.measure_random, args.write))
-        return 0
-    if args.write:
-        raise ValueError("--write goes with --measure-random.")
-    if args.dreamerv3_budget:
-        seq = load_sequence(args.sequence, check=False, ranges=False)
-        for task in seq.tasks:
-            at = dreamerv3_learned_at(task.spec, seq.obs)
-            print(f"{task.name} ({task.spec}, {seq.obs}): budget {task.steps:,} env steps; DreamerV3's seed mean first "
-                  f"reaches 75% of its final value at {'-' if at is None else f'{at:,}'} env steps")
-        return 0
     if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
         raise ValueError("--seeds and --parallel must be >= 1.")
     seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
