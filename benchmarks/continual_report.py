@@ -210,6 +210,12 @@ def _boundaries(ax: Any, boundaries: list[float], labels: list[str], top: bool) 
             ax.text((boundaries[j] + boundaries[j + 1]) / 2, 1.07, label, ha="center", va="bottom", fontsize=7)
 
 
+def _p_limits(ax: Any) -> None:
+    """y from 0 (random policy) to 1 (best), widened to show a curve below random (p < 0 is unclipped)."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(-0.05, low), max(1.05, high))
+
+
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """One panel per task: p_i(t) over the run, task boundaries dashed, the stages that train the task
     shaded, and its reference run from scratch (dotted) drawn in each of those stages."""
@@ -229,7 +235,7 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
                 ax.plot(np.array(ref["env_steps"]) + bounds[j], ref["p"], color="gray", linestyle=":",
                         label="from scratch" if j == stages.index(i) else None)
         _boundaries(ax, bounds, labels, top=i == 0)
-        ax.set_ylim(-0.05, 1.05)
+        _p_limits(ax)
         ax.set_ylabel("p (random 0, best 1)", fontsize=7)
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("env steps")
@@ -286,7 +292,7 @@ def plot_summary_curves(by_strategy: dict[str, list[dict[str, Any]]], path: Path
             ax.plot(x, mean, color=f"C{i}", label=name)
             ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.15)
         _boundaries(ax, first["boundaries"], stage_labels(first["tasks"], first["stages"]), top=True)
-        ax.set_ylim(-0.05, 1.05)
+        _p_limits(ax)
         ax.set_ylabel(f"{strategy}\np (n={len(runs)})", fontsize=8)
     axes[0, 0].legend(fontsize=7, ncol=len(by_strategy[next(iter(by_strategy))][0]["tasks"]), loc="upper right",
                       bbox_to_anchor=(1.0, 1.35))
