@@ -85,13 +85,21 @@ bench-dmc-proprio: $(STAMP)
 	$(BIN)/python -m benchmarks.learning --suite dmc-proprio --seeds 0 1 --parallel 2 --rundir runs/dmc_proprio \
 		--out results/learning_dmc_proprio.json
 
-# The continual benchmark on the CPU sequence: three replay strategies x CONTINUAL_SEEDS seeds, plus one
-# single-task reference run per task and seed (cached). Hours on 2 cores; see README. Rerun to resume.
+# The continual benchmark on the CPU sequences (Pendulum: conflicting, then related tasks): three replay
+# strategies, each without and with the plasticity method CONTINUAL_PLASTICITY (redo or shrink_perturb, at
+# task boundaries), x CONTINUAL_SEEDS seeds, plus one single-task reference run per task and seed (cached).
+# About an hour a run on one idle core: 18 runs and 3-4 hours of references per sequence. Rerun to resume.
+# cartpole-shift, walker-reward and cheetah-dynamics are for bigger machines: CONTINUAL_SEQUENCES=... to run them.
+CONTINUAL_SEQUENCES ?= pendulum-conflict pendulum-physics
 CONTINUAL_SEEDS ?= 3
 CONTINUAL_PARALLEL ?= 2
+CONTINUAL_PLASTICITY ?= redo
 bench-continual: $(STAMP)
-	$(BIN)/python -m benchmarks.continual --sequence cartpole-shift --strategy fifo reservoir mix \
-		--seeds $(CONTINUAL_SEEDS) --parallel $(CONTINUAL_PARALLEL) --out results/continual_cartpole-shift.json
+	for sequence in $(CONTINUAL_SEQUENCES); do \
+		$(BIN)/python -m benchmarks.continual --sequence $$sequence --strategy fifo reservoir mix \
+			fifo+$(CONTINUAL_PLASTICITY) reservoir+$(CONTINUAL_PLASTICITY) mix+$(CONTINUAL_PLASTICITY) --seeds $(CONTINUAL_SEEDS) --parallel $(CONTINUAL_PARALLEL) --out results/continual_$$sequence.json \
+			|| exit 1; \
+	done
 
 # What the world models of trained checkpoints know; default: the learning benchmarks' cartpole-balance runs
 # (state: the DMC proprio suite's, make bench-dmc-proprio; pixels with the patch and the CNN encoder: the cpu-pixels

@@ -1,19 +1,23 @@
 """The continual task-sequence benchmark: one agent learns task after task; what does it forget, what
 carries over, and does it stay able to learn?
 
-    python -m benchmarks.continual --sequence cartpole-shift --strategy reservoir --seeds 3
-    python -m benchmarks.continual --sequence cartpole-shift --strategy fifo reservoir mix --seeds 3 \\
-        --out results/continual_cartpole-shift.json            # what `make bench-continual` runs
+    python -m benchmarks.continual --sequence pendulum-conflict --strategy reservoir --seeds 3
+    python -m benchmarks.continual --sequence pendulum-conflict --strategy fifo reservoir mix --seeds 3 \\
+        --out results/continual_pendulum-conflict.json         # what `make bench-continual` runs (and physics)
     python -m benchmarks.continual --sequence my_sequence.json --strategy mix --seeds 1
     python -m benchmarks.continual --list                       # shipped sequences
+    python -m benchmarks.continual --sequence pendulum-conflict --measure-random 100 --write  # score ranges
+    python -m benchmarks.continual --sequence cheetah-dynamics --dreamerv3-budget   # DreamerV3's learned-at steps
 
 Protocol (``../shared/DESIGN.md``, after Continual World): the agent trains on each task of the sequence
 for its budget in turn (stages); every ``eval_every`` env steps, and at every stage boundary, it is
 evaluated on every task of the sequence, past and future, with ``eval_episodes`` deterministic episodes.
 At the end of each stage it records held-out episodes of that task (never put in the replay) and measures
 the world model's loss on the held-out data of every task trained so far; with every evaluation it
-measures dormant units and feature rank per module (``benchmarks.plasticity``). Single-task reference runs
-from scratch with the same budget, one per (task, seed, agent config), are cached under
+measures dormant units and feature rank per module (``benchmarks.plasticity``). Performance is normalised
+per task by its score range, stored in the sequence file: p = (return - random_return) / (best_return -
+random_return), 0 for uniform-random actions (``--measure-random``), 1 for the task's best. Single-task
+reference runs from scratch with the same budget, one per (task, seed, agent config), are cached under
 ``<root>/references/`` and reused by every strategy; forward transfer compares against them.
 
 Strategies (``--strategy``) choose the replay: ``fifo`` (plain ring buffer, the fine-tuning baseline),
@@ -41,6 +45,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -65,12 +70,14 @@ SEQUENCES_DIR = Path(__file__).resolve().parent / "sequences"
 
 @dataclass(frozen=True)
 class Task:
-    """One task of a sequence: an env spec plus a variant, and its training budget."""
+    """One task of a sequence: an env spec plus a variant, its training budget and its score range."""
 
     name: str = _f("", "label used in TensorBoard tags, tables and plots; unique within a sequence")
     spec: str = _f("", "env spec, e.g. dmc:cartpole-swingup (see envs.make)")
     variant: dict = _f({}, "physics/reward variant, e.g. {'gravity': 0.5} (see envs.variants)")
     steps: int = _f(0, "env steps of training on this task (0: the sequence's steps_per_task)")
+    random_return: float = _f(math.nan, "mean return of uniform-random actions (measure: --measure-random); p = 0")
+    best_return: float = _f(math.nan, "the task's best return (DMC: 1000; Pendulum: 0); p = 1")
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class Sequence:
     name: str = _f("", "sequence name (default: the file name without .json)")
     description: str = _f("", "one line for humans")
     tasks: tuple[Task, ...] = _f((), "tasks in training order; all must share observation and action spaces")
+    order: tuple[int, ...] = _f((), "task indices in training order, e.g. [0, 1, 0] (empty: the task list "
+                                    "cycles times)")
     obs: str = _f("state", "observation: state, pixels or both (envs.make)")
     size: int = _f(64, "image height and width for pixels")
     action_repeat: int = _f(2, "simulator steps per agent step")
@@ -92,31 +101,48 @@ class Sequence:
     eval_episodes: int = _f(3, "deterministic episodes per task and evaluation")
     end_evaluations: int = _f(3, "evaluations averaged for a task's value at the end of a stage")
     heldout_episodes: int = _f(2, "episodes of held-out data recorded at the end of each stage")
-    max_return: float = _f(1000.0, "return of a perfect episode; normalised performance = return / this")
+    score_range_source: str = _f("", "how the tasks' random_return and best_return were set (for humans)")
+    budget_source: str = _f("", "how the budgets were chosen (for humans)")
 
     @property
     def stages(self) -> tuple[int, ...]:
-        """The task index trained in each stage: the task list repeated ``cycles`` times."""
-        return tuple(range(len(self.tasks))) * self.cycles
+        """The task index trained in each stage: ``order``, or the task list repeated ``cycles`` times."""
+        return self.order or tuple(range(len(self.tasks))) * self.cycles
 
     @property
     def boundaries(self) -> list[int]:
         """Env steps where stages start and end: [0, end of stage 0, ..., end of the run]."""
         return [0, *np.cumsum([self.tasks[i].steps for i in self.stages]).tolist()]
 
+    @property
+    def score_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) random-policy and (n,) best returns of the tasks: p = 0 and p = 1."""
+        return (np.array([t.random_return for t in self.tasks]), np.array([t.best_return for t in self.tasks]))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict; ``sequence_from_dict`` reads it back."""
         d = dataclasses.asdict(self)
-        d["tasks"], d["overrides"] = [dataclasses.asdict(t) for t in self.tasks], list(self.overrides)
+        d["tasks"], d["overrides"], d["order"] = [dataclasses.asdict(t) for t in self.tasks], list(self.overrides), \
+            list(self.order)
         return d
 
 
-def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "sequence") -> Sequence:
+RANGE_HELP = ("normalised performance is (return - random_return) / (best_return - random_return); measure "
+              "random_return with `python -m benchmarks.continual --sequence FILE --measure-random 100 --write` "
+              "and set best_return to the task's best possible return (1000 for DMC tasks, 0 for gym:Pendulum-v1)")
+
+
+def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "sequence",
+                       ranges: bool = True) -> Sequence:
     """Build and check a ``Sequence`` from a plain dict (a parsed JSON file); errors name the bad key.
 
-    Checks keys, types and ranges, task names (unique) and budgets. It does not build envs; see
-    ``check_spaces`` for the observation/action-space check.
+    Checks keys, types and ranges, task names (unique), budgets, the training order and (with ``ranges``)
+    every task's score range. It does not build envs; see ``check_spaces`` for the observation/action-space
+    check.
     """
+    if isinstance(d, dict) and "max_return" in d:
+        raise ValueError(f"{where}.max_return: sequences now store a score range per task instead (random_return "
+                         f"and best_return in each task): {RANGE_HELP}.")
     seq = config_from_dict(d, Sequence, where)
     if not seq.tasks:
         raise ValueError(f"{where}.tasks: need a non-empty list of tasks such as "
@@ -129,17 +155,7 @@ def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "
             t = dataclasses.replace(t, name=t.spec.split(":", 1)[1] + (f"-{i}" if t.variant else ""))
         tasks.append(dataclasses.replace(t, steps=t.steps or seq.steps_per_task))
     seq = dataclasses.replace(seq, name=seq.name or default_name, tasks=tuple(tasks))
-    names = [t.name for t in seq.tasks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{where}.tasks: task names must be unique, {duplicates} appear more than once "
-                         "(to train a task again, use cycles).")
-    for t in seq.tasks:
-        if t.steps <= 0:
-            raise ValueError(f"{where}: task {t.name!r} has a budget of {t.steps} env steps; it must be positive.")
-        if not all(c.isalnum() or c in "-_.=" for c in t.name):
-            raise ValueError(f"{where}: task name {t.name!r} may only hold letters, digits and - _ . = "
-                             "(it becomes a TensorBoard tag and a file name).")
+    _check_tasks(seq, where, ranges)
     for key in ("size", "action_repeat", "steps_per_task", "cycles", "eval_episodes", "end_evaluations"):
         if getattr(seq, key) < 1:
             raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(seq, key)}.")
@@ -148,12 +164,49 @@ def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "
             raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(seq, key)}.")
     if seq.obs not in ("state", "pixels", "both"):
         raise ValueError(f"{where}.obs: must be state, pixels or both, got {seq.obs!r}.")
-    if seq.max_return <= 0:
-        raise ValueError(f"{where}.max_return: must be positive, got {seq.max_return}.")
+    _check_order(seq, where)
     smallest = min(t.steps for t in seq.tasks)
     capacity = seq.replay_capacity or max(t.steps for t in seq.tasks) // seq.action_repeat
     return dataclasses.replace(seq, eval_every=seq.eval_every or max(seq.action_repeat, smallest // 10),
                                replay_capacity=capacity)
+
+
+def _check_tasks(seq: Sequence, where: str, ranges: bool) -> None:
+    names = [t.name for t in seq.tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{where}.tasks: task names must be unique, {duplicates} appear more than once "
+                         "(to train a task again, use cycles or order).")
+    for t in seq.tasks:
+        if t.steps <= 0:
+            raise ValueError(f"{where}: task {t.name!r} has a budget of {t.steps} env steps; it must be positive.")
+        if not all(c.isalnum() or c in "-_.=" for c in t.name):
+            raise ValueError(f"{where}: task name {t.name!r} may only hold letters, digits and - _ . = "
+                             "(it becomes a TensorBoard tag and a file name).")
+        if not ranges:
+            continue
+        missing = [key for key in ("random_return", "best_return") if math.isnan(getattr(t, key))]
+        if missing:
+            raise ValueError(f"{where}: task {t.name!r} needs {' and '.join(missing)} (its score range): "
+                             f"{RANGE_HELP}.")
+        if not (math.isfinite(t.random_return) and math.isfinite(t.best_return) and t.best_return > t.random_return):
+            raise ValueError(f"{where}: task {t.name!r} has best_return {t.best_return} and random_return "
+                             f"{t.random_return}; both must be finite with best_return > random_return.")
+
+
+def _check_order(seq: Sequence, where: str) -> None:
+    if not seq.order:
+        return
+    n = len(seq.tasks)
+    if seq.cycles != 1:
+        raise ValueError(f"{where}: give either order or cycles, not both (order {list(seq.order)}, cycles "
+                         f"{seq.cycles}).")
+    bad = [i for i in seq.order if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"{where}.order: task indices must be in 0..{n - 1} ({n} tasks), got {bad}.")
+    unused = [t.name for i, t in enumerate(seq.tasks) if i not in seq.order]
+    if unused:
+        raise ValueError(f"{where}.order: every task must be trained at least once; {unused} never are.")
 
 
 def shipped_sequences() -> list[str]:
@@ -161,12 +214,8 @@ def shipped_sequences() -> list[str]:
     return sorted(p.stem for p in SEQUENCES_DIR.glob("*.json"))
 
 
-def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | None = None) -> Sequence:
-    """A sequence by shipped name (``cartpole-shift``) or from a JSON file path.
-
-    ``steps_per_task`` replaces every task's budget (for quick runs); ``check`` also builds every task's
-    env once and checks that all share observation and action spaces (``check_spaces``).
-    """
+def sequence_path(source: str | Path) -> Path:
+    """The JSON file of a shipped sequence name (``cartpole-shift``) or of a path."""
     path = Path(source)
     if not path.suffix and not path.exists():
         path = SEQUENCES_DIR / f"{source}.json"
@@ -175,18 +224,103 @@ def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | 
                              "or pass the path of a .json file.")
     if not path.exists():
         raise ValueError(f"sequence file {path} does not exist.")
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"sequence file {path} is not valid JSON: {error}") from error
+
+
+def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | None = None,
+                  ranges: bool = True) -> Sequence:
+    """A sequence by shipped name (``cartpole-shift``) or from a JSON file path.
+
+    ``steps_per_task`` replaces every task's budget (for quick runs); ``check`` also builds every task's
+    env once and checks that all share observation and action spaces (``check_spaces``); ``ranges=False``
+    accepts tasks without a score range (to measure one).
+    """
+    path = sequence_path(source)
+    raw = _read(path)
     if steps_per_task is not None:
         raw = {**raw, "steps_per_task": steps_per_task,
                "tasks": [{k: v for k, v in t.items() if k != "steps"} if isinstance(t, dict) else t
                          for t in raw.get("tasks", [])]}
-    seq = sequence_from_dict(raw, default_name=path.stem, where=str(path))
+    seq = sequence_from_dict(raw, default_name=path.stem, where=str(path), ranges=ranges)
     if check:
         check_spaces(seq)
     return seq
+
+
+def random_returns(seq: Sequence, index: int, episodes: int, seed: int = 0) -> np.ndarray:
+    """(episodes,) returns of uniform-random actions on task ``index`` with the sequence's action repeat
+    (each random action held for that many simulator steps, as the agent's are). State observations are
+    used whatever the sequence's: the policy ignores them, and no rendering is spent."""
+    import envs
+
+    task = seq.tasks[index]
+    env = envs.make(task.spec, obs="state", action_repeat=seq.action_repeat, variant=task.variant or None,
+                    seed=seed)  # the seed also seeds the action space's sampling
+    returns = []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    env.close()
+    return np.array(returns)
+
+
+def dump_sequence(raw: dict[str, Any]) -> str:
+    """A sequence file's text: one key a line, one task a line."""
+    lines = []
+    for key, value in raw.items():
+        text = json.dumps(value)
+        if key == "tasks":
+            text = "[\n" + ",\n".join(f"  {json.dumps(t)}" for t in value) + "\n ]"
+        lines.append(f" {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def measure_random(source: str | Path, episodes: int, write: bool) -> str:
+    """Measure every task's random-policy return (``random_returns``, seed 0); with ``write``, store the
+    means (rounded to 0.1) as the tasks' ``random_return`` in the sequence file. Returns a report."""
+    path = sequence_path(source)
+    seq = load_sequence(path, ranges=False)
+    raw = _read(path)
+    rows = []
+    for i, task in enumerate(seq.tasks):
+        returns = random_returns(seq, i, episodes)
+        mean = float(returns.mean())
+        se = float(returns.std(ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
+        raw["tasks"][i]["random_return"] = round(mean, 1)
+        rows.append(f"{task.name}: random-policy return {mean:.1f} (standard error {se:.1f}, {episodes} episodes, "
+                    f"action repeat {seq.action_repeat}); best_return in the file: {task.best_return:g}")
+    if write:
+        path.write_text(dump_sequence(raw))
+        rows.append(f"wrote random_return of {len(seq.tasks)} tasks to {path}")
+    return "\n".join(rows)
+
+
+def dreamerv3_learned_at(spec: str, obs: str, fraction: float = 0.75, final_bins: int = 5) -> int | None:
+    """Env steps where DreamerV3's seed-mean curve for a DMC task (``../shared/reference/dreamerv3_dmc_curves
+    .json``: ``proprio`` for state observations, ``vision`` for pixels) first reaches ``fraction`` of its final
+    value (the mean of its last ``final_bins`` bins), rounded up to 10,000; None without a curve."""
+    from .learning import CURVES
+
+    if not spec.startswith("dmc:") or not CURVES.exists():
+        return None
+    curve = json.loads(CURVES.read_text())["proprio" if obs == "state" else "vision"].get(
+        spec.removeprefix("dmc:").replace("-", "_"))
+    if curve is None:
+        return None
+    x, mean = np.array(curve["x"], float), np.array(curve["mean"], float)
+    reached = np.flatnonzero(mean >= fraction * mean[-final_bins:].mean())
+    return int(math.ceil(x[reached[0]] / 10_000) * 10_000)
 
 
 def _env_options(seq: Sequence, task: Task) -> dict[str, Any]:
@@ -538,7 +672,7 @@ class ContinualRun:
         evals = self.extra["evaluations"]
         steps = np.array([e["env_steps"] for e in evals])
         perf = np.array([[np.mean(e["returns"][task.name]) for task in self.seq.tasks] for e in evals])
-        return steps, normalise(perf, self.seq.max_return)
+        return steps, normalise(perf, *self.seq.score_ranges)
 
     # ----- the run
 
@@ -610,7 +744,8 @@ def continual_job(seq: Sequence, strategy: str, seed: int, overrides: tuple[str,
 
 def reference_sequence(seq: Sequence, index: int) -> Sequence:
     """A one-stage sequence of task ``index`` with the same settings, for its run from scratch."""
-    return dataclasses.replace(seq, name=f"reference-{seq.tasks[index].name}", tasks=(seq.tasks[index],), cycles=1)
+    return dataclasses.replace(seq, name=f"reference-{seq.tasks[index].name}", tasks=(seq.tasks[index],), cycles=1,
+                               order=())
 
 
 def reference_job(seq: Sequence, index: int, seed: int, overrides: tuple[str, ...]) -> Job:
@@ -625,9 +760,12 @@ def reference_job(seq: Sequence, index: int, seed: int, overrides: tuple[str, ..
 
 def reference_key(job: Job) -> str:
     """Cache key of a reference run: a hash of everything that shapes its curve (task spec and variant,
-    observation, budget, evaluation schedule, the whole run config with the seed), not the task's label."""
-    seq = {k: v for k, v in job.sequence.items() if k not in ("name", "description", "overrides")}
-    seq["tasks"] = [{k: v for k, v in t.items() if k != "name"} for t in seq["tasks"]]
+    observation, budget, evaluation schedule, the whole run config with the seed), not the task's label nor
+    its score range (which only scales the curve; reports normalise references with the sequence's range)."""
+    seq = {k: v for k, v in job.sequence.items()
+           if k not in ("name", "description", "overrides", "order", "score_range_source", "budget_source")}
+    seq["tasks"] = [{k: v for k, v in t.items() if k not in ("name", "random_return", "best_return")}
+                    for t in seq["tasks"]]
     config = job.config
     if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings (and keys from before them)
         config = {k: v for k, v in config.items() if k != "plasticity"}
@@ -728,6 +866,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the summary JSON here, plots beside it (README source)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild results, tables and plots")
     parser.add_argument("--list", action="store_true", help="list shipped sequences")
+    parser.add_argument("--measure-random", type=int, metavar="EPISODES",
+                        help="measure each task's uniform-random return over this many episodes, train nothing")
+    parser.add_argument("--dreamerv3-budget", action="store_true",
+                        help="print where DreamerV3's curve of each DMC task reaches 75%% of its final value")
+    parser.add_argument("--write", action="store_true",
+                        help="with --measure-random: store the means as the tasks' random_return in the file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the job in this run directory
     sweep.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -738,6 +882,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _inspect(args: argparse.Namespace) -> str:
+    """The commands that train nothing: --list, --measure-random (with --write) and --dreamerv3-budget."""
+    if args.list:
+        return "\n".join(f"{name}: {seq.description} ({len(seq.tasks)} tasks, {len(seq.stages)} stages, "
+                         f"{seq.boundaries[-1]:,} env steps, {seq.obs})"
+                         for name, seq in ((n, load_sequence(n, check=False)) for n in shipped_sequences()))
+    if not args.sequence:
+        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
+    if args.measure_random is not None:
+        if args.measure_random < 1:
+            raise ValueError("--measure-random needs a number of episodes >= 1.")
+        return measure_random(args.sequence, args.measure_random, args.write)
+    if args.write:
+        raise ValueError("--write goes with --measure-random.")
+    seq = load_sequence(args.sequence, check=False, ranges=False)
+    lines = []
+    for task in seq.tasks:
+        at = dreamerv3_learned_at(task.spec, seq.obs)
+        lines.append(f"{task.name} ({task.spec}, {seq.obs}): budget {task.steps:,} env steps; DreamerV3's seed mean "
+                     f"first reaches 75% of its final value at {'-' if at is None else f'{at:,}'} env steps")
+    return "\n".join(lines)
+
+
 def _main(args: argparse.Namespace) -> int:
     from . import continual_report as report
 
@@ -746,10 +913,8 @@ def _main(args: argparse.Namespace) -> int:
         raw = json.loads((rundir / "job.json").read_text())
         run_job(Job(**{**raw, "overrides": tuple(raw["overrides"])}), rundir)
         return 0
-    if args.list:
-        for name in shipped_sequences():
-            seq = load_sequence(name, check=False)
-            print(f"{name}: {seq.description} ({len(seq.tasks)} tasks x {seq.cycles}, {seq.obs})")
+    if args.list or args.measure_random is not None or args.dreamerv3_budget or args.write:
+        print(_inspect(args))
         return 0
     if not args.sequence:
         raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")

@@ -8,7 +8,8 @@ for two cycles has S = 2n and each task appears twice.
 
 Inputs, all plain arrays:
   steps (E,): env steps of the E evaluations, increasing;
-  perf (E, n): normalised performance p_i(t) of every task at every evaluation (``normalise``);
+  perf (E, n): normalised performance p_i(t) of every task at every evaluation (``normalise``: 0 for a
+    random policy's return, 1 for the task's best);
   boundaries (S + 1,): env steps where stages start and end (boundaries[0] = 0);
   task_of_stage (S,): the task each stage trains.
 
@@ -22,18 +23,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DMC_MAX_RETURN = 1000.0  # a DMC episode is 1000 env steps with rewards in [0, 1] (Tassa et al. 2018)
 
+def normalise(returns: np.ndarray | Sequence[float], random_return: np.ndarray | Sequence[float] | float,
+              best_return: np.ndarray | Sequence[float] | float) -> np.ndarray:
+    """Normalised performance p = (return - random_return) / (best_return - random_return), elementwise
+    (ranges broadcast over the last axis: one per task for an (E, n) array of returns).
 
-def normalise(returns: np.ndarray | Sequence[float], max_return: float = DMC_MAX_RETURN) -> np.ndarray:
-    """Normalised performance p = return / max_return (DESIGN.md: DMC returns / 1000, so p is in [0, 1]).
-
-    Continual World's p_i(t) is a success rate in [0, 1]; dividing DMC returns by their maximum plays
-    that role. Values are not clipped, so a wrong ``max_return`` shows up instead of hiding.
+    Continual World's p_i(t) is a success rate in [0, 1]; a task's score range plays that role for returns:
+    0 is what a uniform-random policy scores, 1 the task's best return. Values are not clipped, so a wrong
+    range shows up (p below 0 or above 1) instead of hiding.
     """
-    if max_return <= 0:
-        raise ValueError(f"max_return must be positive, got {max_return}.")
-    return np.asarray(returns, dtype=np.float64) / max_return
+    low, high = np.asarray(random_return, np.float64), np.asarray(best_return, np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+        raise ValueError(f"a score range needs finite best_return > random_return, got random {random_return} "
+                         f"and best {best_return}.")
+    return (np.asarray(returns, dtype=np.float64) - low) / (high - low)
 
 
 def _check(steps: np.ndarray, perf: np.ndarray, boundaries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

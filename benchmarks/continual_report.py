@@ -35,19 +35,37 @@ def stage_labels(tasks: list[str], stages: list[int]) -> list[str]:
     return labels
 
 
-def curves(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluation env steps (E,) and normalised performance (E, n) of a run record."""
+def score_ranges(sequence: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) random-policy and (n,) best returns of a sequence dict's tasks (p = 0 and p = 1). Records made
+    before tasks had score ranges normalised by the sequence's ``max_return``: range [0, max_return]."""
+    tasks = sequence["tasks"]
+    if all("random_return" in t for t in tasks):
+        return np.array([t["random_return"] for t in tasks]), np.array([t["best_return"] for t in tasks])
+    return np.zeros(len(tasks)), np.full(len(tasks), float(sequence["max_return"]))
+
+
+def curves(record: dict[str, Any], ranges: tuple[np.ndarray, np.ndarray] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation env steps (E,) and normalised performance (E, n) of a run record, by its own tasks' score
+    ranges or by ``ranges``."""
     evals = record["evaluations"]
     steps = np.array([e["env_steps"] for e in evals], float)
     perf = np.array([[np.mean(e["returns"][name]) for name in record["tasks"]] for e in evals])
-    return steps, cm.normalise(perf, record["sequence"]["max_return"])
+    return steps, cm.normalise(perf, *(ranges or score_ranges(record["sequence"])))
 
 
-def reference_auc(reference: dict[str, Any] | None) -> float:
-    """AUC of a reference run's curve over its whole budget (its one task, from scratch)."""
+def task_range(record: dict[str, Any], index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The score range of task ``index`` of a run record, as one-task arrays (to normalise its reference)."""
+    low, high = score_ranges(record["sequence"])
+    return low[index: index + 1], high[index: index + 1]
+
+
+def reference_auc(reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """AUC of a reference run's curve over its whole budget (its one task, from scratch), normalised by
+    ``ranges`` (default: its own record's)."""
     if reference is None:
         return float("nan")
-    steps, perf = curves(reference)
+    steps, perf = curves(reference, ranges)
     return cm.window_auc(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
 
 
@@ -69,7 +87,7 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
     matrix = cm.stage_end_values(steps, perf, boundaries, seq["end_evaluations"])
     forgetting = cm.forgetting(matrix, stages)
     aucs = cm.stage_aucs(steps, perf, boundaries, stages)
-    ref_auc = {i: reference_auc(references.get(i)) for i in range(len(tasks))}
+    ref_auc = {i: reference_auc(references.get(i), task_range(record, i)) for i in range(len(tasks))}
     ref_aucs = np.array([ref_auc[u] for u in stages])
     transfer = cm.forward_transfer(aucs, ref_aucs)
 
@@ -141,7 +159,7 @@ def finalise_run(rundir: Path, reference_dirs: dict[int, Path]) -> dict[str, Any
     ref_curves = {}
     for i, ref in references.items():
         if ref is not None:
-            ref_steps, ref_perf = curves(ref)
+            ref_steps, ref_perf = curves(ref, task_range(record, i))
             ref_curves[record["tasks"][i]] = {"env_steps": ref_steps.tolist(), "p": ref_perf[:, 0].tolist(),
                                               "rundir": str(reference_dirs[i])}
     results = {
@@ -180,7 +198,9 @@ def budget(record: dict[str, Any]) -> dict[str, Any]:
             "eval_every": seq["eval_every"], "eval_episodes": seq["eval_episodes"],
             "end_evaluations": seq["end_evaluations"], "heldout_episodes": seq["heldout_episodes"],
             # the settings of a strategy's +shrink_perturb or +redo (the same for every strategy of a summary)
-            "plasticity": {k: v for k, v in cfg.get("plasticity", {}).items() if k != "method"}}
+            "plasticity": {k: v for k, v in cfg.get("plasticity", {}).items() if k != "method"},
+            "score_ranges": dict(zip(record["tasks"], zip(*(r.tolist() for r in score_ranges(seq))))),
+            "score_range_source": seq.get("score_range_source", "")}
 
 
 # --------------------------------------------------------------------------------------------- plots
@@ -203,6 +223,12 @@ def _boundaries(ax: Any, boundaries: list[float], labels: list[str], top: bool) 
             ax.text((boundaries[j] + boundaries[j + 1]) / 2, 1.07, label, ha="center", va="bottom", fontsize=7)
 
 
+def _p_limits(ax: Any) -> None:
+    """y from 0 (random policy) to 1 (best), widened to show a curve below random (p < 0 is unclipped)."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(-0.05, low), max(1.05, high))
+
+
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """One panel per task: p_i(t) over the run, task boundaries dashed, the stages that train the task
     shaded, and its reference run from scratch (dotted) drawn in each of those stages."""
@@ -222,8 +248,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
                 ax.plot(np.array(ref["env_steps"]) + bounds[j], ref["p"], color="gray", linestyle=":",
                         label="from scratch" if j == stages.index(i) else None)
         _boundaries(ax, bounds, labels, top=i == 0)
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_ylabel("p = return/1000", fontsize=7)
+        _p_limits(ax)
+        ax.set_ylabel("p (random 0, best 1)", fontsize=7)
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("env steps")
     fig.suptitle(f"{results['sequence']}: {results['strategy']}, seed {results['seed']}", fontsize=9)
@@ -279,7 +305,7 @@ def plot_summary_curves(by_strategy: dict[str, list[dict[str, Any]]], path: Path
             ax.plot(x, mean, color=f"C{i}", label=name)
             ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.15)
         _boundaries(ax, first["boundaries"], stage_labels(first["tasks"], first["stages"]), top=True)
-        ax.set_ylim(-0.05, 1.05)
+        _p_limits(ax)
         ax.set_ylabel(f"{strategy}\np (n={len(runs)})", fontsize=8)
     axes[0, 0].legend(fontsize=7, ncol=len(by_strategy[next(iter(by_strategy))][0]["tasks"]), loc="upper right",
                       bbox_to_anchor=(1.0, 1.35))
@@ -391,12 +417,23 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
              f"train ratio {b['train_ratio']:g}, batch {b['batch'][0]}x{b['batch'][1]}. Replay capacity "
              f"{b['replay_capacity']:,} steps for every strategy (mix: half recent FIFO, half reservoir). Every task "
              f"evaluated every {b['eval_every']:,} env steps with {b['eval_episodes']} episodes; end-of-stage values "
-             f"average the last {b['end_evaluations']} evaluations. p = return / 1000; mean ± std over seeds. "
+             f"average the last {b['end_evaluations']} evaluations. {_range_note(b)}; mean ± std over seeds. "
              "Forgetting, forward transfer (against single-task runs from scratch with the same budget) and AUC as in "
              "Continual World; WM forgetting: held-out loss at the end of the run minus right after the task's own "
              "stage (positive: forgot); dormant: ReDo fraction (tau 0.025); effective rank of each module's features, "
              "both at the last evaluation.")
     return "\n\n".join([main, per_task, model, notes])
+
+
+def _range_note(budget: dict[str, Any]) -> str:
+    """How p was normalised: each task's score range, and where the ranges came from."""
+    ranges = budget.get("score_ranges")
+    if not ranges:
+        return "p = return / 1000"
+    text = ", ".join(f"{name} [{low:g}, {high:g}]" for name, (low, high) in ranges.items())
+    source = budget.get("score_range_source", "")
+    return (f"p = (return - random-policy return) / (best return - random-policy return), per task: {text}"
+            + (f" ({source.rstrip('.')})" if source else ""))
 
 
 def summarise(seq_dir: Path, out: Path | None = None, settings: str | None = None) -> dict[str, Any]:

@@ -163,10 +163,10 @@ def learning_dmc_proprio(data: dict, name: str = "learning_dmc_proprio") -> str:
             + f"\n\n![DMC proprio against DreamerV3](results/{name}.png)")
 
 
-def continual(data: dict) -> str:
+def continual(data: dict, source: str = "results/continual_cartpole-shift.json") -> str:
     from .continual_report import readme_section
 
-    return readme_section(data, "results/continual_cartpole-shift.json")
+    return readme_section(data, source)
 
 
 def insight(data: dict) -> str:
@@ -202,6 +202,10 @@ TABLES = {  # README table name: (its results file, the renderer of that file's 
     "learning_pixels": ("learning_cpu_pixels.json", lambda data: learning(data, "learning_cpu_pixels")),
     "learning_dmc_proprio": ("learning_dmc_proprio.json", learning_dmc_proprio),
     "continual": ("continual_cartpole-shift.json", continual), "insight": ("insight/insight.json", insight),
+    "continual_pendulum_conflict": ("continual_pendulum-conflict.json",
+                                    lambda data: continual(data, "results/continual_pendulum-conflict.json")),
+    "continual_pendulum_physics": ("continual_pendulum-physics.json",
+                                   lambda data: continual(data, "results/continual_pendulum-physics.json")),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed)}
 
 

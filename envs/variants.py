@@ -3,7 +3,8 @@
 A variant is a plain dict, e.g. ``{"gravity": 0.5, "mass": {"pole_1": 3.0}, "gear": -1}``. Every value
 multiplies the model's value as loaded from its XML, so applying a variant twice gives the same model.
 Physics keys work on any MuJoCo model (dm_control or Gymnasium MuJoCo); ``direction`` works on tasks
-whose reward rewards moving forward (walker walk/run, cheetah run).
+whose reward rewards moving forward (walker walk/run, cheetah run). Gymnasium's classic-control Pendulum
+and CartPole take ``gravity``, ``mass``, ``gear`` and ``length`` by the same names (``envs.classic``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ PHYSICS_KEYS = {
     "friction": ("geom friction coefficients", mujoco.mjtObj.mjOBJ_GEOM, ">= 0"),
     "gear": ("actuator gears (negative inverts the action)", mujoco.mjtObj.mjOBJ_ACTUATOR, "!= 0"),
     "damping": ("joint damping", mujoco.mjtObj.mjOBJ_JOINT, ">= 0"),
+    "length": ("pole lengths (classic-control tasks only)", None, "> 0"),
 }
 VARIANT_KEYS = (*PHYSICS_KEYS, "direction")
+MUJOCO_KEYS = tuple(key for key in VARIANT_KEYS if key != "length")
 
 
 def _names(model: mujoco.MjModel, objtype: mujoco.mjtObj) -> list[str]:
@@ -36,7 +39,9 @@ def _names(model: mujoco.MjModel, objtype: mujoco.mjtObj) -> list[str]:
     return [mujoco.mj_id2name(model, objtype, i) or f"#{i}" for i in range(count)]
 
 
-def _check_number(key: str, value: Any, where: str = "") -> float:
+def check_number(key: str, value: Any, where: str = "") -> float:
+    """``value`` as a float when it is a finite number within the range of physics key ``key``; a
+    ``ValueError`` naming the key (and ``where``, e.g. ``[pole_1]``) and the rule otherwise."""
     label = f"variant {key}{where}"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise ValueError(f"{label} must be a number, got {value!r}.")
@@ -59,9 +64,13 @@ def check_variant(variant: dict[str, Any] | None, model: mujoco.MjModel, support
     checked: dict[str, Any] = {}
     for key, value in variant.items():
         if key not in VARIANT_KEYS:
-            close = difflib.get_close_matches(str(key), VARIANT_KEYS, n=2)
+            close = difflib.get_close_matches(str(key), MUJOCO_KEYS, n=2)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"Unknown variant key {key!r}.{hint} Known keys: {', '.join(VARIANT_KEYS)}.")
+            raise ValueError(f"Unknown variant key {key!r}.{hint} Known keys: {', '.join(MUJOCO_KEYS)}.")
+        if key not in MUJOCO_KEYS:
+            raise ValueError(f"variant key {key!r} applies to classic-control tasks (gym:Pendulum-v1, "
+                             f"gym:CartPole-v1), not to MuJoCo models, whose lengths are their geometry; "
+                             f"MuJoCo keys: {', '.join(MUJOCO_KEYS)}.")
         if key == "direction":
             if value not in (1, -1):
                 raise ValueError(f"variant direction must be 1 (forward) or -1 (backward), got {value!r}.")
@@ -81,9 +90,9 @@ def check_variant(variant: dict[str, Any] | None, model: mujoco.MjModel, support
                     kind = objtype.name.removeprefix("mjOBJ_").lower()
                     raise ValueError(f"variant {key}: no {kind} named {name!r} in this model.{hint} "
                                      f"Its {kind}s: {', '.join(names)}.")
-            checked[key] = {name: _check_number(key, mult, f"[{name}]") for name, mult in value.items()}
+            checked[key] = {name: check_number(key, mult, f"[{name}]") for name, mult in value.items()}
         else:
-            checked[key] = _check_number(key, value)
+            checked[key] = check_number(key, value)
     return checked
 
 

@@ -8,6 +8,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from .classic import CLASSIC_SPECS, classic_physics
 from .variants import PhysicsDefaults, check_variant, variant_label
 
 _INSTABILITY_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
@@ -86,17 +87,23 @@ class SimulatorGuard(gym.Wrapper):
 
 
 class PhysicsVariant(gym.Wrapper):
-    """Applies a task variant (``envs.variants``) before every reset and names it in ``info['task']``."""
+    """Applies a task variant (``envs.variants``, ``envs.classic``) before every reset and names it in
+    ``info['task']``. Sits below action rescaling, so classic-control actions are in the env's own units."""
 
     def __init__(self, env: gym.Env, variant: dict[str, Any] | None, task_name: str,
                  implied: dict[str, Any] | None = None):
         super().__init__(env)
         model = mujoco_model(env)
         base = env.unwrapped
+        self._classic = classic_physics(base, task_name) if model is None else None
         physics_keys = set(variant or {}) - {"direction"}
-        if model is None and physics_keys:
-            raise ValueError(f"variant keys {sorted(physics_keys)} need a MuJoCo env; {task_name} has no MuJoCo model.")
-        self.variant = check_variant(variant, model, getattr(base, "supports_direction", False))
+        if model is None and self._classic is None and physics_keys:
+            raise ValueError(f"variant keys {sorted(physics_keys)} need a MuJoCo env or one of the classic-control "
+                             f"envs ({', '.join(CLASSIC_SPECS)}); {task_name} is neither.")
+        if self._classic is not None:
+            self.variant = self._classic.check(variant)
+        else:
+            self.variant = check_variant(variant, model, getattr(base, "supports_direction", False))
         # A spec such as dmc:walker-walk_backwards already names its implied variant.
         label = variant_label({k: v for k, v in self.variant.items() if (implied or {}).get(k) != v})
         self.task_label = f"{task_name}[{label}]" if label else task_name
@@ -107,11 +114,15 @@ class PhysicsVariant(gym.Wrapper):
     def reset(self, **kwargs):
         if self._defaults is not None:
             self._defaults.apply(mujoco_model(self.env), self.variant)
+        if self._classic is not None:
+            self._classic.apply(self.env.unwrapped, self.variant)
         obs, info = self.env.reset(**kwargs)
         info["task"] = self.task_label
         return obs, info
 
     def step(self, action):
+        if self._classic is not None:
+            action = self._classic.action(action, self.variant)
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
             info["task"] = self.task_label

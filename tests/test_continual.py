@@ -70,9 +70,14 @@ def test_forward_transfer_follows_continual_world():
 
 
 def test_normalise_model_forgetting_and_spread():
-    np.testing.assert_allclose(cm.normalise([0, 500, 1000]), [0, 0.5, 1])
-    with pytest.raises(ValueError):
-        cm.normalise([1.0], max_return=0)
+    # One score range per task (column): a Pendulum-like task [-1200, 0] and a DMC-like one [50, 1000].
+    returns = np.array([[-1200.0, 50.0], [-300.0, 525.0], [0.0, 1000.0], [-1500.0, 1100.0]])
+    np.testing.assert_allclose(cm.normalise(returns, [-1200.0, 50.0], [0.0, 1000.0]),
+                               [[0, 0], [0.75, 0.5], [1, 1], [-0.25, 1050 / 950]])  # not clipped
+    np.testing.assert_allclose(cm.normalise([0, 500, 1000], 0.0, 1000.0), [0, 0.5, 1])
+    for low, high in ((0.0, 0.0), (10.0, 5.0), (np.nan, 1.0)):
+        with pytest.raises(ValueError, match="best_return > random_return"):
+            cm.normalise([1.0], low, high)
     assert cm.model_forgetting({"state": 1.0, "reward": 0.5}, {"state": 1.5, "reward": 0.25}) == \
         {"state": 0.5, "reward": -0.25}
     assert cm.mean_and_spread([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
@@ -165,9 +170,11 @@ TINY = {
                   "train.log_every=100", "replay.chunk=32", "agent.actor_critic.horizon=5", "train.threads=1",
                   "train.checkpoint_every=200", "train.video_every=0"],
     "replay_capacity": 128, "eval_every": 200, "eval_episodes": 1, "end_evaluations": 2, "heldout_episodes": 1,
-    "tasks": [{"name": "default", "spec": "dmc:cartpole-swingup"},
-              {"name": "inverted", "spec": "dmc:cartpole-swingup", "variant": {"gear": -1}}],
+    "tasks": [{"name": "default", "spec": "dmc:cartpole-swingup", "random_return": 25.0, "best_return": 1000},
+              {"name": "inverted", "spec": "dmc:cartpole-swingup", "variant": {"gear": -1}, "random_return": 25.0,
+               "best_return": 1000}],
 }
+RANGE = {"random_return": 0.0, "best_return": 1000.0}
 
 
 def write_sequence(tmp_path, **changes):
@@ -176,39 +183,72 @@ def write_sequence(tmp_path, **changes):
     return path
 
 
-@pytest.mark.parametrize("name", ["cartpole-shift", "walker-reward", "cheetah-dynamics"])
+CPU_SEQUENCES = ("pendulum-conflict", "pendulum-physics")
+
+
+@pytest.mark.parametrize("name", continual.shipped_sequences())
 def test_shipped_sequences_load_and_share_spaces(name):
     seq = continual.load_sequence(name)  # builds every task's env once
-    assert seq.name == name and len(seq.tasks) == 4 and len(set(t.name for t in seq.tasks)) == 4
+    assert seq.name == name and len(seq.tasks) >= 2 and len(set(t.name for t in seq.tasks)) == len(seq.tasks)
     assert seq.replay_capacity * seq.action_repeat < seq.boundaries[-1]  # FIFO must be able to forget
     for strategy in continual.STRATEGIES:
         cfg = continual.run_config(seq, continual.parse_strategy(strategy), seed=0)
         held = cfg.replay.capacity + (cfg.replay.recent_capacity if strategy == "mix" else 0)
         assert held == seq.replay_capacity and cfg.train.steps == seq.boundaries[-1]
-    assert seq.replay_capacity == seq.tasks[0].steps // seq.action_repeat  # one task's budget in agent steps
+    assert seq.replay_capacity == max(t.steps for t in seq.tasks) // seq.action_repeat  # one task's budget
     assert continual.load_sequence(name, check=False, steps_per_task=10_000).replay_capacity == 5000
-    assert continual.load_sequence(name, check=False, steps_per_task=100).boundaries == [0, 100, 200, 300, 400]
+    short = continual.load_sequence(name, check=False, steps_per_task=100)
+    assert short.boundaries == [100 * j for j in range(len(seq.stages) + 1)]
+    # Every task has a score range, measured by the command its file names.
+    low, high = seq.score_ranges
+    assert np.all(np.isfinite(low)) and np.all(high > low)
+    assert "--measure-random" in seq.score_range_source and seq.budget_source
+    if seq.tasks[0].spec.startswith("dmc:"):
+        assert np.all(high == 1000) and np.all(low > 0)
+    else:  # Pendulum: rewards are minus a cost, random actions score far below 0
+        assert np.all(high == 0) and np.all(low < -500)
+
+
+def test_cpu_sequences_conflict_and_share_structure():
+    conflict = continual.load_sequence("pendulum-conflict", check=False)
+    assert conflict.stages == (0, 1, 0) and conflict.tasks[1].variant == {"gear": -1}
+    physics = continual.load_sequence("pendulum-physics", check=False)
+    assert all(set(t.variant) <= {"gravity", "mass", "length"} for t in physics.tasks)
+    for seq in (conflict, physics):
+        assert seq.preset == "cpu" and seq.boundaries[-1] <= 21_000  # about an hour on one core (README)
 
 
 def test_a_user_sequence_file_loads_with_defaults(tmp_path):
     seq = continual.load_sequence(write_sequence(tmp_path, cycles=2))
     assert seq.name == "tiny" and seq.stages == (0, 1, 0, 1) and seq.boundaries == [0, 400, 800, 1200, 1600]
     assert seq.tasks[1].variant == {"gear": -1}
+    assert continual.load_sequence(write_sequence(tmp_path, order=[1, 0, 1])).stages == (1, 0, 1)
     path = tmp_path / "short.json"
-    path.write_text(json.dumps({"tasks": [{"spec": "dmc:cartpole-swingup"}], "steps_per_task": 1000}))
+    path.write_text(json.dumps({"tasks": [{"spec": "dmc:cartpole-swingup", **RANGE}], "steps_per_task": 1000}))
     short = continual.load_sequence(path)
     assert short.tasks[0].name == "cartpole-swingup" and short.eval_every == 100
     assert short.replay_capacity == 500  # one task's budget in agent steps (action repeat 2)
 
 
 @pytest.mark.parametrize("changes,words", [
-    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup"}, {"name": "b", "spec": "dmc:walker-walk"}]},
+    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup", **RANGE},
+                {"name": "b", "spec": "dmc:walker-walk", **RANGE}]},
      ["'b'", "dmc:walker-walk", "'a'", "share observation and action spaces"]),
-    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup", "variant": {"mass": {"pole": 2.0}}}]},
+    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup", "variant": {"mass": {"pole": 2.0}}, **RANGE}]},
      ["task 'a'", "pole_1"]),
-    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup"}, {"name": "a", "spec": "dmc:cartpole-swingup"}]},
+    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup", **RANGE},
+                {"name": "a", "spec": "dmc:cartpole-swingup", **RANGE}]},
      ["unique", "'a'", "cycles"]),
     ({"tasks": [{"name": "a", "spce": "dmc:cartpole-swingup"}]}, ["'spce'", "'spec'"]),
+    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup"}]},
+     ["task 'a'", "random_return and best_return", "--measure-random", "1000 for DMC"]),
+    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup", "best_return": 1000}]}, ["task 'a'", "random_return"]),
+    ({"tasks": [{"name": "a", "spec": "dmc:cartpole-swingup", "random_return": 5, "best_return": 1}]},
+     ["task 'a'", "best_return > random_return"]),
+    ({"max_return": 1000}, ["max_return", "random_return", "best_return", "--measure-random"]),
+    ({"order": [0, 2]}, ["order", "0..1", "[2]"]),
+    ({"order": [1, 1]}, ["order", "'default'", "never"]),
+    ({"order": [0, 1], "cycles": 2}, ["order", "cycles"]),
     ({"eval_evry": 5}, ["'eval_evry'", "'eval_every'"]),
     ({"tasks": []}, ["tasks", "non-empty"]),
     ({"cycles": 0}, ["cycles", ">= 1"]),
@@ -220,6 +260,77 @@ def test_bad_sequences_are_clear_errors(tmp_path, changes, words):
         continual.load_sequence(write_sequence(tmp_path, **changes))
     for word in words:
         assert word in str(error.value), (word, str(error.value))
+
+
+PENDULUM = {"obs": "state", "steps_per_task": 1000,
+            "tasks": [{"name": "default", "spec": "gym:Pendulum-v1", "best_return": 0},
+                      {"name": "inverted", "spec": "gym:Pendulum-v1", "variant": {"gear": -1}, "best_return": 0}]}
+
+
+def test_measure_random_fills_in_the_score_range(tmp_path, capsys):
+    path = tmp_path / "pend.json"
+    path.write_text(json.dumps(PENDULUM))
+    with pytest.raises(ValueError, match="random_return"):
+        continual.load_sequence(path)
+    assert continual.main(["--sequence", str(path), "--measure-random", "3"]) == 0
+    assert "default: random-policy return" in capsys.readouterr().out
+    assert json.loads(path.read_text()) == PENDULUM  # measured, not written
+    assert continual.main(["--sequence", str(path), "--measure-random", "3", "--write"]) == 0
+    seq = continual.load_sequence(path)
+    unfilled = continual.load_sequence(path, ranges=False)
+    for i, task in enumerate(seq.tasks):
+        returns = continual.random_returns(unfilled, i, 3)
+        assert task.random_return == round(float(returns.mean()), 1)
+        assert np.all(returns < 0) and len(set(returns.tolist())) == 3  # Pendulum's costs; three episodes
+    np.testing.assert_array_equal(continual.random_returns(seq, 1, 3), continual.random_returns(seq, 1, 3))
+    assert seq.tasks[1].variant == {"gear": -1} and path.read_text().count("\n  {") == 2  # a task a line
+
+
+def test_reference_key_ignores_the_score_range():
+    seq = continual.sequence_from_dict(TINY)
+    key = continual.reference_key(continual.reference_job(seq, 0, 0, ()))
+    other_range = continual.sequence_from_dict(
+        {**TINY, "tasks": [{**t, "random_return": 100.0} for t in TINY["tasks"]], "score_range_source": "x"})
+    assert continual.reference_key(continual.reference_job(other_range, 0, 0, ())) == key
+    other_task = continual.sequence_from_dict({**TINY, "tasks": TINY["tasks"][::-1]})
+    assert continual.reference_key(continual.reference_job(other_task, 0, 0, ())) != key
+
+
+def test_report_normalises_by_each_tasks_range_and_reads_old_records():
+    from benchmarks import continual_report as report
+
+    evaluations = [{"env_steps": 0, "returns": {"a": [-1200.0], "b": [100.0]}},
+                   {"env_steps": 10, "returns": {"a": [-300.0, -300.0], "b": [550.0]}}]
+    tasks = [{"name": "a", "random_return": -1200.0, "best_return": 0.0},
+             {"name": "b", "random_return": 100.0, "best_return": 1000.0}]
+    record = {"tasks": ["a", "b"], "evaluations": evaluations, "sequence": {"tasks": tasks}}
+    steps, perf = report.curves(record)
+    np.testing.assert_allclose(steps, [0, 10])
+    np.testing.assert_allclose(perf, [[0, 0], [0.75, 0.5]])
+    # A reference (one task) is normalised by the continual run's range of that task, not its own record's.
+    reference = {"tasks": ["b"], "evaluations": [{"env_steps": 0, "returns": {"b": [550.0]}}],
+                 "sequence": {"tasks": [{"name": "b", "random_return": 0.0, "best_return": 10.0}]}}
+    np.testing.assert_allclose(report.curves(reference, report.task_range(record, 1))[1], [[0.5]])
+    old = {**record, "sequence": {"tasks": [{"name": "a"}, {"name": "b"}], "max_return": 1000.0}}
+    np.testing.assert_allclose(report.curves(old)[1][1], [-0.3, 0.55])  # return / max_return, as they were
+
+
+def test_dreamerv3_learned_at_reads_the_curve(tmp_path, monkeypatch):
+    from benchmarks import learning
+
+    curves = {"proprio": {"cartpole_swingup": {"x": [10_000 * i for i in range(1, 11)],
+                                               "mean": [0, 10, 50, 74, 76, 100, 100, 100, 100, 100]}},
+              "vision": {"cartpole_swingup": {"x": [10_000, 20_000, 30_000, 40_000, 50_000, 60_000],
+                                              "mean": [0, 81, 100, 100, 100, 100]}}}
+    path = tmp_path / "curves.json"
+    path.write_text(json.dumps(curves))
+    monkeypatch.setattr(learning, "CURVES", path)
+    # final value: the mean of the last 5 bins (proprio 100: 76 at 50K is the first bin >= 75; vision 96.2)
+    assert continual.dreamerv3_learned_at("dmc:cartpole-swingup", "state") == 50_000
+    assert continual.dreamerv3_learned_at("dmc:cartpole-swingup", "pixels") == 20_000
+    assert continual.dreamerv3_learned_at("dmc:cartpole-swingup", "state", fraction=0.5) == 30_000
+    assert continual.dreamerv3_learned_at("dmc:walker-walk_backwards", "state") is None
+    assert continual.dreamerv3_learned_at("gym:Pendulum-v1", "state") is None
 
 
 def test_unknown_names_and_reserved_overrides_are_errors(tmp_path):

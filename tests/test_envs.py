@@ -242,6 +242,88 @@ def test_bad_variants_are_clear_value_errors(variant, words):
         assert word in str(error.value)
 
 
+# ----- classic-control variants
+
+
+def pendulum_velocity_after(variant, theta, theta_dot, action, steps=1):
+    """Pendulum's angular velocity after ``steps`` steps of ``action`` (in [-1, 1]) from a set state."""
+    env = envs.make("gym:Pendulum-v1", obs="state", variant=variant)
+    env.reset(seed=0)
+    env.unwrapped.state = np.array([theta, theta_dot])
+    for _ in range(steps):
+        obs, *_ = env.step(np.full(1, action, np.float32))
+    return float(obs["state"][2])
+
+
+def test_pendulum_inverted_torque_gives_the_opposite_angular_acceleration():
+    # Upright (theta 0) gravity exerts no torque, so the change of velocity is the action's alone:
+    # 3 / (m l^2) * 2 (full torque) * 0.05 s = 0.3 rad/s for action 1 on the default pendulum.
+    assert pendulum_velocity_after({}, 0.0, 0.0, 1.0) == pytest.approx(0.3, abs=1e-6)
+    assert pendulum_velocity_after({"gear": -1}, 0.0, 0.0, 1.0) == pytest.approx(-0.3, abs=1e-6)
+    # Away from upright too: the same action from the same state, inverted, equals the opposite action.
+    assert pendulum_velocity_after({"gear": -1}, 1.0, 0.5, 0.7, steps=5) == \
+        pytest.approx(pendulum_velocity_after({}, 1.0, 0.5, -0.7, steps=5), abs=1e-6)
+    assert pendulum_velocity_after({"gear": 0.5}, 0.0, 0.0, 1.0) == pytest.approx(0.15, abs=1e-6)
+    assert pendulum_velocity_after({"gear": 2}, 0.0, 0.0, 1.0) == pytest.approx(0.6, abs=1e-6)  # not clipped
+
+
+def test_pendulum_gravity_mass_and_length():
+    # Without gravity a resting pendulum stays at rest, wherever it points; with it, it falls.
+    assert pendulum_velocity_after({"gravity": 0}, 1.0, 0.0, 0.0, steps=10) == 0.0
+    assert pendulum_velocity_after({}, 1.0, 0.0, 0.0) == pytest.approx(1.5 * 10 * np.sin(1.0) * 0.05, abs=1e-6)
+    assert pendulum_velocity_after({"gravity": 0.5}, 1.0, 0.0, 0.0) == \
+        pytest.approx(0.5 * pendulum_velocity_after({}, 1.0, 0.0, 0.0), abs=1e-6)
+    # The torque's effect is 3 / (m l^2); gravity's, 3 g / (2 l).
+    assert pendulum_velocity_after({"mass": 2}, 0.0, 0.0, 1.0) == pytest.approx(0.15, abs=1e-6)
+    assert pendulum_velocity_after({"length": 2}, 0.0, 0.0, 1.0) == pytest.approx(0.075, abs=1e-6)
+    assert pendulum_velocity_after({"length": 2}, 1.0, 0.0, 0.0) == \
+        pytest.approx(0.5 * pendulum_velocity_after({}, 1.0, 0.0, 0.0), abs=1e-6)
+
+
+def test_classic_variants_are_applied_at_every_reset_and_named():
+    env = envs.make("gym:Pendulum-v1", obs="state", variant={"mass": {"pole": 3}, "gear": -1})
+    for _ in range(3):  # idempotent: multiplies the values the env was built with
+        _, info = env.reset()
+        assert env.unwrapped.m == 3.0 and env.unwrapped.max_torque == 2.0 and env.unwrapped.g == 10.0
+    assert info["task"] == "gym:Pendulum-v1[gear=-1,mass[pole]=3]"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # check_env warns about unbounded state Boxes and wrappers
+        check_env(env)
+
+
+def test_cartpole_variants():
+    actions = [1] * 8
+    inverted, _ = rollout(envs.make("gym:CartPole-v1", obs="state", variant={"gear": -1}), actions, seed=0)
+    flipped, _ = rollout(envs.make("gym:CartPole-v1", obs="state"), [0] * 8, seed=0)
+    np.testing.assert_allclose(inverted[-1]["state"], flipped[-1]["state"])
+    env = envs.make("gym:CartPole-v1", obs="state", variant={"mass": {"pole": 2}, "length": 3})
+    env.reset(seed=0)
+    base = env.unwrapped
+    assert base.total_mass == pytest.approx(1.2) and base.polemass_length == pytest.approx(0.2 * 1.5)
+
+
+@pytest.mark.parametrize("spec,variant,words", [
+    ("gym:Pendulum-v1", {"gravty": 0.5}, ["'gravty'", "Did you mean: gravity", "gravity, mass, length, gear"]),
+    ("gym:Pendulum-v1", {"lenght": 2}, ["'lenght'", "Did you mean: length"]),
+    ("gym:Pendulum-v1", {"friction": 2}, ["'friction'", "does not apply", "gym:Pendulum-v1"]),
+    ("gym:Pendulum-v1", {"direction": -1}, ["'direction'", "does not apply"]),
+    ("gym:Pendulum-v1", {"mass": {"pol": 2}}, ["'pol'", "Did you mean: pole"]),
+    ("gym:Pendulum-v1", {"mass": 0}, ["mass", "> 0"]),
+    ("gym:Pendulum-v1", {"gravity": -1}, ["gravity", ">= 0"]),
+    ("gym:Pendulum-v1", {"gear": 0}, ["gear", "!= 0"]),
+    ("gym:Pendulum-v1", {"length": float("inf")}, ["length", "finite"]),
+    ("gym:Pendulum-v1", {"gear": "-1"}, ["gear", "number"]),
+    ("gym:CartPole-v1", {"mass": {"carriage": 2}}, ["'carriage'", "cart, pole"]),
+    ("gym:Acrobot-v1", {"gravity": 0.5}, ["gym:Acrobot-v1", "gym:Pendulum-v1"]),
+    ("dmc:cartpole-swingup", {"length": 2}, ["'length'", "classic-control", "gravity, mass"]),
+])
+def test_bad_classic_variants_are_clear_value_errors(spec, variant, words):
+    with pytest.raises(ValueError) as error:
+        envs.make(spec, obs="state", variant=variant)
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
 # ----- bad input
 
 
