@@ -22,6 +22,8 @@ STATE = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (5,), np.float
 PIXELS_AND_STATE = gym.spaces.Dict({"state": STATE["state"], "image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
 ACT = gym.spaces.Box(-1, 1, (1,), np.float32)
 
+RANGE = {"random_return": 0.0, "best_return": 1000.0}  # a DMC task's score range
+
 
 def make_agent(obs=STATE, overrides=(), seed=0):
     cfg = dataclasses.replace(apply_overrides(preset("debug"), list(overrides)), seed=seed)
@@ -359,7 +361,7 @@ def test_plasticity_is_part_of_the_strategy_and_leaves_old_runs_comparable(tmp_p
     for bad in ("fifo+redo+shrink_perturb", "fifo+redo+redo", "fifo+dropout"):
         with pytest.raises(ValueError, match="fifo\\+redo"):
             continual.parse_strategy(bad)
-    seq = continual.sequence_from_dict({"tasks": [{"name": "a", "spec": "dmc:cartpole-balance"}]})
+    seq = continual.sequence_from_dict({"tasks": [{"name": "a", "spec": "dmc:cartpole-balance", **RANGE}]})
     cfg = continual.run_config(seq, continual.parse_strategy("mix+shrink_perturb"), 0, ("plasticity.every=50",))
     assert cfg.plasticity.method == "shrink_perturb" and cfg.plasticity.every == 50
     with pytest.raises(ValueError, match="plasticity.method"):
@@ -394,8 +396,8 @@ def test_a_continual_run_applies_its_method_at_each_task_boundary(tmp_path):
                           "train.threads=1", "train.checkpoint_every=200", "train.video_every=0"],
             "replay_capacity": 128, "eval_every": 200, "eval_episodes": 1, "end_evaluations": 2,
             "heldout_episodes": 1,
-            "tasks": [{"name": "default", "spec": "dmc:cartpole-swingup"},
-                      {"name": "inverted", "spec": "dmc:cartpole-swingup", "variant": {"gear": -1}}]}
+            "tasks": [{"name": "default", "spec": "dmc:cartpole-swingup", **RANGE},
+                      {"name": "inverted", "spec": "dmc:cartpole-swingup", "variant": {"gear": -1}, **RANGE}]}
     seq = continual.sequence_from_dict(tiny, default_name="tiny")
     job = continual.continual_job(seq, "fifo+redo", 0, ("plasticity.tau=0.5",))
     rundir = tmp_path / "tiny" / "fifo+redo" / "seed_0"
