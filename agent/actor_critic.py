@@ -56,9 +56,11 @@ class ActionDist:
             self.logits = unimix_logits(raw, cfg.unimix)  # (..., A)
         else:
             mean, std = raw.chunk(2, -1)
-            # DreamerV3's bounded normal: mean in [-1, 1], std in [min_std, max_std].
+            # DreamerV3's bounded normal: mean in [-1, 1], std in [min_std, max_std]. Valid by construction,
+            # so the argument checks (several ops and a read-back per distribution) are skipped.
             self.normal = torch.distributions.Normal(
-                torch.tanh(mean), (cfg.max_std - cfg.min_std) * torch.sigmoid(std + 2.0) + cfg.min_std)
+                torch.tanh(mean), (cfg.max_std - cfg.min_std) * torch.sigmoid(std + 2.0) + cfg.min_std,
+                validate_args=False)
 
     def sample(self) -> Tensor:
         """A sample; for continuous actions reparameterised, so it carries gradients when they are on."""
@@ -129,8 +131,9 @@ class ActorCritic(nn.Module):
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.normalizer = ReturnNormalizer(cfg.return_decay, cfg.return_low, cfg.return_high)
         self.register_buffer("bins", symlog_bins(cfg.bins, cfg.bin_range))
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.eps)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.eps)
+        # fused: one kernel per parameter instead of about ten ops (the same update up to rounding).
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.eps, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.eps, fused=True)
 
     def value(self, feat: Tensor, slow: bool = False) -> Tensor:
         """Expected return of each state (decoded from the two-hot bins)."""
