@@ -250,3 +250,6 @@ class ActorCritic(nn.Module):
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         self.actor_opt.load_state_dict(state["actor"])
         self.critic_opt.load_state_dict(state["critic"])
+        for opt in (self.actor_opt, self.critic_opt):  # checkpoints from before the fused step say fused=None
+            for group in opt.param_groups:
+                group["fused"] = True

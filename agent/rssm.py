@@ -42,8 +42,9 @@ class BlockLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, G, I) -> (B, G, O)."""
-        out = torch.einsum("bgi,gio->bgo", x, self.weight)
-        return out if self.bias is None else out + self.bias
+        x = x.transpose(0, 1)  # (G, B, I): one matmul per group, the bias added by the same op
+        out = torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        return out.transpose(0, 1)  # (B, G, O)
 
 
 class RSSM(nn.Module):

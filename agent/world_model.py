@@ -139,6 +139,8 @@ class WorldModel(nn.Module):
         # Optimizer.load_state_dict keeps the given moment tensors when dtype and device match; copy them
         # so that a model restored from another live model's checkpoint does not share its Adam moments.
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        for group in self.optimizer.param_groups:  # checkpoints from before the fused step say fused=None
+            group["fused"] = True
         self.generator.set_state(state["generator"])
 
     # ----------------------------------------------------------------------------------------- data
