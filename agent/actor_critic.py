@@ -176,8 +176,7 @@ class ActorCritic(nn.Module):
             actor = -dist.log_prob(action[:-1].detach()) * advantage - cfg.entropy * entropy
 
         # The critic regresses fixed targets from fixed states: detach both.
-        critic = symlog_twohot_loss(logits, ret.detach(), self.bins) + cfg.slow_reg * symlog_twohot_loss(
-            logits, slow_value, self.bins)
+        critic = self._critic_loss(logits, ret.detach(), slow_value)
         losses = {"actor": actor * weight, "critic": critic * weight}
         metrics = {
             "imagine/return": ret.mean(),
@@ -189,6 +188,13 @@ class ActorCritic(nn.Module):
             "actor/return_scale": scale,
         }
         return losses, {k: v.detach() for k, v in metrics.items()}
+
+    def _critic_loss(self, logits: Tensor, ret: Tensor, slow_value: Tensor) -> Tensor:
+        """Two-hot cross-entropy of the critic's ``logits`` against the returns, plus ``slow_reg`` times that
+        against the slow critic's values; one logsumexp serves both."""
+        lse = torch.logsumexp(logits.float(), -1)
+        return symlog_twohot_loss(logits, ret, self.bins, lse) + self.cfg.slow_reg * symlog_twohot_loss(
+            logits, slow_value, self.bins, lse)
 
     def replay_value_loss(self, feat: Tensor, reward: Tensor, is_first: Tensor, is_terminal: Tensor
                           ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -206,9 +212,7 @@ class ActorCritic(nn.Module):
             value = twohot_decode(all_logits.detach(), self.bins)  # (T, N)
             slow_value = self.value(feat[:-1].detach(), slow=True)
             ret, inside = replay_lambda_return(reward, value, is_first, is_terminal, cfg.lambda_, cfg.discount)
-        logits = all_logits[:-1]
-        loss = symlog_twohot_loss(logits, ret, self.bins) + cfg.slow_reg * symlog_twohot_loss(
-            logits, slow_value, self.bins)
+        loss = self._critic_loss(all_logits[:-1], ret, slow_value)
         mask = inside.float()
         loss = (loss * mask).sum() / mask.sum().clamp(min=1.0)
         return loss, {"replay/return": (ret * mask).sum() / mask.sum().clamp(min=1.0), "replay/value": value.mean()}

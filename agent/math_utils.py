@@ -65,16 +65,18 @@ def twohot_decode(logits: Tensor, bins: Tensor) -> Tensor:
     return symexp(mirrored @ bins[:m])
 
 
-def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
+def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor, lse: Tensor | None = None) -> Tensor:
     """Cross-entropy of `logits` (..., K) against two-hot(symlog(target)) for raw `target` (...) -> (...).
 
     Only the two target bins have weight, so it is logsumexp(logits) minus their weighted logits: the
-    same number as the dense sum over K, without building the (..., K) two-hot tensor.
+    same number as the dense sum over K, without building the (..., K) two-hot tensor. `lse`, optional:
+    logsumexp(logits.float(), -1) already computed, for several targets of the same logits.
     """
     below, w_hi = _twohot_weights(symlog(target.float()), bins)
     logits = logits.float()
     picked = logits.gather(-1, torch.stack([below, below + 1], -1))  # (..., 2)
-    return torch.logsumexp(logits, -1) - ((1.0 - w_hi) * picked[..., 0] + w_hi * picked[..., 1])
+    lse = torch.logsumexp(logits, -1) if lse is None else lse
+    return lse - ((1.0 - w_hi) * picked[..., 0] + w_hi * picked[..., 1])
 
 
 def lambda_return(
