@@ -65,16 +65,18 @@ def twohot_decode(logits: Tensor, bins: Tensor) -> Tensor:
     return symexp(mirrored @ bins[:m])
 
 
-def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
+def symlog_twohot_loss(logits: Tensor, target: Tensor, bins: Tensor, lse: Tensor | None = None) -> Tensor:
     """Cross-entropy of `logits` (..., K) against two-hot(symlog(target)) for raw `target` (...) -> (...).
 
     Only the two target bins have weight, so it is logsumexp(logits) minus their weighted logits: the
-    same number as the dense sum over K, without building the (..., K) two-hot tensor.
+    same number as the dense sum over K, without building the (..., K) two-hot tensor. `lse`, optional:
+    logsumexp(logits.float(), -1) already computed, for several targets of the same logits.
     """
     below, w_hi = _twohot_weights(symlog(target.float()), bins)
     logits = logits.float()
     picked = logits.gather(-1, torch.stack([below, below + 1], -1))  # (..., 2)
-    return torch.logsumexp(logits, -1) - ((1.0 - w_hi) * picked[..., 0] + w_hi * picked[..., 1])
+    lse = torch.logsumexp(logits, -1) if lse is None else lse
+    return lse - ((1.0 - w_hi) * picked[..., 0] + w_hi * picked[..., 1])
 
 
 def lambda_return(
@@ -99,10 +101,14 @@ def lambda_return(
     next_value = torch.cat([value[1:], bootstrap.unsqueeze(0)], 0)
     factor = discount * continue_
     base = reward + factor * (1.0 - lambda_) * next_value
+    # Per-step slices taken once (unbind) and R_t = base_t + decay_t * R_{t+1} in one op (addcmul).
+    base, decay = base.unbind(0), (factor * lambda_).unbind(0)
+    if cut is not None:
+        cut, value = cut.unbind(0), value.unbind(0)
     out = []
     ret = bootstrap
     for t in reversed(range(H)):
-        ret = base[t] + factor[t] * lambda_ * ret
+        ret = torch.addcmul(base[t], decay[t], ret)
         if cut is not None:  # no transition s_t -> s_{t+1}: the return there is the state's value
             ret = torch.where(cut[t], value[t], ret)
         out.append(ret)
@@ -160,26 +166,36 @@ class ReturnNormalizer(nn.Module):
 
 def unimix_logits(logits: Tensor, unimix: float) -> Tensor:
     """Logits (..., K) of (1 - unimix) * softmax(logits) + unimix / K, as log-probabilities."""
+    return unimix_dist(logits, unimix)[0]
+
+
+def unimix_dist(logits: Tensor, unimix: float) -> tuple[Tensor, Tensor | None]:
+    """`unimix_logits` and the probabilities they are the log of (None without a mix), so that a
+    sampler can take them as they are instead of a softmax of the log-probabilities."""
     if unimix <= 0.0:
-        return F.log_softmax(logits, -1)
+        return F.log_softmax(logits, -1), None
     probs = torch.softmax(logits, -1)
     probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
-    return torch.log(probs)
+    return torch.log(probs), probs
 
 
-def categorical_sample_st(logits: Tensor, noise: Tensor) -> Tensor:
+def categorical_sample_st(logits: Tensor, noise: Tensor, probs: Tensor | None = None) -> Tensor:
     """One-hot sample (..., K) of Categorical(logits) with straight-through gradients.
 
     `noise` (..., 1) is uniform on [0, 1): the sample is the first class whose CDF exceeds it
     (inverse-CDF sampling, exact, one random number per categorical). Passing the noise in keeps
     this function free of RNG state, so the RSSM can draw all noise before its time loop.
-    Forward value: the one-hot sample; gradient: that of the probabilities.
+    Forward value: the one-hot sample; gradient: that of the probabilities. `probs`, when given, are
+    softmax(logits) already (e.g. from `unimix_dist`): the same values up to rounding and the same
+    gradient with respect to whatever produced them, without another softmax.
     """
-    probs = torch.softmax(logits, -1)
-    cdf = probs.cumsum(-1)
-    index = (cdf <= noise).sum(-1, keepdim=True).clamp_max(logits.shape[-1] - 1)  # (..., 1)
-    onehot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
-    return onehot + probs - probs.detach()
+    probs = torch.softmax(logits, -1) if probs is None else probs
+    cdf = probs.detach().cumsum(-1)
+    # The number of CDF entries <= noise: the CDF is sorted, so one binary search per row.
+    index = torch.searchsorted(cdf, noise, right=True).clamp_max_(logits.shape[-1] - 1)  # (..., 1)
+    # The one-hot minus the probabilities is a constant; adding the probabilities back carries the gradient.
+    onehot = torch.zeros_like(cdf).scatter_(-1, index, 1.0)
+    return probs + onehot.sub_(probs.detach())
 
 
 def categorical_mode_st(logits: Tensor) -> Tensor:

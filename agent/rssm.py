@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import RSSMConfig
-from .math_utils import categorical_mode_st, categorical_sample_st, unimix_logits
+from .math_utils import categorical_mode_st, categorical_sample_st, unimix_dist
 from .nets import MLP, make_norm
 
 State = dict[str, Tensor]
@@ -42,8 +42,9 @@ class BlockLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, G, I) -> (B, G, O)."""
-        out = torch.einsum("bgi,gio->bgo", x, self.weight)
-        return out if self.bias is None else out + self.bias
+        x = x.transpose(0, 1)  # (G, B, I): one matmul per group, the bias added by the same op
+        out = torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        return out.transpose(0, 1)  # (B, G, O)
 
 
 class RSSM(nn.Module):
@@ -124,38 +125,41 @@ class RSSM(nn.Module):
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)
         update = torch.sigmoid(update - 1.0)
-        return (update * cand + (1.0 - update) * blocks).reshape(B, -1)  # (B, D)
+        # update * cand + (1 - update) * blocks, in one op (and fewer in the backward).
+        return torch.lerp(blocks, cand, update).reshape(B, -1)  # (B, D)
 
     def _prior_logits(self, deter: Tensor) -> Tensor:
         """(..., D) -> unimix log-probabilities (..., S, K)."""
-        logits = self.prior_out(self.prior_mlp(deter))
-        return unimix_logits(logits.unflatten(-1, (self.S, self.K)), self.cfg.unimix)
+        return self._prior_dist(deter)[0]
 
-    def _posterior_logits(self, deter: Tensor, embed_in: Tensor) -> Tensor:
-        """deter (B, D), precomputed embed share (B, h) -> unimix log-probabilities (B, S, K)."""
+    def _prior_dist(self, deter: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(..., D) -> unimix log-probabilities (..., S, K) and their probabilities (None without unimix)."""
+        logits = self.prior_out(self.prior_mlp(deter))
+        return unimix_dist(logits.unflatten(-1, (self.S, self.K)), self.cfg.unimix)
+
+    def _posterior_dist(self, deter: Tensor, embed_in: Tensor) -> tuple[Tensor, Tensor | None]:
+        """deter (B, D), precomputed embed share (B, h) -> unimix log-probabilities (B, S, K) and their
+        probabilities (None without unimix)."""
         x = F.silu(self.post_norm(self.post_deter(deter) + embed_in))
         logits = self.post_out(self.post_mlp(x))
-        return unimix_logits(logits.unflatten(-1, (self.S, self.K)), self.cfg.unimix)
+        return unimix_dist(logits.unflatten(-1, (self.S, self.K)), self.cfg.unimix)
 
     def _noise(self, *shape: int) -> Tensor:
         """Uniform noise (..., 1) for inverse-CDF sampling, from `generator` if set."""
         return torch.rand(*shape, 1, device=self.prior_out.weight.device, generator=self.generator)
 
-    def _sample(self, logits: Tensor, noise: Tensor | None) -> Tensor:
-        return categorical_mode_st(logits) if noise is None else categorical_sample_st(logits, noise)
+    def _sample(self, logits: Tensor, noise: Tensor | None, probs: Tensor | None = None) -> Tensor:
+        return categorical_mode_st(logits) if noise is None else categorical_sample_st(logits, noise, probs)
 
     # ----------------------------------------------------------------------------------------- observe
 
-    def _observe_cell(self, deter: Tensor, stoch: Tensor, action_in: Tensor, embed_in: Tensor, first: Tensor,
-                      init_deter: Tensor, init_stoch: Tensor, noise: Tensor | None
-                      ) -> tuple[Tensor, Tensor, Tensor]:
-        """One posterior step on (B, ...) tensors: reset where `first` (B, 1), GRU step, posterior sample.
-        Returns deter (B, D), stoch (B, S*K), posterior logits (B, S, K)."""
-        deter = torch.where(first, init_deter, deter)
-        stoch = torch.where(first, init_stoch, stoch)
+    def _observe_cell(self, deter: Tensor, stoch: Tensor, action_in: Tensor, embed_in: Tensor,
+                      noise: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """One posterior step on (B, ...) tensors (already reset where an episode starts): GRU step,
+        posterior sample. Returns deter (B, D), stoch (B, S*K), posterior logits (B, S, K)."""
         deter = self._core(deter, stoch, action_in)
-        logits = self._posterior_logits(deter, embed_in)
-        stoch = self._sample(logits, noise).flatten(1)
+        logits, probs = self._posterior_dist(deter, embed_in)
+        stoch = self._sample(logits, noise, probs).flatten(1)
         return deter, stoch, logits
 
     def observe(self, embed: Tensor, prev_action: Tensor, is_first: Tensor, state: State | None = None,
@@ -179,19 +183,27 @@ class RSSM(nn.Module):
         noise = self._noise(T, B, self.S) if sample else None  # (T, B, S, 1)
         init_deter, init_stoch = init["deter"], init["stoch"].flatten(1)
         deter, stoch = state["deter"], state["stoch"].flatten(1)  # (B, D), (B, S*K)
+        # Which steps reset any row, read once: steps without a reset skip the two `where`s (and their
+        # backward), which would return their input unchanged.
+        resets = is_first.any(0).tolist()  # T bools
+        action_in, embed_in, first = action_in.unbind(0), embed_in.unbind(0), first.unbind(0)  # T x (B, ...)
+        noise = [None] * T if noise is None else noise.unbind(0)
         deters, stochs, logits = [], [], []
         for t in range(T):
-            deter, stoch, logit = self._cell(deter, stoch, action_in[t], embed_in[t], first[t],
-                                             init_deter, init_stoch, None if noise is None else noise[t])
+            if resets[t]:
+                deter = torch.where(first[t], init_deter, deter)
+                stoch = torch.where(first[t], init_stoch, stoch)
+            deter, stoch, logit = self._cell(deter, stoch, action_in[t], embed_in[t], noise[t])
             deters.append(deter)
             stochs.append(stoch)
             logits.append(logit)
         deter_seq = torch.stack(deters, 1)  # (B, T, D)
         posterior = {"deter": deter_seq, "stoch": torch.stack(stochs, 1).unflatten(-1, (self.S, self.K)),
                      "logits": torch.stack(logits, 1)}
-        prior_logits = self._prior_logits(deter_seq)  # (B, T, S, K), all steps in one batch
+        prior_logits, prior_probs = self._prior_dist(deter_seq)  # (B, T, S, K), all steps in one batch
         prior_noise = self._noise(B, T, self.S) if sample else None
-        prior = {"deter": deter_seq, "stoch": self._sample(prior_logits, prior_noise), "logits": prior_logits}
+        prior = {"deter": deter_seq, "stoch": self._sample(prior_logits, prior_noise, prior_probs),
+                 "logits": prior_logits}
         return posterior, prior
 
     def obs_step(self, state: State, prev_action: Tensor, embed: Tensor, is_first: Tensor,
@@ -210,9 +222,9 @@ class RSSM(nn.Module):
     def img_step(self, state: State, action: Tensor, sample: bool = True) -> State:
         """Prior step: state {deter (N, D), stoch (N, S, K)}, action (N, A) -> {deter, stoch, logits}."""
         deter = self._core(state["deter"], state["stoch"].flatten(1), self._action_input(action))
-        logits = self._prior_logits(deter)
+        logits, probs = self._prior_dist(deter)
         noise = self._noise(deter.shape[0], self.S) if sample else None
-        return {"deter": deter, "stoch": self._sample(logits, noise), "logits": logits}
+        return {"deter": deter, "stoch": self._sample(logits, noise, probs), "logits": logits}
 
     def imagine(self, start: State, policy: Callable[[State], Tensor], horizon: int,
                 sample: bool = True) -> State:
@@ -245,8 +257,8 @@ class RSSM(nn.Module):
         deters, stochs, logits = [deter], [start["stoch"]], []
         for h in range(H):
             deter = self._core(deter, stoch, action_in[h])
-            logit = self._prior_logits(deter)
-            sample_h = self._sample(logit, self._noise(N, self.S) if sample else None)  # (N, S, K)
+            logit, probs = self._prior_dist(deter)
+            sample_h = self._sample(logit, self._noise(N, self.S) if sample else None, probs)  # (N, S, K)
             stoch = sample_h.flatten(1)
             deters.append(deter)
             stochs.append(sample_h)
