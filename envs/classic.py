@@ -13,13 +13,12 @@ so applying one twice gives the same env. Keys mean what they mean for MuJoCo ta
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from .variants import VARIANT_KEYS, check_number
+from .variants import VARIANT_KEYS, check_number, check_parts, did_you_mean, variant_items
 
 
 class ClassicPhysics:
@@ -39,29 +38,16 @@ class ClassicPhysics:
     def check(self, variant: dict[str, Any] | None) -> dict[str, Any]:
         """Validate a variant for this env; returns it with numbers as floats. Raises ``ValueError`` naming
         the bad key, part or value, with close matches."""
-        if variant is None:
-            return {}
-        if not isinstance(variant, dict):
-            raise ValueError(f"variant must be a dict such as {{'gravity': 0.5}}, got {variant!r}.")
         checked: dict[str, Any] = {}
-        for key, value in variant.items():
+        for key, value in variant_items(variant):
             if key not in VARIANT_KEYS:
-                close = difflib.get_close_matches(str(key), self.keys, n=2)
-                hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                raise ValueError(f"Unknown variant key {key!r}.{hint} Keys of {self.task_name}: "
-                                 f"{', '.join(self.keys)}.")
+                raise ValueError(f"Unknown variant key {key!r}.{did_you_mean(key, self.keys)} Keys of "
+                                 f"{self.task_name}: {', '.join(self.keys)}.")
             if key not in self.parts:
                 raise ValueError(f"variant key {key!r} does not apply to {self.task_name}; its keys: "
                                  f"{', '.join(self.keys)}.")
             if isinstance(value, dict):
-                names = list(self.parts[key])
-                for name in value:
-                    if name not in names:
-                        close = difflib.get_close_matches(str(name), names, n=3)
-                        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                        raise ValueError(f"variant {key}: no part named {name!r} in {self.task_name}.{hint} "
-                                         f"Its parts: {', '.join(names)}.")
-                checked[key] = {name: check_number(key, mult, f"[{name}]") for name, mult in value.items()}
+                checked[key] = check_parts(key, value, list(self.parts[key]), "part", self.task_name)
             else:
                 checked[key] = check_number(key, value)
         return checked

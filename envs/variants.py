@@ -54,19 +54,39 @@ def check_number(key: str, value: Any, where: str = "") -> float:
     return value
 
 
+def did_you_mean(name: Any, choices: list[str] | tuple[str, ...], n: int = 2) -> str:
+    """`` Did you mean: a, b?`` for the choices closest to ``name``; empty when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def variant_items(variant: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The (key, value) pairs of a variant (none for None); anything but a dict is a ``ValueError``."""
+    if variant is None:
+        return []
+    if not isinstance(variant, dict):
+        raise ValueError(f"variant must be a dict such as {{'gravity': 0.5}}, got {variant!r}.")
+    return list(variant.items())
+
+
+def check_parts(key: str, value: dict[str, Any], names: list[str], what: str, where: str) -> dict[str, float]:
+    """A per-part value of ``key`` (e.g. ``{"pole_1": 3.0}``) checked against the ``names`` of the ``what``s
+    (body, geom, part...) ``where`` holds; returns it with numbers as floats."""
+    for name in value:
+        if name not in names:
+            raise ValueError(f"variant {key}: no {what} named {name!r} in {where}.{did_you_mean(name, names, 3)} "
+                             f"Its {what}s: {', '.join(names)}.")
+    return {name: check_number(key, mult, f"[{name}]") for name, mult in value.items()}
+
+
 def check_variant(variant: dict[str, Any] | None, model: mujoco.MjModel, supports_direction: bool) -> dict[str, Any]:
     """Validate a variant against a model; returns it with numbers as floats. Raises ``ValueError`` naming
     the bad key, body, geom, actuator, joint or value."""
-    if variant is None:
-        return {}
-    if not isinstance(variant, dict):
-        raise ValueError(f"variant must be a dict such as {{'gravity': 0.5}}, got {variant!r}.")
     checked: dict[str, Any] = {}
-    for key, value in variant.items():
+    for key, value in variant_items(variant):
         if key not in VARIANT_KEYS:
-            close = difflib.get_close_matches(str(key), MUJOCO_KEYS, n=2)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"Unknown variant key {key!r}.{hint} Known keys: {', '.join(MUJOCO_KEYS)}.")
+            raise ValueError(f"Unknown variant key {key!r}.{did_you_mean(key, MUJOCO_KEYS)} Known keys: "
+                             f"{', '.join(MUJOCO_KEYS)}.")
         if key not in MUJOCO_KEYS:
             raise ValueError(f"variant key {key!r} applies to classic-control tasks (gym:Pendulum-v1, "
                              f"gym:CartPole-v1), not to MuJoCo models, whose lengths are their geometry; "
@@ -82,15 +102,8 @@ def check_variant(variant: dict[str, Any] | None, model: mujoco.MjModel, support
             objtype = PHYSICS_KEYS[key][1]
             if objtype is None:
                 raise ValueError(f"variant {key} takes one number, got {value!r}.")
-            names = _names(model, objtype)
-            for name in value:
-                if name not in names:
-                    close = difflib.get_close_matches(str(name), names, n=3)
-                    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                    kind = objtype.name.removeprefix("mjOBJ_").lower()
-                    raise ValueError(f"variant {key}: no {kind} named {name!r} in this model.{hint} "
-                                     f"Its {kind}s: {', '.join(names)}.")
-            checked[key] = {name: check_number(key, mult, f"[{name}]") for name, mult in value.items()}
+            kind = objtype.name.removeprefix("mjOBJ_").lower()
+            checked[key] = check_parts(key, value, _names(model, objtype), kind, "this model")
         else:
             checked[key] = check_number(key, value)
     return checked
