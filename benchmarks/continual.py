@@ -833,7 +833,7 @@ def process_job(job: Job, rundir: Path) -> sweep.Job:
     label = f"{job.kind} {job.sequence['name']}/{job.strategy}/seed_{job.seed}" if job.kind == "continual" else \
         f"reference {rundir.name}"
     return sweep.Job(label, str(rundir), ("-m", "benchmarks.continual", "--worker", str(rundir)),
-                     cpus=float(threads if threads > 0 else os.cpu_count() or 1))
+                     cpus=sweep.cpus_for_threads(threads))
 
 
 def run_jobs(planned: list[tuple[Job, Path]], runner: sweep.Runner) -> list[Path]:
@@ -855,8 +855,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="one or more of fifo, reservoir, mix (each optionally +shrink_perturb or +redo, "
                              "and +taskid)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
-    parser.add_argument("--parallel", type=int, default=None,
-                        help="most runs at a time (default: as many as the CPUs hold, one per torch thread)")
     parser.add_argument("--root", default="runs/continual", help="where runs, references and summaries go")
     parser.add_argument("--steps-per-task", type=int, help="replace every task's budget (quick runs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -936,7 +934,7 @@ def _main(args: argparse.Namespace) -> int:
             jobs.append((job, job_dir(root, job)))
     failed = []
     if not args.report_only:
-        runner = sweep.runner_from_args(args, parallel=args.parallel)
+        runner = sweep.runner_from_args(args)
         # Lock what this sweep may write (finished runs are only read), before --fresh empties anything.
         writes = [rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]
         with sweep.locked(writes):

@@ -231,12 +231,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-job", type=float, default=1.0,
                    help="share of a GPU that a job whose agent runs on CUDA declares (0.5: two per GPU)")
     g.add_argument("--no-ray", action="store_true", help="run jobs one after another in subprocesses, without Ray")
+    g.add_argument("--parallel", type=int, default=None,
+                   help="most runs at a time (default: as many as the CPUs hold, one per torch thread)")
 
 
-def runner_from_args(args: argparse.Namespace, parallel: int | None = None) -> Runner:
-    """A ``Runner`` configured by ``add_arguments``' options (``parallel``: most jobs at once)."""
+def runner_from_args(args: argparse.Namespace) -> Runner:
+    """A ``Runner`` configured by ``add_arguments``' options."""
     return Runner(address=args.address, cpus=args.cpus, retries=args.retries, use_ray=not args.no_ray,
-                  parallel=parallel)
+                  parallel=args.parallel)
+
+
+def cpus_for_threads(threads: int) -> float:
+    """The CPUs a job declares for ``threads`` torch threads (0: all of this machine's)."""
+    return float(threads if threads > 0 else os.cpu_count() or 1)
 
 
 class Runner:

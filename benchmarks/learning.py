@@ -173,7 +173,7 @@ def run_task(task: Task, seed: int, rundir: Path, fresh: bool, gpus: float = 1.0
     threads = cfg["train"]["threads"]
     rundir.mkdir(parents=True, exist_ok=True)
     return jobs.Job(run_name(task, seed), str(rundir), fresh_argv, (*base, "--resume", "--steps", str(task.steps)),
-                    cpus=float(threads if threads > 0 else os.cpu_count() or 1),
+                    cpus=jobs.cpus_for_threads(threads),
                     gpus=gpus if cfg["agent"]["device"].startswith("cuda") else 0.0)
 
 
@@ -392,8 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="*", help="run only these task names of the suite")
     parser.add_argument("--rundir", default=None,
                         help="where the training runs go (default runs/learning; runs/dmc_proprio for dmc-proprio)")
-    parser.add_argument("--parallel", type=int, default=None,
-                        help="most runs at a time (default: as many as the CPUs hold, one per torch thread)")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
     parser.add_argument("--out", default=None,
                         help="results JSON (default results/learning_<suite>.json, dashes as underscores)")
@@ -443,7 +441,7 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
     to more steps), every attempt of this call counted."""
     if not pending:
         return []
-    runner = jobs.runner_from_args(args, parallel=args.parallel)
+    runner = jobs.runner_from_args(args)
     steps = {}
     with jobs.locked([root / run_name(task, seed) for task, seed in pending]):
         planned = []

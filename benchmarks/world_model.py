@@ -578,7 +578,7 @@ def run_grid(args: argparse.Namespace) -> int:
           f"{len(args.seeds)} seeds, {args.updates} updates each)", flush=True)
     failed = []
     if planned:
-        runner = jobs.runner_from_args(args, parallel=args.parallel)
+        runner = jobs.runner_from_args(args)
         with jobs.locked([Path(j.rundir) for j in planned]):
             failed = [o.job.name for o in runner.run(planned) if not o.ok]
     gather(args)
@@ -801,7 +801,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the grid")
     g.add_argument("--data-root", default="data/world_model", help="datasets, one directory per task")
     g.add_argument("--root", default="runs/world_model", help="run directories, <task>/<encoder>-s<seed>")
-    g.add_argument("--parallel", type=int, default=None, help="runs at once (default: what the CPUs hold)")
     jobs.add_arguments(p)
     return p
 
