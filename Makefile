@@ -101,11 +101,11 @@ bench-continual: $(STAMP)
 			|| exit 1; \
 	done
 
-# What the world models of trained checkpoints know; default: the learning benchmarks' cartpole-balance runs
-# (state: the DMC proprio suite's, make bench-dmc-proprio; pixels with the patch and the CNN encoder: the cpu-pixels
-# suite's, make bench-learning) on the same random-policy episodes.
-INSIGHT_CHECKPOINTS ?= runs/dmc_proprio/cartpole_balance/checkpoint.pt runs/learning/cartpole_balance_pixels_patch/checkpoint.pt runs/learning/cartpole_balance_pixels_cnn/checkpoint.pt
-INSIGHT_LABELS ?= state pixels-patch pixels-cnn
+# What the world models of trained checkpoints know; default: the DMC proprio suite's cartpole-balance state run
+# (make bench-dmc-proprio) on random-policy episodes. Add the cpu-pixels suite's runs (make bench-learning) with
+# INSIGHT_CHECKPOINTS and INSIGHT_LABELS (README: "What the world model knows").
+INSIGHT_CHECKPOINTS ?= runs/dmc_proprio/cartpole_balance/checkpoint.pt
+INSIGHT_LABELS ?= state
 bench-insight: $(STAMP)
 	$(BIN)/python -m benchmarks.insight --checkpoint $(INSIGHT_CHECKPOINTS) --label $(INSIGHT_LABELS) \
 		--policy random --video-sequences 2 --out results/insight --tensorboard runs/insight

@@ -192,8 +192,10 @@ def insight(data: dict) -> str:
                           f"{probes['test_episodes']} to test); imagined: the `both` probes on imagined latents:\n\n"
                           + probe_table(probes))
     m = data["machine"]
-    return "\n\n".join(tables) + (f"\n\nSource `results/insight/insight.json` (commit {m.get('git_commit')}); "
-                                    "plots `results/insight/horizon.png`, `results/insight/probes.png`.")
+    return "\n\n".join(tables) + (f"\n\nSource `results/insight/insight.json` (commit {m['git_commit']})."
+                                    "\n\n![error vs horizon](results/insight/horizon.png)"
+                                    + ("\n![probes](results/insight/probes.png)" if any(r.get("probes") for r in data["runs"])
+                                       else ""))
 
 
 TABLES = {  # README table name: (its results file, the renderer of that file's data)
