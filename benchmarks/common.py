@@ -50,3 +50,35 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table of strings."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None (None when there are none)."""
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def panels(n: int, cols: int, width: float = 5.0, height: float = 3.6) -> tuple[Any, list[Any]]:
+    """A matplotlib figure (Agg) of ``n`` panels of ``width`` x ``height`` inches in rows of ``cols`` (those past
+    ``n`` hidden), and its axes in reading order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def save_figure(fig: Any, path: str | Path, close: bool = True) -> Any:
+    """Lay out and save ``fig`` to ``path``; closed unless it is still wanted (e.g. for TensorBoard)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    if close:
+        plt.close(fig)
+    return fig

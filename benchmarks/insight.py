@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from .common import machine_info, markdown_table, write_json
+from .common import machine_info, markdown_table, panels, save_figure, write_json
 from .probes import fit_ridge_cv, r2_score
+from .wm_data import agent_policy, uniform_policy
 
 FEATURE_SETS = ("deter", "stoch", "both")
 METRICS = ("image_mse", "state_mse", "state_mse_symlog", "reward_abs", "kl")  # per-horizon curves
@@ -88,21 +89,13 @@ def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed:
     """
     if policy not in ("sample", "mode", "random"):
         raise ValueError(f"policy must be sample, mode or random, got {policy!r}.")
-    discrete = hasattr(env.action_space, "n")
-    rng = np.random.default_rng(seed)
-    carry = None
-
-    def choose(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
-        nonlocal carry
-        if policy == "random":
-            action = (np.eye(env.action_space.n, dtype=np.float32)[rng.integers(env.action_space.n)] if discrete
-                      else rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
-            return action[None]  # (1, A)
-        if is_first[0]:
-            carry = None
-        action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=policy == "sample")
-        return action
-
+    rng, space = np.random.default_rng(seed), env.action_space
+    if policy != "random":
+        choose = agent_policy(agent, keys, explore=policy == "sample")
+    elif hasattr(space, "n"):  # one-hot actions
+        choose = lambda obs, is_first: np.eye(space.n, dtype=np.float32)[rng.integers(space.n)][None]  # noqa: E731
+    else:
+        choose = uniform_policy(space.shape, rng)
     return [record_episode(env, keys, choose, seed + i, max_steps) for i in range(episodes)]
 
 
@@ -218,8 +211,7 @@ def openloop_windows(wm: Any, batch: dict[str, np.ndarray], context: int, sample
     H = T - context
     assert 0 < context < T, f"context must be in 1..{T - 1}, got {context}"
     assert all(0 <= h <= H for h in keep), f"keep horizons {keep} must lie in 0..{H}"
-    data = {k: torch.as_tensor(v, device=wm.device) for k, v in batch.items()
-            if k in ("image", "state", "action", "reward", "is_first")}
+    data = to_torch(wm, batch)
     rssm = wm.rssm
     with torch.no_grad():
         # One pass over the whole window: its posterior at context-1 is the imagination's start (the
@@ -278,15 +270,30 @@ def target_names(names: dict[str, list[str]], winding: list[str]) -> list[str]:
     return [*names["qpos"], *names["qvel"], *[f"{f}({n})" for n in winding for f in ("cos", "sin")]]
 
 
-def episode_latents(wm: Any, episode: Episode, sample: bool) -> dict[str, np.ndarray]:
-    """The posterior latent of a whole episode, filtered from its first step: deter (T, D), stoch (T, S*K)."""
+def to_torch(wm: Any, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The arrays of ``batch`` that the world model reads, on its device, with the dtypes it expects."""
     import torch
 
-    data = {k: torch.as_tensor(v[None], device=wm.device) for k, v in episode.items()
-            if k in ("image", "state", "action", "reward", "is_first")}
+    keys = ["action", "reward", "is_first", "is_terminal", *["image"] * wm.has_image, *["state"] * wm.has_state]
+    out = {k: torch.as_tensor(batch[k], device=wm.device) for k in keys if k in batch}
+    return {k: v.float() if k in ("action", "reward", "state") else v for k, v in out.items()}
+
+
+def episode_latents(wm: Any, episode: Episode, sample: bool, embed: bool = False) -> dict[str, np.ndarray]:
+    """The posterior latent of a whole episode, filtered from its first step: deter (T, D), stoch (T, S*K); with
+    ``embed`` also the encoder's embedding (T, E) and, with images, the reconstruction's MSE per pixel (T,)."""
+    import torch
+
+    data = to_torch(wm, {k: v[None] for k, v in episode.items()})  # (1, T, ...)
     with torch.no_grad():
         posterior, _, _ = wm.observe(data, None, sample)
-    return {"deter": posterior["deter"][0].cpu().numpy(), "stoch": posterior["stoch"][0].flatten(1).cpu().numpy()}
+        out = {"deter": posterior["deter"][0], "stoch": posterior["stoch"][0].flatten(1)}
+        if embed:
+            out["embed"] = wm.embed(wm.preprocess(data), data["is_first"])[0]  # (T, E)
+        if embed and wm.has_image:
+            recon = wm.decode(wm.rssm.features(posterior))["image"][0]  # (T, H, W, C) in [0, 1]
+            out["recon_mse"] = (recon - data["image"][0].float() / 255.0).square().mean((-3, -2, -1))
+    return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
 def features(latent: dict[str, np.ndarray], which: str) -> np.ndarray:
@@ -384,21 +391,12 @@ def check_video_format(fmt: str) -> None:
 
 def plot_horizons(runs: list[dict[str, Any]], path: Path) -> Any:
     """Error vs horizon for every checkpoint on one figure (one panel per metric); saved to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     titles = {"image_mse": "image MSE per pixel ([0, 1])", "state_mse": "state MSE (raw units)",
               "state_mse_symlog": "state MSE (symlog units)", "reward_abs": "reward |error|",
               "kl": "KL(posterior || imagined prior) [nats]"}
     metrics = [m for m in METRICS if any(m in r["horizon"] for r in runs)]
-    cols = min(3, len(metrics))
-    rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
-        ax.axis("off")
-    for ax, metric in zip(axes.flat, metrics):
+    fig, axes = panels(len(metrics), min(3, len(metrics)), 4.6, 3.4)
+    for ax, metric in zip(axes, metrics):
         for i, run in enumerate(runs):
             color = f"C{i}"
             for suffix, style in [("", "-"), ("_copy", "--"), ("_posterior", ":")]:
@@ -415,24 +413,17 @@ def plot_horizons(runs: list[dict[str, Any]], path: Path) -> Any:
         ax.legend(fontsize=7)
     fig.suptitle(f"open-loop prediction after {runs[0]['context']} observed steps: model (solid, +-1 s.e.), "
                  "copy the last observed step (dashed), decode the posterior (dotted)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path, close=False)
 
 
 def plot_probes(runs: list[dict[str, Any]], path: Path) -> Any | None:
     """Per checkpoint with probes: R^2 per quantity and feature set on held-out posterior latents (bars),
     and R^2 of the ``both`` probes on imagined latents vs horizon (lines). None when no run has probes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = [r for r in runs if r.get("probes")]
     if not runs:
         return None
-    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.4 * len(runs)), squeeze=False)
-    for (bars, lines), run in zip(axes, runs):
+    fig, axes = panels(2 * len(runs), 2, 5.5, 3.4)
+    for bars, lines, run in zip(axes[::2], axes[1::2], runs):
         p = run["probes"]
         q = p["quantities"]
         x = np.arange(len(q))
@@ -458,9 +449,7 @@ def plot_probes(runs: list[dict[str, Any]], path: Path) -> Any | None:
         lines.set_ylabel("R^2 (clipped at -0.5)")
         lines.set_title(f"{run['label']}: the same probes ('both') on imagined latents", fontsize=9)
         lines.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return fig
+    return save_figure(fig, path, close=False)
 
 
 def _nan(value: float | None) -> float:

@@ -6,13 +6,9 @@
     python -m benchmarks.learning --tasks pendulum --seeds 0 1 2 --set agent.actor_critic.actor_lr=3e-5
 
 Each (task, seed) is a ``python -m agent train`` run in ``<run root>/<task>`` (``<task>-seed<N>`` for seed
-N), started by ``benchmarks.jobs``. A finished run is reused, or resumed when its task now asks for more
-steps; an unfinished one is resumed; one configured unlike its task stops the command (``--fresh`` retrains
-it). The results file gathers every finished run under the run root, with a PNG of the curves. ``cpu``,
-``cpu-pixels`` and ``gpu`` tasks pass when the seed mean of the final evaluation (the mean of the last two,
-deterministic policy) reaches their threshold; ``dmc-proprio`` tasks when the seed mean of DreamerV3's own
-metric (the mean return of the training episodes that ended in the 10,000 env steps up to 100K) reaches
-DreamerV3's seed mean there.
+N), started by ``benchmarks.jobs`` (README "Learning evidence": reuse, resume, config checks). A task passes when
+the seed mean of its final evaluation reaches its threshold; a ``dmc-proprio`` task when the seed mean of
+DreamerV3's metric at 100K env steps (training episodes, 10K bin) reaches DreamerV3's.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jobs
-from .common import machine_info, write_json
+from .common import machine_info, mean_or_none, panels, save_figure, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "dreamerv3_dmc.json"
@@ -265,32 +261,10 @@ def by_task(runs: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def _panels(n: int, cols: int) -> tuple[Any, list[Any]]:
-    """A figure of ``n`` panels in rows of ``cols`` (those past ``n`` hidden), and its axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, list(axes.flat)
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot(runs: list[dict], path: Path) -> None:
     """One panel per task: each seed's eval curve, the threshold, the trivial policies and DreamerV3's score."""
     groups = by_task(runs)
-    fig, axes = _panels(len(groups), len(groups))
+    fig, axes = panels(len(groups), len(groups))
     for ax, seeds in zip(axes, groups.values()):
         for r in seeds:
             ax.plot([p["env_steps"] for p in r["curve"]], [p["return"] for p in r["curve"]], marker="o",
@@ -305,7 +279,7 @@ def plot(runs: list[dict], path: Path) -> None:
                        label=f"DreamerV3 {key}: {run['dreamerv3'][key]}")
         ax.set(title=f"{run['spec']} ({run['obs']}, {run['preset']})", xlabel="env steps", ylabel="return")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], path: Path) -> None:
@@ -314,7 +288,7 @@ def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], path: Path) -> N
     import matplotlib.ticker
 
     groups, nan = by_task(runs), float("nan")
-    fig, axes = _panels(len(tasks), min(3, len(tasks)))
+    fig, axes = panels(len(tasks), min(3, len(tasks)))
     for ax, task in zip(axes, tasks):
         seeds = groups[task["name"]]
         budget = max(r["steps"] for r in seeds)
@@ -340,7 +314,7 @@ def plot_against_dreamerv3(runs: list[dict], tasks: list[dict], path: Path) -> N
         ax.set_xlabel("env steps")
         ax.set_ylabel(f"return (training episodes, {BIN // 1000}K bins)", fontsize=8)
     axes[0].legend(fontsize=6)  # the same lines in every panel
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def select_tasks(suite: str, names: list[str] | None, extra: list[str]) -> tuple[list[Task], str]:
@@ -486,19 +460,14 @@ def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
     return runs
 
 
-def _mean(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return sum(kept) / len(kept) if kept else None
-
-
 def summarize(runs: list[dict]) -> list[dict]:
     """Per task: its seeds, their final evals, the mean, and whether the mean clears the threshold."""
     out = []
     for name, seeds in by_task(runs).items():
         finals = [r["final_return"] for r in seeds]
         out.append({"name": name, "seeds": [r["seed"] for r in seeds], "final_returns": finals,
-                    "final_return": _mean(finals), "threshold": seeds[0]["threshold"],
-                    "passed": _mean(finals) >= seeds[0]["threshold"]})
+                    "final_return": mean_or_none(finals), "threshold": seeds[0]["threshold"],
+                    "passed": mean_or_none(finals) >= seeds[0]["threshold"]})
     return out
 
 
@@ -511,7 +480,7 @@ def write_threshold_results(out: Path, header: dict, runs: list[dict], suite: li
             "tasks": summarize(runs), "runs": runs}
     write_json(out, data)
     plot(runs, out.with_suffix(".png"))
-    return {**data, "table": learning(data, out.stem)}
+    return {**data, "table": learning(data, f"results/{out.stem}.json")}
 
 
 def compare_with_dreamerv3(runs: list[dict]) -> list[dict]:
@@ -527,13 +496,13 @@ def compare_with_dreamerv3(runs: list[dict]) -> list[dict]:
             key = f"{mark // 1000}k"
             ours = [bin_value(r["train_curve"], mark) for r in seeds]
             ref = dreamerv3_at(curve, mark)
-            task.update({f"ours_{key}": _mean(ours), f"ours_{key}_seeds": ours, f"dreamerv3_{key}": ref["mean"],
+            task.update({f"ours_{key}": mean_or_none(ours), f"ours_{key}_seeds": ours, f"dreamerv3_{key}": ref["mean"],
                          f"dreamerv3_{key}_min": ref["min"], f"dreamerv3_{key}_max": ref["max"]})
         task["dreamerv3_seeds"] = len(curve["seeds"]) if curve else 0
         task["passed"] = None not in (task["ours_100k"], task["dreamerv3_100k"]) and \
             task["ours_100k"] >= task["dreamerv3_100k"]
         finals = [r["final_return"] for r in seeds]
-        task.update({"final_evals": finals, "final_eval": _mean(finals), "wall_s": [r["wall_s"] for r in seeds],
+        task.update({"final_evals": finals, "final_eval": mean_or_none(finals), "wall_s": [r["wall_s"] for r in seeds],
                      "cpu_s": [r.get("cpu_s") for r in seeds], "trained_at": [r["trained_at"] for r in seeds]})
         out.append(task)
     return out
@@ -553,8 +522,8 @@ def suite_summary(tasks: list[dict], suite: list[Task]) -> dict:
         key = f"{mark // 1000}k"
         pairs = [(t[f"ours_{key}"], t[f"dreamerv3_{key}"]) for t in judged
                  if None not in (t[f"ours_{key}"], t[f"dreamerv3_{key}"])]
-        summary[f"ours_{key}_mean"] = _mean([a for a, _ in pairs])
-        summary[f"dreamerv3_{key}_mean"] = _mean([b for _, b in pairs])
+        summary[f"ours_{key}_mean"] = mean_or_none([a for a, _ in pairs])
+        summary[f"dreamerv3_{key}_mean"] = mean_or_none([b for _, b in pairs])
     return summary
 
 
@@ -579,7 +548,7 @@ def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: li
             "bin": BIN, "summary": suite_summary(tasks, suite), "tasks": tasks, "runs": runs}
     write_json(out, data)
     plot_against_dreamerv3(runs, tasks, out.with_suffix(".png"))
-    return {**data, "table": learning_dmc_proprio(data, out.stem)}
+    return {**data, "table": learning_dmc_proprio(data, f"results/{out.stem}.json")}
 
 
 if __name__ == "__main__":

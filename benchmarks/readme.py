@@ -20,29 +20,29 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 
 
-def env_throughput(data: dict) -> str:
+def env_throughput(data: dict, source: str) -> str:
     rows = [[r["spec"], r["obs"], str(r["num_envs"]), r["render_quality"] or "-", f"{r['env_steps_per_s']:,.0f}"]
             for r in data["results"]]
     m = data["machine"]
     return (markdown_table(["spec", "obs", "processes", "render", "env steps/s"], rows)
             + f"\n\nMachine: {m['processor']}, {m['cpu_count']} cores; action repeat "
-            f"{data['results'][0]['action_repeat']}; source `results/env_throughput.json`.")
+            f"{data['results'][0]['action_repeat']}; source `{source}`.")
 
 
-def param_counts(data: dict) -> str:
+def param_counts(data: dict, source: str) -> str:
     presets = dict.fromkeys(key.split("/")[0] for key in data["counts"])
     rows = [[name, *(f"{data['counts'][f'{name}/{obs}']['total'] / 1e6:.2f}M" for obs in ("pixels/patch",
                                                                                       "pixels/cnn", "state"))]
             for name in presets]
     return (markdown_table(["preset", "pixels, patch encoder", "pixels, CNN encoder", "state (24-dim)"], rows)
-            + "\n\nWhole agent (world model, actor, critic), 6-dim actions; source `results/param_counts.json`.")
+            + f"\n\nWhole agent (world model, actor, critic), 6-dim actions; source `{source}`.")
 
 
 def _ms(stats: dict) -> str:
     return f"{stats['median_s'] * 1e3:,.0f}"
 
 
-def wm_throughput(data: dict) -> str:
+def wm_throughput(data: dict, source: str) -> str:
     rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"], r["decoder"],
              _ms(r["update"]), _ms(r["forward"]), _ms(r["forward_parts"]["encoder"]), f"{r['peak_rss_mb'] / 1024:.1f}"]
             for r in data["results"] if "update" in r]
@@ -51,22 +51,21 @@ def wm_throughput(data: dict) -> str:
                             "encoder fwd ms", "peak RSS GB"], rows)
             + f"\n\nWorld model only, 64x64 pixels, {m['processor']} ({m['cpu_affinity']} cores, torch "
             f"{m['torch']}), median of {rows and data['results'][0]['repeats']} updates after warm-up; measured at "
-            f"commit {m.get('git_commit')}, whose presets may differ from today's; source "
-            "`results/wm_throughput_cpu.json`.")
+            f"commit {m['git_commit']}, whose presets may differ from today's; source `{source}`.")
 
 
-def agent_update(data: dict) -> str:
+def agent_update(data: dict, source: str) -> str:
     rows = [[r["preset"], f"{r['batch']}x{r['length']}", str(r["torch_threads"]), r["encoder"],
              f"{r['param_counts']['total'] / 1e6:.1f}M", _ms(r["agent_update"]), f"{r['peak_rss_mb'] / 1024:.1f}"]
             for r in data["results"] if "agent_update" in r]
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
             + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
-            f"{m['processor']}, torch {m['torch']}; measured at commit {m.get('git_commit')}, whose presets may "
-            "differ from today's (`make bench-wm` remeasures); source `results/agent_update_cpu.json`.")
+            f"{m['processor']}, torch {m['torch']}; measured at commit {m['git_commit']}, whose presets may "
+            f"differ from today's (`make bench-wm` remeasures); source `{source}`.")
 
 
-def speed(data: dict) -> str:
+def speed(data: dict, source: str) -> str:
     """The whole update against the baseline revision (same settings, interleaved rounds), and where the time
     of today's update goes."""
     rows, notes = [], []
@@ -93,7 +92,7 @@ def speed(data: dict) -> str:
               f"({first['rounds'][0]['current']['clock'].replace('_', ' ')} time, one torch thread, "
               f"{machine['processor']}, torch {machine['torch']}); both sides with the same settings (`--set` in "
               "the Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
-              + " ".join(notes) + " Source `results/speed_cpu.json` (`make bench-speed`).")
+              + " ".join(notes) + f" Source `{source}` (`make bench-speed`).")
 
 
 def _fmt(value: float | None) -> str:
@@ -105,8 +104,8 @@ def _seeds(mean: float | None, seeds: list[float | None]) -> str:
     return _fmt(mean) + (f" ({', '.join(map(_fmt, seeds))})" if len(seeds) > 1 else "")
 
 
-def learning(data: dict, name: str = "learning_cpu") -> str:
-    """A threshold-judged suite's table (``name``: its results file's, for the source line)."""
+def learning(data: dict, source: str) -> str:
+    """A threshold-judged suite's table, with its curves (the PNG beside ``source``)."""
     from .learning import by_task
 
     groups = by_task(data["runs"])
@@ -124,11 +123,11 @@ def learning(data: dict, name: str = "learning_cpu") -> str:
             + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy), averaged over seeds (each "
             f"seed's in brackets); first eval likewise; a task passes when that mean reaches the threshold. "
             f"Random policy and zero action: mean returns of uniform-random actions and of doing nothing on the "
-            f"same evaluation episodes. Wall min: per run. Source `results/{name}.json`."
-            f"\n\n![{name} curves](results/{name}.png)")
+            f"same evaluation episodes. Wall min: per run. Source `{source}`."
+            f"\n\n![{Path(source).stem} curves]({Path(source).with_suffix('.png')})")
 
 
-def learning_dmc_proprio(data: dict, name: str = "learning_dmc_proprio") -> str:
+def learning_dmc_proprio(data: dict, source: str) -> str:
     """The DMC proprio suite against DreamerV3 on DreamerV3's metric at 50K and 100K env steps: one row per
     task that has runs, then the suite mean."""
 
@@ -159,17 +158,17 @@ def learning_dmc_proprio(data: dict, name: str = "learning_dmc_proprio") -> str:
             "thread; '-' for a run that began before it was logged), what a run costs on one idle core. "
             + (f"Not run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
             + f"Trained at {'commits' if len(commits) > 1 else 'commit'} {', '.join(commits) or 'unknown'}. "
-            f"Source `results/{name}.json`."
-            + f"\n\n![DMC proprio against DreamerV3](results/{name}.png)")
+            f"Source `{source}`."
+            + f"\n\n![DMC proprio against DreamerV3]({Path(source).with_suffix('.png')})")
 
 
-def continual(data: dict, source: str = "results/continual_cartpole-shift.json") -> str:
+def continual(data: dict, source: str) -> str:
     from .continual_report import readme_section
 
     return readme_section(data, source)
 
 
-def insight(data: dict) -> str:
+def insight(data: dict, source: str) -> str:
     from .insight import probe_table
 
     tables = []
@@ -191,23 +190,20 @@ def insight(data: dict) -> str:
             tables.append(f"Held-out R^2 of linear probes ({probes['train_episodes']} episodes to fit, "
                           f"{probes['test_episodes']} to test); imagined: the `both` probes on imagined latents:\n\n"
                           + probe_table(probes))
-    m = data["machine"]
-    return "\n\n".join(tables) + (f"\n\nSource `results/insight/insight.json` (commit {m['git_commit']})."
-                                    "\n\n![error vs horizon](results/insight/horizon.png)"
-                                    + ("\n![probes](results/insight/probes.png)" if any(r.get("probes") for r in data["runs"])
-                                       else ""))
+    plots = [f"![error vs horizon]({Path(source).with_name('horizon.png')})"]
+    plots += [f"![probes]({Path(source).with_name('probes.png')})"] if any(r["probes"] for r in data["runs"]) else []
+    return "\n\n".join([*tables, f"Source `{source}` (commit {data['machine']['git_commit']}).",
+                        "\n".join(plots)])
 
 
-TABLES = {  # README table name: (its results file, the renderer of that file's data)
+TABLES = {  # README table name: its results file under results/, and the renderer of that file's data
     "env_throughput": ("env_throughput.json", env_throughput), "param_counts": ("param_counts.json", param_counts),
     "wm_throughput": ("wm_throughput_cpu.json", wm_throughput), "learning": ("learning_cpu.json", learning),
-    "learning_pixels": ("learning_cpu_pixels.json", lambda data: learning(data, "learning_cpu_pixels")),
+    "learning_pixels": ("learning_cpu_pixels.json", learning),
     "learning_dmc_proprio": ("learning_dmc_proprio.json", learning_dmc_proprio),
     "continual": ("continual_cartpole-shift.json", continual), "insight": ("insight/insight.json", insight),
-    "continual_pendulum_conflict": ("continual_pendulum-conflict.json",
-                                    lambda data: continual(data, "results/continual_pendulum-conflict.json")),
-    "continual_pendulum_physics": ("continual_pendulum-physics.json",
-                                   lambda data: continual(data, "results/continual_pendulum-physics.json")),
+    "continual_pendulum_conflict": ("continual_pendulum-conflict.json", continual),
+    "continual_pendulum_physics": ("continual_pendulum-physics.json", continual),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed)}
 
 
@@ -215,7 +211,7 @@ def table(name: str) -> str:
     """README table ``name`` rendered from its results file, or a line saying that it has not been run yet."""
     source, renderer = TABLES[name]
     path = RESULTS / source
-    return renderer(json.loads(path.read_text())) if path.exists() else \
+    return renderer(json.loads(path.read_text()), f"results/{source}") if path.exists() else \
         f"Not run yet: its command writes `results/{source}`."
 
 

@@ -64,14 +64,15 @@ def uniform_policy(action_shape: tuple[int, ...], rng: np.random.Generator) -> P
     return lambda obs, is_first: rng.uniform(-1, 1, (1, *action_shape)).astype(np.float32)
 
 
-def agent_policy(agent: Any, keys: list[str]) -> Policy:
-    """A trained agent's exploring policy, restarting its latent state at every ``is_first``."""
+def agent_policy(agent: Any, keys: list[str], explore: bool = True) -> Policy:
+    """A trained agent's exploring (or, without ``explore``, deterministic) policy, restarting its latent state
+    at every ``is_first``."""
     carry = None
 
     def act(obs: dict[str, np.ndarray], is_first: np.ndarray) -> np.ndarray:
         nonlocal carry
         carry = None if is_first[0] else carry
-        action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=True)
+        action, carry = agent.act({k: obs[k] for k in keys}, is_first, carry, explore=explore)
         return action
 
     return act

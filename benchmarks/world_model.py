@@ -7,28 +7,13 @@
     python -m benchmarks.world_model --grid --updates 5000   # 3 tasks x 4 encoders x 3 seeds, then the report
     python -m benchmarks.world_model --report-only           # the report again from results/world_model.json
 
-Recording (``benchmarks.wm_data``): episodes of 64x64 frames, the state vector and the simulator's qpos and
-qvel, from a mix of policies (uniform random, smooth random, a trained agent's checkpoint when given), as
-replay directories ``train/`` and ``heldout/`` beside ``dataset.json``.
-
-Training: the agent's own ``WorldModel`` (same losses, same optimizer, same config presets) on (B, T)
-windows drawn uniformly from the training split (or any replay directory), with no actor-critic and no env.
-The run directory (``--run-dir``, default the results path without ``.json``) holds ``config.json`` and
-``checkpoint.pt``, written every ``--checkpoint-every`` updates; a killed run started again with the same
-arguments resumes there and draws the same batches it would have.
-
-Evaluation on the held-out episodes (never trained on):
-- reconstruction: image MSE per pixel ([0, 1] units) of the posterior's decoded frames over whole episodes;
-- open loop: ``benchmarks.insight``'s windows (``--context`` observed steps, then imagination with the
-  true actions to ``--horizon`` steps): image MSE per horizon, against copying the last observed frame;
-- probes: ridge probes (``benchmarks.probes``) fitted on the first ``--probe-episodes`` training episodes
-  and scored (R^2) on the held-out ones, reading qpos and qvel (and cos/sin of angles that wind) from
-  (a) the encoder's embedding alone and (b) the posterior latent (deter and stoch).
-
-Encoders: ``cnn`` (DreamerV3's) and ``patch<k>`` (the causal tubelet Transformer with k frames per tubelet).
-With ``--equal-flops`` (the default) each patch encoder's token width is the one whose forward FLOPs per
-frame come closest to the CNN's at the same preset (counted by torch's FlopCounterMode over a training
-window of ``--batch-length`` steps, so a tubelet's k-frame matmul is amortised as the Conv3d it computes).
+Recording (``benchmarks.wm_data``): 64x64 frames, the state vector and the simulator's qpos/qvel from a mix of
+policies, as replay directories ``train/`` and ``heldout/`` beside ``dataset.json``. Training: the agent's own
+``WorldModel`` (losses, optimizer, presets) on uniform (B, T) windows of the training split, checkpointed in
+``--run-dir`` (a killed run resumes and draws the batches it would have drawn). Evaluation on held-out episodes:
+reconstruction, open-loop image error against copying the last frame (``benchmarks.insight``), and ridge probes
+of qpos/qvel from the embedding and the posterior. With ``--equal-flops`` a patch encoder's width is the one whose
+forward FLOPs per frame (FlopCounterMode over a ``--batch-length`` window) come closest to the CNN's.
 """
 
 from __future__ import annotations
@@ -44,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import machine_info, markdown_table, write_json
+from . import insight, jobs, wm_data
+from .common import machine_info, markdown_table, mean_or_none, panels, save_figure, write_json
 
 ENCODERS = ("cnn", "patch1", "patch2", "patch4")
 TASKS = ("dmc:cartpole-swingup", "dmc:walker-walk", "dmc:cheetah-run")
@@ -167,8 +153,6 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
     (resuming a killed recording); returns what ``dataset.json`` holds."""
     import envs
 
-    from . import wm_data
-
     out = Path(args.out)
     kwargs = {"obs": "both", "size": args.size, "action_repeat": args.action_repeat,
               "render_quality": "fast"}
@@ -230,17 +214,6 @@ def build_model(cfg: Any, action_dim: int, obs_keys: list[str], state_dim: int =
     return WorldModel(obs_space, gym.spaces.Box(-1, 1, (action_dim,), np.float32), cfg)
 
 
-def to_torch(wm: Any, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """A sampled numpy batch on the model's device, with the dtypes the world model expects."""
-    import torch
-
-    out = {k: torch.as_tensor(v, device=wm.device) for k, v in batch.items()}
-    for key in ("action", "reward", "state"):
-        if key in out:
-            out[key] = out[key].float()
-    return out
-
-
 def train_updates(wm: Any, sampler: Any, state: dict[str, Any], updates: int, batch: int,
                   on_update: Any = None) -> None:
     """Train ``wm`` until ``state['updates']`` reaches ``updates``, appending each update's losses to
@@ -249,9 +222,9 @@ def train_updates(wm: Any, sampler: Any, state: dict[str, Any], updates: int, ba
     ``on_update(state)`` after each."""
     while state["updates"] < updates:
         t0, c0 = time.perf_counter(), time.process_time()
-        metrics, _ = wm.train_step(to_torch(wm, sampler.sample(batch)))
+        metrics, _ = wm.train_step(insight.to_torch(wm, sampler.sample(batch)))
         state["train_s"] += time.perf_counter() - t0
-        state["train_cpu_s"] = state.get("train_cpu_s", 0.0) + time.process_time() - c0
+        state["train_cpu_s"] += time.process_time() - c0
         state["updates"] += 1
         state["history"].append({"update": state["updates"], **{k: v for k, v in metrics.items()
                                                                   if k.startswith("loss/")}})
@@ -301,24 +274,6 @@ def binned_curve(history: list[dict[str, float]], every: int) -> list[dict[str, 
 # --------------------------------------------------------------------------------------------- evaluation
 
 
-def episode_outputs(wm: Any, episode: dict[str, np.ndarray], sample: bool) -> dict[str, np.ndarray]:
-    """A whole episode through the model from its first step: the encoder's embedding (T, E), the
-    posterior's deter (T, D) and stoch (T, S*K), and the reconstruction's image MSE per pixel (T,)."""
-    import torch
-
-    keys = ["action", "reward", "is_first", *(["image"] if wm.has_image else []), *(["state"] if wm.has_state else [])]
-    data = to_torch(wm, {k: episode[k][None] for k in keys})  # (1, T, ...)
-    with torch.no_grad():
-        embed = wm.embed(wm.preprocess(data), data["is_first"])  # (1, T, E)
-        posterior, _, _ = wm.observe(data, None, sample)
-        out = {"embed": embed[0], "deter": posterior["deter"][0], "stoch": posterior["stoch"][0].flatten(1)}
-        if wm.has_image:
-            recon = wm.decode(wm.rssm.features(posterior))["image"][0]  # (T, H, W, C) in [0, 1]
-            truth = data["image"][0].float() / 255.0
-            out["recon_mse"] = (recon - truth).square().mean((-3, -2, -1))
-    return {k: v.float().cpu().numpy() for k, v in out.items()}
-
-
 # The walker's and cheetah's cameras track the body, so their absolute horizontal position is not in the
 # frames (a periodic floor at most): it is probed and reported, but left out of the qpos summary.
 UNSEEN = ("qpos[rootx]",)
@@ -355,26 +310,19 @@ def probe_scores(fit: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarr
         probe = fit_ridge_cv(np.concatenate([features(o) for o in fit]), Y_fit, episode)
         r2 = r2_score(Y_test, probe.predict(np.concatenate([features(o) for o in test])))
         per = {q: (float(v) if np.isfinite(v) else None) for q, v in zip(quantities, r2)}
-        summary = {g: _mean([per[q] for q in names]) for g, names in groups.items()}
+        summary = {g: mean_or_none([per[q] for q in names]) for g, names in groups.items()}
         report[source] = {"r2": per, **summary}
     return report
-
-
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
 
 
 def evaluate(wm: Any, heldout: list[dict[str, np.ndarray]], fit: list[dict[str, np.ndarray]],
              meta: dict[str, Any] | None, args: argparse.Namespace) -> dict[str, Any]:
     """Reconstruction, open-loop error vs horizon (with the copy-last-frame baseline) and probes on the
     held-out episodes; probes are fitted on the ``fit`` episodes (skipped without qpos/qvel)."""
-    from . import insight
-
     sample = args.latent == "sample"
     wm.generator.manual_seed(args.seed)
     t0, c0 = time.perf_counter(), time.process_time()
-    outputs = [episode_outputs(wm, ep, sample) for ep in heldout]
+    outputs = [insight.episode_latents(wm, ep, sample, embed=True) for ep in heldout]
     result: dict[str, Any] = {"episodes": len(heldout), "steps": int(sum(len(e["reward"]) for e in heldout))}
     if wm.has_image:
         result["recon_mse"] = float(np.mean(np.concatenate([o["recon_mse"] for o in outputs])))
@@ -385,7 +333,7 @@ def evaluate(wm: Any, heldout: list[dict[str, np.ndarray]], fit: list[dict[str, 
         names, winding = meta["sim_names"], meta["winding"]
         quantities = insight.target_names(names, winding)
         result["probes"] = probe_scores(
-            [episode_outputs(wm, ep, sample) for ep in fit], outputs,
+            [insight.episode_latents(wm, ep, sample, embed=True) for ep in fit], outputs,
             [insight.probe_targets(e, names, winding) for e in fit],
             [insight.probe_targets(e, names, winding) for e in heldout], quantities,
             probe_quantities(names, winding), args.probe_pca)
@@ -411,8 +359,6 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
 
     from agent.config import config_to_dict
 
-    from . import wm_data
-
     data, out = Path(args.data), Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_suffix("")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -436,9 +382,9 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
               "preset": args.preset, "set": args.set, "updates": progress["updates"],
               "batch": [args.batch_size, args.batch_length], "config": cfg_dict,
               "encoder_cost": encoder_cost(cfg, args.batch_length), "params": wm.param_counts(),
-              "train": {"seconds": progress["train_s"], "cpu_seconds": progress.get("train_cpu_s"),
+              "train": {"seconds": progress["train_s"], "cpu_seconds": progress["train_cpu_s"],
                         "s_per_update": progress["train_s"] / max(1, progress["updates"]),
-                        "cpu_s_per_update": progress.get("train_cpu_s", 0.0) / max(1, progress["updates"]),
+                        "cpu_s_per_update": progress["train_cpu_s"] / max(1, progress["updates"]),
                         "curve": binned_curve(progress["history"], args.log_every)}}
     result["eval"] = _evaluate_run(wm, data, keys, args)
     result["machine"] = machine_info()
@@ -454,7 +400,7 @@ def _task_of(data: Path) -> str | None:
     if meta.exists():
         return json.loads(meta.read_text())["task"]
     if run_config.exists():
-        return json.loads(run_config.read_text()).get("env", {}).get("spec")
+        return json.loads(run_config.read_text())["env"]["spec"]
     return None
 
 
@@ -489,8 +435,6 @@ def _train_with_progress(wm: Any, sampler: Any, progress: dict[str, Any], run_di
 
 def _evaluate_run(wm: Any, data: Path, keys: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """``evaluate`` on the held-out split, probes fitted on the first training episodes."""
-    from . import wm_data
-
     heldout_dir = Path(args.heldout_data) if args.heldout_data else data / "heldout"
     if not heldout_dir.is_dir():
         raise ValueError(f"no held-out episodes at {heldout_dir}: --data is not a recorded dataset, so pass "
@@ -533,8 +477,6 @@ def _fmt(value: float | None) -> str:
 def grid_jobs(args: argparse.Namespace) -> list[Any]:
     """One job per (task, encoder, seed) without a finished result of ``--updates`` updates; records a
     task's dataset first when ``--data-root`` lacks it."""
-    from . import jobs
-
     planned = []
     for task in args.tasks:
         data = Path(args.data_root) / task_dirname(task)
@@ -571,8 +513,6 @@ def _shared_argv(args: argparse.Namespace) -> tuple[str, ...]:
 
 def run_grid(args: argparse.Namespace) -> int:
     """Train every missing run of the grid through the job runner, then gather the results and report."""
-    from . import jobs
-
     planned = grid_jobs(args)
     print(f"{len(planned)} runs to train ({len(args.tasks)} tasks x {len(args.encoders)} encoders x "
           f"{len(args.seeds)} seeds, {args.updates} updates each)", flush=True)
@@ -646,7 +586,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
                      *[_stat([_probe(r, s, g) for r in group])
                        for s, g in [("embed", "qpos"), ("embed", "qvel"), ("embed_pca", "qvel"), ("posterior", "qpos"),
                                     ("posterior", "qvel")]],
-                     _stat([r["train"].get("cpu_s_per_update", r["train"]["s_per_update"]) for r in group])])
+                     _stat([r["train"]["cpu_s_per_update"] for r in group])])
     return markdown_table(header, rows)
 
 
@@ -657,8 +597,7 @@ def grid_estimate(payload: dict[str, Any], tasks: int = len(TASKS), seeds: int =
     measured: dict[str, list[tuple[float, float]]] = {}
     for run in payload["runs"]:
         train, evaluation = run["train"], run["eval"]
-        measured.setdefault(run["encoder"], []).append((train.get("cpu_s_per_update", train["s_per_update"]),
-                                                        evaluation.get("cpu_seconds", evaluation["seconds"])))
+        measured.setdefault(run["encoder"], []).append((train["cpu_s_per_update"], evaluation["cpu_seconds"]))
     if not measured:
         return None
     updates = updates or payload["updates"]
@@ -720,15 +659,10 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
 
 def plot_horizons(runs: list[dict[str, Any]], path: Path) -> None:
     """Per task: held-out image MSE vs horizon of each encoder (mean over seeds), copying dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cells = _cells(runs)
     tasks = list(dict.fromkeys(t for t, _ in cells))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = panels(len(tasks), len(tasks), 4.6, 3.4)
+    for ax, task in zip(axes, tasks):
         for i, ((_t, label), group) in enumerate(c for c in cells.items() if c[0][0] == task):
             mean = np.mean([r["eval"]["openloop"]["curves"]["image_mse"]["mean"] for r in group], 0)
             ax.plot(np.arange(1, len(mean) + 1), mean, color=f"C{i}", label=label)
@@ -740,27 +674,20 @@ def plot_horizons(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("image MSE per pixel (log scale)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_probes(runs: list[dict[str, Any]], path: Path) -> None:
     """Per task: held-out probe R^2 of qpos and qvel from the embedding and from the posterior, per encoder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cells = _cells(runs)
     tasks = list(dict.fromkeys(t for t, _ in cells))
     bars = [(s, g) for g in ("qpos", "qvel") for s in ("embed", "posterior")]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = panels(len(tasks), len(tasks), 4.6, 3.4)
+    for ax, task in zip(axes, tasks):
         labels = [label for t, label in cells if t == task]
         x = np.arange(len(labels))
         for j, (source, group) in enumerate(bars):
-            values = [_mean([_probe(r, source, group) for r in cells[(task, label)]]) for label in labels]
+            values = [mean_or_none([_probe(r, source, group) for r in cells[(task, label)]]) for label in labels]
             values = [np.nan if v is None else v for v in values]
             ax.bar(x + (j - 1.5) * 0.2, np.clip(values, -0.5, None), 0.2, label=f"{group} from {source}")
         ax.set_xticks(x, labels)
@@ -769,17 +696,13 @@ def plot_probes(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(task_dirname(task or "?"), fontsize=9)
         ax.set_ylabel("held-out R² (clipped at -0.5)")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- main
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import jobs
-
     p = argparse.ArgumentParser(prog="python -m benchmarks.world_model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()

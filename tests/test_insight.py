@@ -212,6 +212,7 @@ class _StateIsLatent:
     """A stand-in world model whose posterior deter is the observed state itself."""
 
     device = torch.device("cpu")
+    has_image, has_state = False, True
 
     def observe(self, data, state, sample):
         N, T = data["is_first"].shape

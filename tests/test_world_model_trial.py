@@ -164,7 +164,7 @@ def _model_and_sampler(data, seed=0):
 
 def test_training_on_a_tiny_dataset_lowers_the_loss(tiny_dataset):
     wm, sampler = _model_and_sampler(tiny_dataset)
-    state = {"updates": 0, "train_s": 0.0, "history": []}
+    state = {"updates": 0, "train_s": 0.0, "train_cpu_s": 0.0, "history": []}
     wmt.train_updates(wm, sampler, state, 40, batch=4)
     losses = [h["loss/total"] for h in state["history"]]
     assert state["updates"] == 40 and len(losses) == 40
@@ -176,7 +176,7 @@ def test_training_on_a_tiny_dataset_lowers_the_loss(tiny_dataset):
 
 def test_resumed_training_is_the_uninterrupted_one(tiny_dataset, tmp_path):
     wm, sampler = _model_and_sampler(tiny_dataset)
-    state = {"updates": 0, "train_s": 0.0, "history": []}
+    state = {"updates": 0, "train_s": 0.0, "train_cpu_s": 0.0, "history": []}
     wmt.train_updates(wm, sampler, state, 6, batch=2)
     config = {"name": "test"}
     wmt.save_checkpoint(tmp_path, config, wm, sampler, state)
