@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 POLICIES = ("random", "smooth", "agent")
-SPLITS = ("train", "heldout")
 HELDOUT_OFFSET = 1_000_000
 Episode = dict[str, np.ndarray]
 Policy = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
@@ -192,10 +191,6 @@ class WindowSampler:
         offsets = pick - (self.ends[rows] - self.windows[rows])
         parts = [{k: v[o : o + self.length] for k, v in self.segments[r].items()} for r, o in zip(rows, offsets)]
         return {k: np.stack([p[k] for p in parts]) for k in parts[0]}
-
-    def steps(self) -> int:
-        """Steps held, all segments together."""
-        return int(sum(len(s["is_first"]) for s in self.segments))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
