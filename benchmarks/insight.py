@@ -3,29 +3,18 @@
     python -m benchmarks.insight --checkpoint runs/a/checkpoint.pt runs/b/checkpoint.pt --label patch cnn \\
         --out runs/insight
 
-For each checkpoint: collect held-out episodes in its env with its own policy (``--policy``), recording
-observations, actions, rewards, ``is_first`` and, for MuJoCo tasks, the simulator's true ``qpos``/``qvel``
-at every step. Then:
+For each checkpoint: held-out episodes in its env (``--policy``), with the simulator's true ``qpos``/``qvel``
+for MuJoCo tasks. Open loop: on ``--starts`` windows per episode the model observes ``--context`` steps and
+imagines ``--horizon`` more from the true actions; per horizon, image/state/reward errors and KL(posterior ||
+imagined prior), each against ``copy`` (the last observed step, which a model should beat) and ``posterior``
+(decoding the posterior: the reconstruction floor). Probes (``benchmarks.probes``): ridge maps from the
+posterior latent (``deter``, ``stoch``, ``both``) to each joint's position and velocity (cos/sin of angles that
+wind), fitted on the first episodes, scored (R^2) on the others, then applied to imagined latents at
+``--probe-horizons``. Video: real, model and error frames of a few windows (green bar: observed, red: imagined).
 
-- Open loop: windows of ``context + horizon`` steps from ``--starts`` start points per episode. The
-  model observes the first ``context`` steps from a fresh state (as training windows start) and
-  imagines the rest with the true actions. Per horizon h = 1..H: image MSE per pixel in [0, 1], state
-  MSE in raw units and in symlog units, reward absolute error, and KL(posterior || imagined prior)
-  summed over latent groups, where the posterior observes the true frames of the same window. Two
-  references per error: ``copy`` predicts the last observed frame/state/reward for every h (a model
-  should beat it), ``posterior`` decodes the posterior at the same step (the floor of reconstruction).
-- Probes: ridge probes (``benchmarks.probes``) from the posterior latent of whole episodes (features
-  ``deter``, ``stoch`` or ``both``) to each joint's position and velocity (plus cos/sin of angles that
-  can wind, such as a swinging pole), fitted on the first episodes and scored (R^2) on the others; the
-  same probes are then applied to imagined latents of the held-out episodes at ``--probe-horizons``.
-  ``copy`` applies them to the imagination's start state, i.e. assumes nothing moves.
-- Video (pixel checkpoints): real frames, the model's frames and their error, for a few windows side by
-  side; a green bar marks observed steps, a red bar imagined ones.
-
-Outputs in ``--out``: ``insight.json``, ``horizon.png`` (all checkpoints on one plot), ``probes.png``,
-``openloop_<label>.gif`` (or ``.mp4`` with imageio-ffmpeg), and TensorBoard runs in ``tensorboard/<label>``
-(or ``--tensorboard``; scalars ``openloop/<metric>`` and ``probe/<features>/<quantity>`` with the horizon
-as the step, the video as ``insight/openloop``) plus the figures in ``tensorboard/compare``.
+Outputs in ``--out``: ``insight.json``, ``horizon.png``, ``probes.png``, ``openloop_<label>.gif`` (``.mp4``
+with imageio-ffmpeg) and TensorBoard runs (``--tensorboard``; scalars ``openloop/<metric>`` and
+``probe/<features>/<quantity>`` with the horizon as the step, the video, the figures in ``compare``).
 """
 
 from __future__ import annotations
@@ -40,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .common import machine_info, markdown_table, panels, save_figure, write_json
-from .probes import fit_ridge_cv, r2_score
+from .probes import fit_by_episode, named, r2_score
 from .wm_data import agent_policy, uniform_policy
 
 FEATURE_SETS = ("deter", "stoch", "both")
@@ -317,7 +306,6 @@ def physics_probes(wm: Any, episodes: list[Episode], quantities: list[str], targ
         raise ValueError("probes need at least 2 episodes (one to fit, one to test); raise --episodes.")
     n_train = max(1, min(len(episodes) - 1, round(train_fraction * len(episodes))))
     latents = [episode_latents(wm, ep, sample) for ep in episodes]
-    groups = np.concatenate([np.full(len(t), i) for i, t in enumerate(targets[:n_train])])
     Y_train, Y_test = np.concatenate(targets[:n_train]), np.concatenate(targets[n_train:])
     test_windows = index[:, 0] >= n_train
     report: dict[str, Any] = {"quantities": quantities, "train_episodes": n_train,
@@ -332,11 +320,10 @@ def physics_probes(wm: Any, episodes: list[Episode], quantities: list[str], targ
     yardstick = (np.concatenate([targets[e][s + context - 1 + span] for e, s in index[test_windows]])
                  if test_windows.any() else None)
     for which in FEATURE_SETS:
-        X_train = np.concatenate([features(z, which) for z in latents[:n_train]])
+        probe = fit_by_episode([features(z, which) for z in latents[:n_train]], targets[:n_train])
         X_test = np.concatenate([features(z, which) for z in latents[n_train:]])
-        probe = fit_ridge_cv(X_train, Y_train, groups)
         report["alpha"][which] = dict(zip(quantities, probe.alpha.tolist()))
-        report["posterior_r2"][which] = _named(quantities, r2_score(Y_test, probe.predict(X_test)))
+        report["posterior_r2"][which] = named(quantities, r2_score(Y_test, probe.predict(X_test)))
         report["imagined_r2"][which], report["copy_r2"][which] = {}, {}
         if not test_windows.any():
             continue
@@ -345,13 +332,9 @@ def physics_probes(wm: Any, episodes: list[Episode], quantities: list[str], targ
         for j, h in enumerate(keep):
             truth = np.stack([targets[e][s + context - 1 + h] for e, s in index[test_windows]])  # (M, Q)
             prediction = probe.predict(features({k: v[:, j] for k, v in imagined.items()}, which))
-            report["imagined_r2"][which][str(h)] = _named(quantities, r2_score(truth, prediction, yardstick))
-            report["copy_r2"][which][str(h)] = _named(quantities, r2_score(truth, start_prediction, yardstick))
+            report["imagined_r2"][which][str(h)] = named(quantities, r2_score(truth, prediction, yardstick))
+            report["copy_r2"][which][str(h)] = named(quantities, r2_score(truth, start_prediction, yardstick))
     return report
-
-
-def _named(names: list[str], values: np.ndarray) -> dict[str, float | None]:
-    return {n: (None if not np.isfinite(v) else float(v)) for n, v in zip(names, values)}
 
 
 # --------------------------------------------------------------------------------------------- video

@@ -148,3 +148,15 @@ def fit_ridge_cv(X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None,
     scores = np.nan_to_num(scores, nan=-np.inf)
     best = len(alphas) - 1 - np.argmax(scores[::-1], 0)  # (Q,), the largest alpha among ties
     return fit_ridge(X, Y, alphas[best])
+
+
+def fit_by_episode(features: list[np.ndarray], targets: list[np.ndarray]) -> RidgeProbe:
+    """``fit_ridge_cv`` on per-episode features (T_i, F) and targets (T_i, Q), its folds never splitting an
+    episode."""
+    groups = np.concatenate([np.full(len(y), i) for i, y in enumerate(targets)])
+    return fit_ridge_cv(np.concatenate(features), np.concatenate(targets), groups)
+
+
+def named(names: list[str], values: np.ndarray) -> dict[str, float | None]:
+    """Scores (Q,) by name, NaN as None (JSON null)."""
+    return {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, values)}

@@ -1,23 +1,15 @@
 """Fixed datasets for training a world model alone: recording them, reading them, sampling windows.
 
-A dataset is a directory with ``dataset.json`` (how it was recorded) and two replay directories,
-``train/`` and ``heldout/``. A replay directory holds ``.npz`` chunk files of consecutive steps, the
-files ``agent.replay`` writes (keys as the training loop's step records: observation keys, ``action``,
-``reward``, ``is_first``, ``is_last``, ``is_terminal``). Recorded episodes are one file each
-(``chunk-ep<index>.npz``) and add ``state``, ``qpos`` and ``qvel`` (the simulator's joint positions and
-velocities at the step's observation). So any training run's ``replay/`` directory can be trained on too
-(its chunks are read as separate segments: a window never joins two files).
-
-Episode i of a split is acted on by policy ``policies[i % len(policies)]``, so any run of consecutive
-episodes covers the mix:
+A dataset is a directory with ``dataset.json`` (how it was recorded) and two replay directories, ``train/`` and
+``heldout/``, of ``.npz`` chunk files as ``agent.replay`` writes them; recorded episodes are one file each and add
+``state``, ``qpos`` and ``qvel``. Any training run's ``replay/`` directory can be read too (a window never joins
+two files). Episode i of a split is acted on by ``policies[i % len(policies)]``:
 
 - ``random``: uniform actions in [-1, 1];
-- ``smooth``: a discrete-time Ornstein-Uhlenbeck (AR(1)) process per action dimension,
-  x_{t+1} = rho x_t + sqrt(1 - rho^2) sigma eps_t, started from its stationary law, clipped to [-1, 1];
-  the lag-1 autocorrelation is rho, so the actions push in one direction for about 1 / (1 - rho) steps
-  and reach states uniform noise never does (a swung-up pole, a running cheetah);
-- ``agent``: a trained agent's exploring policy, from ``--checkpoint`` (its observation keys must be
-  among the recorded ones, its action repeat the dataset's).
+- ``smooth``: per action dimension an AR(1) (discrete Ornstein-Uhlenbeck) process
+  x_{t+1} = rho x_t + sqrt(1 - rho^2) sigma eps_t from its stationary law, clipped to [-1, 1]: it pushes one way
+  for about 1 / (1 - rho) steps and reaches states uniform noise never does (a swung-up pole);
+- ``agent``: a trained agent's exploring policy (``--checkpoint``; its action repeat must be the dataset's).
 
 Train episode i resets the env with seed ``seed + i``, held-out episode j with ``seed + HELDOUT_OFFSET + j``.
 """

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import insight, jobs, wm_data
 from .common import machine_info, markdown_table, mean_or_none, panels, save_figure, write_json
+from .probes import fit_by_episode, named, r2_score
 
 ENCODERS = ("cnn", "patch1", "patch2", "patch4")
 TASKS = ("dmc:cartpole-swingup", "dmc:walker-walk", "dmc:cheetah-run")
@@ -296,20 +297,16 @@ def probe_scores(fit: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarr
     the embedding's first ``pca`` principal components on the fit set (``embed_pca``, when pca > 0: the
     encoders' embeddings differ in size, this reads the same number of features from each) and from the
     posterior latent, deter and stoch (``posterior``)."""
-    from .probes import fit_ridge_cv, r2_score
-
     embed = np.concatenate([o["embed"] for o in fit])
     center, basis = embed.mean(0), np.linalg.svd(embed - embed.mean(0), full_matrices=False)[2][:pca].T  # (E, k)
-    sources = {"embed": lambda o: o["embed"], "posterior": lambda o: np.concatenate([o["deter"], o["stoch"]], -1)}
+    sources = {"embed": lambda o: o["embed"], "posterior": lambda o: insight.features(o, "both")}
     if pca > 0:
         sources["embed_pca"] = lambda o: (o["embed"] - center) @ basis
-    Y_fit, Y_test = np.concatenate(fit_targets), np.concatenate(test_targets)
-    episode = np.concatenate([np.full(len(t), i) for i, t in enumerate(fit_targets)])
+    Y_test = np.concatenate(test_targets)
     report: dict[str, Any] = {"fit_episodes": len(fit), "test_episodes": len(test), "pca": int(basis.shape[1])}
     for source, features in sources.items():
-        probe = fit_ridge_cv(np.concatenate([features(o) for o in fit]), Y_fit, episode)
-        r2 = r2_score(Y_test, probe.predict(np.concatenate([features(o) for o in test])))
-        per = {q: (float(v) if np.isfinite(v) else None) for q, v in zip(quantities, r2)}
+        probe = fit_by_episode([features(o) for o in fit], fit_targets)
+        per = named(quantities, r2_score(Y_test, probe.predict(np.concatenate([features(o) for o in test]))))
         summary = {g: mean_or_none([per[q] for q in names]) for g, names in groups.items()}
         report[source] = {"r2": per, **summary}
     return report
