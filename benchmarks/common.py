@@ -52,6 +52,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A number with ``digits`` decimals, or "-" for None."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def mean_or_none(values: list[float | None]) -> float | None:
     """The mean of the values that are not None (None when there are none)."""
     kept = [v for v in values if v is not None]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import machine_info, markdown_table, panels, save_figure, write_json
+from .common import fmt, machine_info, markdown_table, panels, save_figure, write_json
 from .probes import fit_by_episode, named, r2_score
 from .wm_data import agent_policy, uniform_policy
 
@@ -91,15 +91,13 @@ def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed:
 def record_episode(env: Any, keys: list[str], policy: Any, seed: int, max_steps: int = 0) -> Episode:
     """One episode of ``env`` (reset with ``seed``) acted on by ``policy`` (obs (1, ...), is_first (1,) ->
     action (1, A)), recorded step by step as ``collect_episodes`` describes."""
-    import gymnasium as gym
-
     import envs
     from agent.rollout import Rollout
 
     discrete = hasattr(env.action_space, "n")
     with_sim = envs.has_sim_state(env)
     # A one-env vector view of ``env`` itself, so the simulator read below is the one being stepped.
-    vec = gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    vec = envs.vector_env([lambda: env])
     rollout = Rollout(vec, seed, lambda action: action.argmax(-1) if discrete else action)
     names = [*keys, "action", "reward", "is_first", "is_last", "is_terminal"]
     rows: dict[str, list] = {k: [] for k in names + ["qpos", "qvel"] * with_sim}
@@ -537,7 +535,7 @@ def probe_table(p: dict[str, Any]) -> str:
     rows = []
     for q in p["quantities"]:
         cells = [p["posterior_r2"][w][q] for w in FEATURE_SETS] + [p["imagined_r2"]["both"][h][q] for h in horizons]
-        rows.append([q, *["-" if c is None else f"{c:.2f}" for c in cells]])
+        rows.append([q, *map(fmt, cells)])
     return markdown_table(header, rows)
 
 
@@ -642,7 +640,7 @@ def summary(run: dict[str, Any]) -> None:
         print(f"  {metric:17s} {text}")
     if run["probes"]:
         both = run["probes"]["posterior_r2"]["both"]
-        print("  probe R^2 (both): " + "  ".join(f"{q} {'-' if v is None else f'{v:.2f}'}" for q, v in both.items()))
+        print("  probe R^2 (both): " + "  ".join(f"{q} {fmt(v)}" for q, v in both.items()))
     elif run["probes_skipped"]:
         print(f"  probes skipped: {run['probes_skipped']}")
 

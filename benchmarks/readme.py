@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from .common import markdown_table
+from .common import fmt, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -96,7 +96,7 @@ def speed(data: dict, source: str) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+    return fmt(value, 0)
 
 
 def _seeds(mean: float | None, seeds: list[float | None]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import insight, jobs, wm_data
-from .common import machine_info, markdown_table, mean_or_none, panels, save_figure, write_json
+from .common import fmt, machine_info, markdown_table, mean_or_none, panels, save_figure, write_json
 from .probes import fit_by_episode, named, r2_score
 
 ENCODERS = ("cnn", "patch1", "patch2", "patch4")
@@ -460,12 +460,8 @@ def summary_lines(result: dict[str, Any]) -> None:
             for h in picks))
     if "probes" in e:
         p = e["probes"]
-        print("  probe R^2 " + "  ".join(f"{s}: qpos {_fmt(p[s]['qpos'])} qvel {_fmt(p[s]['qvel'])}"
+        print("  probe R^2 " + "  ".join(f"{s}: qpos {fmt(p[s]['qpos'])} qvel {fmt(p[s]['qvel'])}"
                                         for s in ("embed", "posterior")))
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 # --------------------------------------------------------------------------------------------- the grid

@@ -1,9 +1,10 @@
-"""``make`` and ``make_vec``: the whole wrapper stack for any task, in one place."""
+"""``make``, ``make_vec`` and ``vector_env``: the whole wrapper stack for any task, in one place."""
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -100,9 +101,14 @@ def make_vec(spec: str, num_envs: int, *, seed: int | None = None, context: str 
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}.")
     make(spec, **options).close()  # fail here, in this process, on a bad spec or option
-    fns = [functools.partial(make, spec, seed=None if seed is None else seed + i, **options)
-           for i in range(num_envs)]
+    return vector_env([functools.partial(make, spec, seed=None if seed is None else seed + i, **options)
+                       for i in range(num_envs)], context)
+
+
+def vector_env(fns: list[Callable[[], gym.Env]], context: str = "spawn") -> gym.vector.VectorEnv:
+    """The envs ``fns`` build as one vector env with ``NEXT_STEP`` autoreset (see ``make_vec``): in this process
+    for one env, in subprocesses started by ``context`` for more."""
     mode = gym.vector.AutoresetMode.NEXT_STEP
-    if num_envs == 1:
+    if len(fns) == 1:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     return gym.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=mode)
