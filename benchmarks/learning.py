@@ -503,7 +503,7 @@ def compare_with_dreamerv3(runs: list[dict]) -> list[dict]:
             task["ours_100k"] >= task["dreamerv3_100k"]
         finals = [r["final_return"] for r in seeds]
         task.update({"final_evals": finals, "final_eval": mean_or_none(finals), "wall_s": [r["wall_s"] for r in seeds],
-                     "cpu_s": [r.get("cpu_s") for r in seeds], "trained_at": [r["trained_at"] for r in seeds]})
+                     "cpu_s": [r["cpu_s"] for r in seeds], "trained_at": [r["trained_at"] for r in seeds]})
         out.append(task)
     return out
 

@@ -137,7 +137,7 @@ def learning_dmc_proprio(data: dict, source: str) -> str:
     rows = [[t["name"], ", ".join(map(str, t["seeds"])), _seeds(t["ours_50k"], t["ours_50k_seeds"]),
              dreamerv3(t, "50k"), _seeds(t["ours_100k"], t["ours_100k_seeds"]), dreamerv3(t, "100k"),
              "yes" if t["passed"] else "no", _fmt(t["final_eval"]), ", ".join(f"{w / 60:.0f}" for w in t["wall_s"]),
-             ", ".join("-" if c is None else f"{c / 3600:.1f}" for c in t.get("cpu_s", []))]
+             ", ".join("-" if c is None else f"{c / 3600:.1f}" for c in t["cpu_s"])]
             for t in data["tasks"]]
     s = data["summary"]
     n = len(s["tasks_in_mean"])
@@ -154,7 +154,7 @@ def learning_dmc_proprio(data: dict, source: str) -> str:
             f"same bin ({' or '.join(map(str, seeds))} seeds, the lowest and highest seed in brackets). Final eval: "
             "our deterministic policy, mean of the last two evaluations averaged over seeds; not DreamerV3's "
             "metric. Wall min: each run's, with the runs in parallel on a shared "
-            f"{data['machine'].get('cpu_count')}-core machine; CPU h: the training process's CPU time (one torch "
+            f"{data['machine']['cpu_count']}-core machine; CPU h: the training process's CPU time (one torch "
             "thread; '-' for a run that began before it was logged), what a run costs on one idle core. "
             + (f"Not run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
             + f"Trained at {'commits' if len(commits) > 1 else 'commit'} {', '.join(commits) or 'unknown'}. "
@@ -185,7 +185,7 @@ def insight(data: dict, source: str) -> str:
                       f"{run['windows']} windows of {run['context']} observed + {H} imagined steps, policy "
                       f"{run['policy']}). Mean over windows; in brackets the copy-last-step baseline:\n\n"
                       + markdown_table(["metric", *[f"h={h}" for h in picks]], rows))
-        probes = run.get("probes")
+        probes = run["probes"]
         if probes:
             tables.append(f"Held-out R^2 of linear probes ({probes['train_episodes']} episodes to fit, "
                           f"{probes['test_episodes']} to test); imagined: the `both` probes on imagined latents:\n\n"
