@@ -5,6 +5,7 @@ carries over, and does it stay able to learn?
     python -m benchmarks.continual --sequence pendulum-conflict --strategy fifo reservoir mix --seeds 3 \\
         --out results/continual_pendulum-conflict.json         # what `make bench-continual` runs (and physics)
     python -m benchmarks.continual --sequence my_sequence.json --strategy mix --seeds 1
+    python -m benchmarks.continual --sequence pendulum-physics --references-only --seeds 1  # references alone
     python -m benchmarks.continual --list                       # shipped sequences
     python -m benchmarks.continual --sequence pendulum-conflict --measure-random 100 --write  # score ranges
     python -m benchmarks.continual --sequence cheetah-dynamics --dreamerv3-budget   # DreamerV3's learned-at steps
@@ -860,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="run-config overrides after the sequence's own, e.g. train.train_ratio=64")
     parser.add_argument("--no-references", action="store_true", help="skip reference runs (no forward transfer)")
+    parser.add_argument("--references-only", action="store_true",
+                        help="run only the single-task references (the cache every strategy reuses), no strategy")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these jobs")
     parser.add_argument("--out", help="also write the summary JSON here, plots beside it (README source)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild results, tables and plots")
@@ -918,6 +921,8 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
         raise ValueError("--seeds and --parallel must be >= 1.")
+    if args.references_only and args.no_references:
+        raise ValueError("--references-only and --no-references exclude each other.")
     seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
     overrides = tuple(args.set)
     strategies = [parse_strategy(s).name for s in args.strategy]
@@ -928,7 +933,7 @@ def _main(args: argparse.Namespace) -> int:
             for index in range(len(seq.tasks)):
                 job = reference_job(seq, index, seed, overrides)
                 jobs.append((job, job_dir(root, job)))
-    for strategy in strategies:
+    for strategy in strategies if not args.references_only else []:
         for seed in range(args.seeds):
             job = continual_job(seq, strategy, seed, overrides)
             jobs.append((job, job_dir(root, job)))
@@ -942,6 +947,10 @@ def _main(args: argparse.Namespace) -> int:
             failed = run_jobs(todo, runner)
     refs = {index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in range(args.seeds)]
             for index in range(len(seq.tasks))} if not args.no_references else {}
+    if args.references_only:
+        print("\n".join(f"{rundir}: {'done' if (rundir / 'done.json').exists() else 'not finished'}"
+                        for dirs in refs.values() for rundir in dirs))
+        return 1 if failed else 0
     for job, rundir in jobs:
         if job.kind == "continual" and (rundir / "run.json").exists():
             report.finalise_run(rundir, {i: dirs[job.seed] for i, dirs in refs.items()})
