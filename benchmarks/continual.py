@@ -657,14 +657,25 @@ class ContinualRun:
         """At the boundary after ``stage`` (not after the last), apply the run's plasticity method when it is
         set to task boundaries (``plasticity.every=0``), after this stage's measurements and before the
         checkpoint that closes the stage; ReDo scores units on a probe batch. Recorded in
-        ``plasticity_resets`` and logged by the Trainer (``plasticity/*``)."""
+        ``plasticity_resets`` and logged by the Trainer (``plasticity/*``), with the dormant fraction and
+        effective rank measured again right after (``after``; ``continual/*_after_reset/<module>``)."""
         p, t = self.cfg.plasticity, self.trainer
         if p.method == "none" or p.every > 0 or stage == len(self.seq.stages) - 1:
             return
         batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length,
                             seed=50_000 + 1000 * self.seed + stage)
         values = t.apply_plasticity(batch)
-        self.extra.setdefault("plasticity_resets", []).append({"env_steps": t.env_steps, "stage": stage, **values})
+        # Measured again on the probe batch of the boundary's evaluation (the replay has not changed since), so
+        # that before and after differ only by the method.
+        from .plasticity import measure
+
+        batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length, self.seed)
+        with untouched_rng(t.agent):
+            after = measure(t.agent, batch)
+        self.log({f"continual/{key}_after_reset/{module}": v[key] for module, v in after.items()
+                  for key in ("dormant", "effective_rank")})
+        self.extra.setdefault("plasticity_resets", []).append({"env_steps": t.env_steps, "stage": stage, **values,
+                                                               "after": after})
 
     def curves(self) -> tuple[np.ndarray, np.ndarray]:
         """Evaluation steps (E,) and normalised performance (E, n) from the evaluations so far."""

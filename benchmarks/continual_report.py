@@ -69,6 +69,49 @@ def reference_auc(reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np
     return cm.window_auc(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
 
 
+def reference_steps_to_learn(reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np.ndarray] | None = None
+                             ) -> float:
+    """Env steps a reference run (its one task, from scratch) took to first reach p >= ``cm.LEARNED``
+    (inf: never within its budget; NaN: no reference)."""
+    if reference is None:
+        return float("nan")
+    steps, perf = curves(reference, ranges)
+    return cm.steps_to_reach(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
+
+
+def boundary_plasticity(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Dormant fraction and effective rank per module around each task boundary but the last: ``before``
+    (the evaluation at the boundary, before any plasticity method), ``after_reset`` (right after the
+    method, on the same probe batch; the same as ``before`` without a method; absent for runs recorded
+    before it was measured) and ``next`` (the first evaluation after the boundary, once the new task has
+    trained for an evaluation interval)."""
+    measured = {p["env_steps"]: p for p in record.get("plasticity", [])}
+    resets = {r["stage"]: r for r in record.get("plasticity_resets", [])}
+    method = record["strategy"].get("plasticity", "none")
+    out = []
+    for j, boundary in enumerate(record["boundaries"][1:-1]):
+        before = measured.get(boundary)
+        later = [s for s in sorted(measured) if s > boundary]
+        if before is None:
+            continue
+        entry = {"stage": j, "env_steps": boundary, "before": {m: before[m] for m in MODULES if m in before}}
+        if method == "none":
+            entry["after_reset"] = entry["before"]
+        elif "after" in resets.get(j, {}):
+            entry["after_reset"] = resets[j]["after"]
+        if later:
+            entry["next"] = {m: measured[later[0]][m] for m in MODULES if m in measured[later[0]]}
+        out.append(entry)
+    return out
+
+
+def _boundary_means(boundaries: list[dict[str, Any]], when: str, key: str) -> dict[str, float]:
+    """Per module, and ``all`` (the mean of the modules), the mean over boundaries of ``key`` at ``when``."""
+    per_module = {m: cm.nanmean([b[when][m][key] for b in boundaries if when in b and m in b[when]])
+                  for m in MODULES}
+    return {**per_module, "all": cm.nanmean(list(per_module.values()))}
+
+
 def _wm_term(loss: dict[str, float], names: tuple[str, ...]) -> float:
     present = [loss[n] for n in names if n in loss]
     return float(sum(present)) if present else float("nan")
@@ -90,6 +133,12 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
     ref_auc = {i: reference_auc(references.get(i), task_range(record, i)) for i in range(len(tasks))}
     ref_aucs = np.array([ref_auc[u] for u in stages])
     transfer = cm.forward_transfer(aucs, ref_aucs)
+    to_learn = cm.stage_steps_to_reach(steps, perf, boundaries, stages)
+    ref_to_learn = {i: reference_steps_to_learn(references.get(i), task_range(record, i)) for i in range(len(tasks))}
+    ref_to_learns = np.array([ref_to_learn[u] for u in stages])
+    savings = cm.learning_savings(to_learn, ref_to_learns, np.diff(boundaries))
+    repeats = cm.repeated_stages(stages)
+    boundaries_p = boundary_plasticity(record)
 
     S = len(stages)
     own = {e["stage"]: e["loss"] for e in record["wm_loss"] if e["after_stage"] == e["stage"]}
@@ -114,6 +163,17 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
         "wm_forgetting": wm_forgetting,
         "wm_forgetting_mean": wm_mean,
         "plasticity_final": final_plasticity,
+        "learned_threshold": cm.LEARNED,
+        "steps_to_learn": dict(zip(labels, to_learn.tolist())),
+        "reference_steps_to_learn": dict(zip(labels, ref_to_learns.tolist())),
+        "learning_savings": dict(zip(labels, savings.tolist())),
+        # later tasks (every stage but the first) against a fresh agent; relearning: the stages that return
+        "learning_savings_later": cm.nanmean(savings[1:]),
+        "relearning_savings": cm.nanmean(savings[repeats]) if repeats else float("nan"),
+        "plasticity_boundaries": boundaries_p,
+        "plasticity_around_boundaries": {when: {key: _boundary_means(boundaries_p, when, key)
+                                                for key in ("dormant", "effective_rank")}
+                                         for when in ("before", "after_reset", "next")},
     }
 
 
@@ -358,8 +418,9 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out = {}
     for strategy, runs in by_strategy.items():
         metrics = [r["metrics"] for r in runs]
-        scalar = {key: [m[key] for m in metrics] for key in ("average_performance", "forgetting_mean",
-                                                               "forward_transfer_mean")}
+        scalar = {key: [m.get(key, float("nan")) for m in metrics]
+                  for key in ("average_performance", "forgetting_mean", "forward_transfer_mean",
+                              "learning_savings_later", "relearning_savings")}
         scalar["wall_min"] = [r["wall_s"] / 60 for r in runs]
         for shown in WM_SHOWN:
             scalar[f"wm_forgetting_{shown}"] = [m["wm_forgetting_mean"][shown] for m in metrics]
@@ -367,8 +428,16 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             for key in ("dormant", "effective_rank"):
                 scalar[f"{key}_{module}"] = [m["plasticity_final"].get(module, {}).get(key, float("nan"))
                                              for m in metrics]
+        for when in ("before", "after_reset", "next"):  # around task boundaries, mean of the modules
+            for key in ("dormant", "effective_rank"):
+                scalar[f"{key}_{when}_boundary"] = [
+                    m.get("plasticity_around_boundaries", {}).get(when, {}).get(key, {}).get("all", float("nan"))
+                    for m in metrics]
         per_stage = {}
-        for key in ("p_end_of_own_stage", "forgetting", "auc", "reference_auc", "forward_transfer"):
+        for key in ("p_end_of_own_stage", "forgetting", "auc", "reference_auc", "forward_transfer",
+                    "steps_to_learn", "reference_steps_to_learn", "learning_savings"):
+            if key not in metrics[0]:  # results written before the metric existed
+                continue
             labels = list(metrics[0][key])
             per_stage[key] = {label: [m[key].get(label, float("nan")) for m in metrics] for label in labels}
         per_stage["p_final"] = {t: [m["p_final"][t] for m in metrics] for t in metrics[0]["p_final"]}
@@ -382,17 +451,62 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def _fmt_steps(values: list[float]) -> str:
+    """Env steps over seeds: mean (± std) of the seeds that reached the threshold, and how many did."""
+    values = [v for v in values if not (isinstance(v, float) and np.isnan(v))]
+    if not values:
+        return "-"
+    reached = [v for v in values if np.isfinite(v)]
+    if not reached:
+        return "not reached"
+    mean, std, n = cm.mean_and_spread(reached)
+    text = f"{mean:,.0f}" if n == 1 else f"{mean:,.0f} ± {std:,.0f}"
+    return text if n == len(values) else f"{text} ({n} of {len(values)} reached)"
+
+
+def plasticity_table(agg: dict[str, Any]) -> str:
+    """Per replay strategy and plasticity method: dormant fraction and effective rank around task
+    boundaries (mean of the modules and of the boundaries), and the learning speed; a row says "not run
+    yet" for each combination without runs."""
+    from .continual import PLASTICITY_METHODS, STRATEGIES
+
+    rows = []
+    names = [*[f"{b}{'' if m == 'none' else '+' + m}" for b in STRATEGIES for m in ("none", *PLASTICITY_METHODS)],
+             *[s for s in _order(list(agg)) if s.split("+")[0] in STRATEGIES and "taskid" in s]]
+    for name in names:
+        if name not in agg:
+            rows.append([name, "not run yet", *[""] * 6])
+            continue
+        sc = agg[name]["scalars"]
+
+        def arrow(key: str, digits: int, sc: dict = sc) -> str:
+            return " → ".join(_fmt(sc.get(f"{key}_{when}_boundary", {}).get("values", []), digits)
+                              for when in ("before", "after_reset", "next"))
+
+        rows.append([name, str(len(agg[name]["seeds"])), arrow("dormant", 3), arrow("effective_rank", 1),
+                     _fmt(sc.get("learning_savings_later", {}).get("values", [])),
+                     _fmt(sc.get("relearning_savings", {}).get("values", [])),
+                     _fmt(sc["forward_transfer_mean"]["values"]), _fmt(sc["average_performance"]["values"])])
+    return markdown_table(["strategy", "seeds", "dormant: boundary → reset → +1 eval", "eff. rank: boundary → reset "
+                           "→ +1 eval", "learning savings, later tasks ↑", "relearning savings ↑",
+                           "forward transfer ↑", "average performance ↑"], rows)
+
+
 def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
-    """The three summary tables: continual metrics, per task, and model-level (world model, plasticity)."""
+    """The summary tables: continual metrics, per task, model-level (world model, plasticity at the end),
+    and each plasticity method's effect (around task boundaries, learning speed)."""
     strategies = _order(list(agg))
 
     def cell(strategy: str, key: str, digits: int = 2) -> str:
-        return _fmt(agg[strategy]["scalars"][key]["values"], digits)
+        values = agg[strategy]["scalars"].get(key, {}).get("values", [])
+        return _fmt(values, digits)
 
     main = markdown_table(
-        ["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑", "wall min"],
+        ["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑",
+         "learning savings, later tasks ↑", "relearning savings ↑", "wall min"],
         [[s, str(len(agg[s]["seeds"])), cell(s, "average_performance"), cell(s, "forgetting_mean"),
-          cell(s, "forward_transfer_mean"), cell(s, "wall_min", 0)] for s in strategies])
+          cell(s, "forward_transfer_mean"), cell(s, "learning_savings_later"), cell(s, "relearning_savings"),
+          cell(s, "wall_min", 0)] for s in strategies])
     rows = []
     for s in strategies:
         ps = agg[s]["per_stage"]
@@ -400,9 +514,13 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
             task = label.split("#")[0]
             rows.append([s, label, _fmt(ps["p_end_of_own_stage"][label]), _fmt(ps["p_final"][task]),
                          _fmt(ps["forgetting"].get(label, [])), _fmt(ps["auc"][label]),
-                         _fmt(ps["reference_auc"][label]), _fmt(ps["forward_transfer"][label])])
+                         _fmt(ps["reference_auc"][label]), _fmt(ps["forward_transfer"][label]),
+                         _fmt_steps(ps.get("steps_to_learn", {}).get(label, [])),
+                         _fmt_steps(ps.get("reference_steps_to_learn", {}).get(label, [])),
+                         _fmt(ps.get("learning_savings", {}).get(label, []))])
     per_task = markdown_table(["strategy", "stage", "p end of own stage", "p end of run", "forgetting", "AUC",
-                               "AUC from scratch", "forward transfer"], rows)
+                               "AUC from scratch", "forward transfer", f"steps to p ≥ {cm.LEARNED:g}",
+                               "from scratch", "savings"], rows)
     model = markdown_table(
         ["strategy", "WM forgetting: reconstruction", "reward", "KL", *[f"dormant {m}" for m in MODULES],
          *[f"eff. rank {m}" for m in MODULES]],
@@ -422,7 +540,15 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
              "Continual World; WM forgetting: held-out loss at the end of the run minus right after the task's own "
              "stage (positive: forgot); dormant: ReDo fraction (tau 0.025); effective rank of each module's features, "
              "both at the last evaluation.")
-    return "\n\n".join([main, per_task, model, notes])
+    speed = (f"Learning speed: the env steps from a stage's start to its task's first evaluation with p ≥ "
+             f"{cm.LEARNED:g}, against the same task's single-task run from scratch (whose count includes its "
+             "prefill of random steps, which later stages of a run do not need); savings 1 - steps / steps from "
+             "scratch (1: learned when the stage began, 0: as fast as a fresh agent, negative: slower; a stage that "
+             "never gets there counts its whole budget, an upper bound). Relearning savings: the stages that return "
+             "to an earlier task (a second visit). Around each task boundary but the last, the dormant fraction and "
+             "effective rank (mean of the four modules, then of the boundaries) at the boundary's evaluation, right "
+             "after the plasticity method (the same probe batch; unchanged without one) and one evaluation later.")
+    return "\n\n".join([main, per_task, model, "Plasticity methods:\n\n" + plasticity_table(agg), notes, speed])
 
 
 def _range_note(budget: dict[str, Any]) -> str:
