@@ -5,7 +5,8 @@ carries over, and does it stay able to learn?
     python -m benchmarks.continual --sequence pendulum-conflict --strategy fifo reservoir mix --seeds 3 \\
         --out results/continual_pendulum-conflict.json         # what `make bench-continual` runs (and physics)
     python -m benchmarks.continual --sequence my_sequence.json --strategy mix --seeds 1
-    python -m benchmarks.continual --sequence pendulum-physics --references-only --seeds 1  # references alone
+    python -m benchmarks.continual --sequence pendulum-physics --references-only --seeds 1 \\
+        --out results/continual_references_pendulum-physics.json   # the references alone, their README table
     python -m benchmarks.continual --list                       # shipped sequences
     python -m benchmarks.continual --sequence pendulum-conflict --measure-random 100 --write  # score ranges
     python -m benchmarks.continual --sequence cheetah-dynamics --dreamerv3-budget   # DreamerV3's learned-at steps
@@ -848,6 +849,54 @@ def process_job(job: Job, rundir: Path) -> sweep.Job:
                      cpus=sweep.cpus_for_threads(threads))
 
 
+def planned_updates(job: Job) -> int:
+    """Gradient updates a job makes in all: one per ``batch_size x batch_length`` replayed steps, ``train_ratio``
+    replayed steps per agent step after the prefill (``agent.loop``)."""
+    t, env = job.config["train"], job.config["env"]
+    agent_steps = max(0, t["steps"] - t["prefill"]) / (env["action_repeat"])
+    return int(agent_steps * t["train_ratio"] / (t["batch_size"] * t["batch_length"]))
+
+
+def _updates_done(rundir: Path) -> int:
+    """Updates an unfinished run had made at its last log line (0 when it has not started)."""
+    done = 0
+    path = rundir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if '"train/updates"' in line:
+                done = int(json.loads(line)["train/updates"])
+    return done
+
+
+def seconds_per_update(root: Path) -> tuple[float, int] | None:
+    """The median wall seconds an update took in the finished runs under ``root`` (evaluations and
+    measurements included), and how many runs that is; None when none has finished."""
+    rates = []
+    for path in root.glob("**/run.json"):
+        record = json.loads(path.read_text())
+        if record.get("counters", {}).get("updates", 0) > 0:
+            rates.append(record["wall_s"] / record["counters"]["updates"])
+    return (float(np.median(rates)), len(rates)) if rates else None
+
+
+def estimate(todo: list[tuple[Job, Path]], root: Path, parallel: int) -> str:
+    """How long the jobs left will take: their updates left, at the median pace of the finished runs under
+    ``root``, ``parallel`` at a time (runs are spread evenly, so the longest queue sets the time)."""
+    if not todo:
+        return "nothing to run: every run is finished."
+    left = [planned_updates(job) - _updates_done(rundir) for job, rundir in todo]
+    refs = sum(job.kind == "reference" for job, _ in todo)
+    text = (f"{len(todo)} run(s) to do or finish ({refs} reference(s), {len(todo) - refs} continual), "
+            f"{sum(left):,} updates left")
+    pace = seconds_per_update(root)
+    if pace is None:
+        return text + "; no finished run under the root yet to time an update by."
+    seconds, runs = pace
+    hours = sum(left) * seconds / min(parallel, len(todo)) / 3600
+    return (text + f"; at {seconds:.2f} s an update (median of {runs} finished run(s) here, on this machine's load "
+            f"then), about {hours:.1f} hours with {min(parallel, len(todo))} at a time.")
+
+
 def run_jobs(planned: list[tuple[Job, Path]], runner: sweep.Runner) -> list[Path]:
     """Run jobs through the job runner (each ``python -m benchmarks.continual --worker <rundir>``, failed
     ones again from their checkpoints up to the runner's retries); returns the run directories that still
@@ -955,12 +1004,18 @@ def _main(args: argparse.Namespace) -> int:
         writes = [rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]
         with sweep.locked(writes):
             todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
+            threads = max((job.config["train"]["threads"] for job, _ in todo), default=1) or (os.cpu_count() or 1)
+            slots = args.parallel or max(1, (args.cpus or os.cpu_count() or 1) // threads)  # the runner's default
+            print(estimate(todo, root, slots), flush=True)
             failed = run_jobs(todo, runner)
     refs = {index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in range(args.seeds)]
             for index in range(len(seq.tasks))} if not args.no_references else {}
     if args.references_only:
         print("\n".join(f"{rundir}: {'done' if (rundir / 'done.json').exists() else 'not finished'}"
                         for dirs in refs.values() for rundir in dirs))
+        if args.out:
+            report.summarise_references(seq.to_dict(), refs, Path(args.out))
+            print(f"wrote {args.out}")
         return 1 if failed else 0
     for job, rundir in jobs:
         if job.kind == "continual" and (rundir / "run.json").exists():

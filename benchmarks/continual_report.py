@@ -609,3 +609,92 @@ def readme_section(summary: dict[str, Any], source: str) -> str:
     return (summary["markdown"] + f"\n\nSource: `{source}` (tables), `{stem}.png` (per-task curves, mean ± std over "
             f"seeds), `{stem}_matrix.png` (performance matrices), `{stem}_plasticity.png`.\n\n"
             f"![curves]({stem}.png)\n\n![matrices]({stem}_matrix.png)")
+
+
+# --------------------------------------------------------------------------------------------- references
+
+BAR = 0.7  # the issue's bar: a task's run from scratch reaches p >= 0.7 within its stage budget
+
+
+def reference_rows(seq: dict[str, Any], reference_dirs: dict[int, list[Path]]) -> list[dict[str, Any]]:
+    """One row per task and seed: its single-task reference curve (mean eval return and p at every
+    evaluation, normalised by the sequence's range of the task), p at the end of the stage as the benchmark
+    counts it (mean of the last ``end_evaluations`` evaluations), p at the last evaluation, env steps to
+    p >= ``cm.LEARNED``, and whether the end-of-stage p reaches ``BAR``; ``finished`` False while it runs."""
+    rows = []
+    for index, dirs in reference_dirs.items():
+        task = seq["tasks"][index]
+        ranges = (np.array([task["random_return"]]), np.array([task["best_return"]]))
+        for seed, rundir in enumerate(dirs):
+            row: dict[str, Any] = {"task": task["name"], "seed": seed, "rundir": str(rundir), "budget": task["steps"]}
+            record = _read(rundir / "run.json")
+            row["finished"] = record is not None
+            if record is not None:
+                steps, perf = curves(record, ranges)
+                end = cm.stage_end_values(steps, perf, np.array(record["boundaries"], float), seq["end_evaluations"])
+                name = record["tasks"][0]  # the reference's own label of the task
+                row.update(env_steps=steps.tolist(), p=perf[:, 0].tolist(),
+                           returns=[float(np.mean(e["returns"][name])) for e in record["evaluations"]],
+                           episode_returns=[e["returns"][name] for e in record["evaluations"]],
+                           p_end_of_stage=float(end[-1, 0]), p_last=float(perf[-1, 0]),
+                           steps_to_learn=cm.steps_to_reach(steps, perf[:, 0], 0.0, record["boundaries"][-1]),
+                           reaches_bar=bool(end[-1, 0] >= BAR), wall_s=record["wall_s"])
+            rows.append(row)
+    return rows
+
+
+def summarise_references(seq: dict[str, Any], reference_dirs: dict[int, list[Path]], out: Path) -> dict[str, Any]:
+    """Write the single-task references of a sequence to ``out`` (JSON, the README's source) and their
+    curves beside it (``<out stem>.png``); returns the summary."""
+    rows = reference_rows(seq, reference_dirs)
+    summary = {"benchmark": "continual-references", "sequence": seq["name"], "bar": BAR,
+               "learned_threshold": cm.LEARNED, "end_evaluations": seq["end_evaluations"],
+               "eval_every": seq["eval_every"], "eval_episodes": seq["eval_episodes"],
+               "budget_source": seq.get("budget_source", ""), "machine": machine_info(), "references": rows}
+    write_json(out, summary)
+    plot_references(summary, out.with_suffix(".png"))
+    return summary
+
+
+def plot_references(summary: dict[str, Any], path: Path) -> None:
+    """p of every finished reference over its budget, with the bar dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for i, row in enumerate(r for r in summary["references"] if r["finished"]):
+        ax.plot(row["env_steps"], row["p"], marker=".", color=f"C{i}", label=f"{row['task']} (seed {row['seed']})")
+    ax.axhline(summary["bar"], color="black", linestyle="--", linewidth=0.8, label=f"bar p = {summary['bar']:g}")
+    _p_limits(ax)
+    ax.set_xlabel("env steps (from scratch, one task)")
+    ax.set_ylabel("p (random 0, best 1)")
+    ax.set_title(f"{summary['sequence']}: single-task references", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def references_section(summary: dict[str, Any], source: str) -> str:
+    """What ``benchmarks.readme`` puts in README.md for a references JSON at ``source``: p (and the mean
+    eval return) at every evaluation, the end-of-stage p, and the verdict against the bar."""
+    finished = [r for r in summary["references"] if r["finished"]]
+    steps = sorted({s for r in finished for s in r["env_steps"]})
+    rows = []
+    for r in summary["references"]:
+        if not r["finished"]:
+            rows.append([r["task"], str(r["seed"]), f"{r['budget']:,}", *["" for _ in steps], "not finished", "",
+                         "", ""])
+            continue
+        at = dict(zip(r["env_steps"], zip(r["p"], r["returns"])))
+        cells = [f"{at[s][0]:.2f} ({at[s][1]:.0f})" if s in at else "" for s in steps]
+        verdict = "yes" if r["reaches_bar"] else "no"
+        rows.append([r["task"], str(r["seed"]), f"{r['budget']:,}", *cells, f"{r['p_end_of_stage']:.2f}",
+                     f"{r['p_last']:.2f}", _fmt_steps([r["steps_to_learn"]]), verdict])
+    table = markdown_table(["task", "seed", "budget", *[f"{s / 1000:g}K" for s in steps],
+                            f"p end of stage (last {summary['end_evaluations']})", "p last eval",
+                            f"steps to p ≥ {summary['learned_threshold']:g}", f"≥ {summary['bar']:g}"], rows)
+    stem = source.removesuffix(".json")
+    return (table + f"\n\nEach cell: p (mean return of {summary['eval_episodes']} deterministic episodes) at that "
+            f"many env steps of a single-task run from scratch (`{summary['sequence']}`'s settings; the first "
+            "updates come after the random prefill). The bar is on the end-of-stage p, the mean of the last "
+            f"{summary['end_evaluations']} evaluations, the value the benchmark's matrix and forgetting use. "
+            f"Source: `{source}`, `{stem}.png`.\n\n![references]({stem}.png)")

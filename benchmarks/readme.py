@@ -169,6 +169,12 @@ def continual(data: dict, source: str = "results/continual_cartpole-shift.json")
     return readme_section(data, source)
 
 
+def continual_references(data: dict, source: str) -> str:
+    from .continual_report import references_section
+
+    return references_section(data, source)
+
+
 def insight(data: dict) -> str:
     from .insight import probe_table
 
@@ -206,6 +212,12 @@ TABLES = {  # README table name: (its results file, the renderer of that file's 
                                     lambda data: continual(data, "results/continual_pendulum-conflict.json")),
     "continual_pendulum_physics": ("continual_pendulum-physics.json",
                                    lambda data: continual(data, "results/continual_pendulum-physics.json")),
+    "continual_references_pendulum_conflict": (
+        "continual_references_pendulum-conflict.json",
+        lambda data: continual_references(data, "results/continual_references_pendulum-conflict.json")),
+    "continual_references_pendulum_physics": (
+        "continual_references_pendulum-physics.json",
+        lambda data: continual_references(data, "results/continual_references_pendulum-physics.json")),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed)}
 
 

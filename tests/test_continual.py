@@ -120,8 +120,8 @@ def test_report_learning_speed_and_plasticity_around_boundaries():
     record = {"tasks": ["a", "b"], "stages": [0, 1, 0], "boundaries": [0, 3000, 6000, 9000],
               "sequence": {"tasks": tasks, "end_evaluations": 1}, "evaluations": evaluations(curve),
               "wm_loss": [], "plasticity": measured, "strategy": {"name": "fifo+redo", "plasticity": "redo"},
-              "plasticity_resets": [{"stage": 0, "env_steps": 3000, "after": {m: {"dormant": 0.0, "effective_rank": 20.0}
-                                                                              for m in report.MODULES}}]}
+              "plasticity_resets": [{"stage": 0, "env_steps": 3000,
+                                     "after": {m: {"dormant": 0.0, "effective_rank": 20.0} for m in report.MODULES}}]}
     fresh = {"tasks": ["a"], "boundaries": [0, 3000], "sequence": {"tasks": tasks[:1]},
              "evaluations": evaluations([{"a": 0.0}, {"a": 0.0}, {"a": 0.0}, {"a": 0.6}])}  # 3,000 steps from scratch
     metrics = report.run_metrics(record, {0: fresh, 1: {**fresh, "tasks": ["b"], "sequence": {"tasks": tasks[1:]},
@@ -394,6 +394,53 @@ def test_report_normalises_by_each_tasks_range_and_reads_old_records():
     np.testing.assert_allclose(report.curves(reference, report.task_range(record, 1))[1], [[0.5]])
     old = {**record, "sequence": {"tasks": [{"name": "a"}, {"name": "b"}], "max_return": 1000.0}}
     np.testing.assert_allclose(report.curves(old)[1][1], [-0.3, 0.55])  # return / max_return, as they were
+
+
+def test_the_estimate_counts_updates_left_at_the_pace_of_finished_runs(tmp_path):
+    seq = continual.sequence_from_dict(TINY)
+    ref = continual.reference_job(seq, 0, 0, ())
+    run = continual.continual_job(seq, "fifo", 0, ())
+    # (steps - prefill) / action repeat x train ratio / (batch 4 x 16): (400 - 100) / 8 x 16 / 64 = 9.375
+    assert continual.planned_updates(ref) == 9 and continual.planned_updates(run) == 21  # (800 - 100) / 8 / 4
+    todo = [(ref, tmp_path / "ref"), (run, tmp_path / "run")]
+    assert "no finished run" in continual.estimate(todo, tmp_path, parallel=2)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "run.json").write_text(json.dumps({"wall_s": 360.0, "counters": {"updates": 10}}))
+    (tmp_path / "run").mkdir()  # an interrupted run that had made 11 of its updates
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "train/updates": 11.0}\n')
+    text = continual.estimate(todo, tmp_path, parallel=1)
+    # 9 + 10 updates left at 36 s each, one at a time: 684 s
+    assert "2 run(s)" in text and "19 updates left" in text and "36.00 s an update" in text
+    assert f"about {684 / 3600:.1f} hours with 1 at a time" in text
+    assert "nothing to run" in continual.estimate([], tmp_path, parallel=1)
+
+
+def test_reference_table_reads_the_curves_and_judges_the_bar(tmp_path):
+    from benchmarks import continual_report as report
+
+    seq = continual.sequence_from_dict({**TINY, "end_evaluations": 2}).to_dict()
+
+    def reference(returns):
+        return {"boundaries": [0, 400], "wall_s": 60.0, "tasks": ["x"],
+                "evaluations": [{"env_steps": 200 * k, "returns": {"x": [r]}} for k, r in enumerate(returns)]}
+
+    dirs = {0: [tmp_path / "a"], 1: [tmp_path / "b", tmp_path / "c"]}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    # range [25, 1000]: p 0, 0.6, 1.0 -> end of stage (last 2) 0.8: reaches 0.7
+    (tmp_path / "a" / "run.json").write_text(json.dumps(reference([25.0, 610.0, 1000.0])))
+    # p 0, 0.4, 0.8: the last evaluation passes, the end of the stage (0.6) does not
+    (tmp_path / "b" / "run.json").write_text(json.dumps(reference([25.0, 415.0, 805.0])))
+    summary = report.summarise_references(seq, dirs, tmp_path / "out" / "refs.json")
+    a, b, c = summary["references"]
+    assert a["p"] == pytest.approx([0, 0.6, 1.0]) and a["p_end_of_stage"] == pytest.approx(0.8) and a["reaches_bar"]
+    assert a["steps_to_learn"] == 200
+    assert b["p_last"] == pytest.approx(0.8) and b["p_end_of_stage"] == pytest.approx(0.6) and not b["reaches_bar"]
+    assert not c["finished"]
+    assert (tmp_path / "out" / "refs.png").read_bytes()[:4] == b"\x89PNG"
+    text = report.references_section(summary, "results/refs.json")
+    assert "| default | 0 | 400 | 0.00 (25) | 0.60 (610) | 1.00 (1000) | 0.80 | 1.00 | 200 | yes |" in text
+    assert "| inverted | 0 | 400 | 0.00 (25) | 0.40 (415) | 0.80 (805) | 0.60 | 0.80 | 400 | no |" in text
+    assert "| inverted | 1 | 400 |  |  |  | not finished |" in text
 
 
 def test_dreamerv3_learned_at_reads_the_curve(tmp_path, monkeypatch):
