@@ -893,8 +893,9 @@ def estimate(todo: list[tuple[Job, Path]], root: Path, parallel: int) -> str:
         return text + "; no finished run under the root yet to time an update by."
     seconds, runs = pace
     hours = sum(left) * seconds / min(parallel, len(todo)) / 3600
+    took = f"{hours:.1f} hours" if hours >= 1 else f"{hours * 60:.0f} minutes"
     return (text + f"; at {seconds:.2f} s an update (median of {runs} finished run(s) here, on this machine's load "
-            f"then), about {hours:.1f} hours with {min(parallel, len(todo))} at a time.")
+            f"then), about {took} with {min(parallel, len(todo))} at a time.")
 
 
 def run_jobs(planned: list[tuple[Job, Path]], runner: sweep.Runner) -> list[Path]:

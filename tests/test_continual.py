@@ -411,7 +411,7 @@ def test_the_estimate_counts_updates_left_at_the_pace_of_finished_runs(tmp_path)
     text = continual.estimate(todo, tmp_path, parallel=1)
     # 9 + 10 updates left at 36 s each, one at a time: 684 s
     assert "2 run(s)" in text and "19 updates left" in text and "36.00 s an update" in text
-    assert f"about {684 / 3600:.1f} hours with 1 at a time" in text
+    assert "about 11 minutes with 1 at a time" in text
     assert "nothing to run" in continual.estimate([], tmp_path, parallel=1)
 
 
