@@ -85,22 +85,23 @@ def boundary_plasticity(record: dict[str, Any]) -> list[dict[str, Any]]:
     method, on the same probe batch; the same as ``before`` without a method; absent for runs recorded
     before it was measured) and ``next`` (the first evaluation after the boundary, once the new task has
     trained for an evaluation interval)."""
-    measured = {p["env_steps"]: p for p in record.get("plasticity", [])}
+    measured = sorted(record.get("plasticity", []), key=lambda p: p["env_steps"])
     resets = {r["stage"]: r for r in record.get("plasticity_resets", [])}
     method = record["strategy"].get("plasticity", "none")
     out = []
     for j, boundary in enumerate(record["boundaries"][1:-1]):
-        before = measured.get(boundary)
-        later = [s for s in sorted(measured) if s > boundary]
-        if before is None:
+        # the stage's closing evaluation: the first at or after the boundary (a vector env may step past it)
+        at = [k for k, p in enumerate(measured) if p["env_steps"] >= boundary]
+        if not at:
             continue
-        entry = {"stage": j, "env_steps": boundary, "before": {m: before[m] for m in MODULES if m in before}}
+        before = measured[at[0]]
+        entry = {"stage": j, "env_steps": before["env_steps"], "before": {m: before[m] for m in MODULES if m in before}}
         if method == "none":
             entry["after_reset"] = entry["before"]
         elif "after" in resets.get(j, {}):
             entry["after_reset"] = resets[j]["after"]
-        if later:
-            entry["next"] = {m: measured[later[0]][m] for m in MODULES if m in measured[later[0]]}
+        if len(at) > 1:
+            entry["next"] = {m: measured[at[1]][m] for m in MODULES if m in measured[at[1]]}
         out.append(entry)
     return out
 
