@@ -819,13 +819,23 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
     path = rundir / "job.json"
     if path.exists():
         saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(job.to_dict()))
-        if _with_defaults(saved) != _with_defaults(wanted):
+        if _with_defaults(saved) != _with_defaults(wanted) and not _same_reference(saved, job):
             raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
                              "or --root to put runs elsewhere.")
         return not (rundir / "done.json").exists()
     rundir.mkdir(parents=True, exist_ok=True)
     write_json(path, job.to_dict())
     return True
+
+
+def _same_reference(saved: dict[str, Any], job: Job) -> bool:
+    """Whether a saved job and ``job`` are the same reference run by its cache key: a task shared by two
+    sequences (pendulum-conflict's and pendulum-physics' default) has one reference, whichever sequence's
+    description, labels and score ranges its ``job.json`` was written with."""
+    if job.kind != "reference" or saved.get("kind") != "reference":
+        return False
+    full = _with_defaults(saved)
+    return reference_key(Job(**{**full, "overrides": tuple(full.get("overrides", ()))})) == reference_key(job)
 
 
 def _with_defaults(job: dict[str, Any]) -> dict[str, Any]:

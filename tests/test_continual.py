@@ -377,6 +377,27 @@ def test_reference_key_ignores_the_score_range():
     assert continual.reference_key(continual.reference_job(other_task, 0, 0, ())) != key
 
 
+def test_a_reference_shared_by_two_sequences_is_reused_by_both(tmp_path):
+    first = continual.sequence_from_dict(TINY, default_name="first")
+    # another sequence with the same first task under another score range and other notes: the same reference
+    second = continual.sequence_from_dict({**TINY, "description": "other", "budget_source": "other",
+                                           "tasks": [{**TINY["tasks"][0], "random_return": 0.0},
+                                                     {**TINY["tasks"][1], "variant": {"gear": -2}}]},
+                                          default_name="second")
+    job = continual.reference_job(first, 0, 0, ())
+    rundir = continual.job_dir(tmp_path, job)
+    assert continual.prepare(job, rundir, fresh=False)
+    (rundir / "done.json").write_text("{}")
+    shared = continual.reference_job(second, 0, 0, ())
+    assert continual.job_dir(tmp_path, shared) == rundir and shared.sequence != job.sequence
+    assert not continual.prepare(shared, rundir, fresh=False)  # finished: reused, not an error
+    other = continual.reference_job(second, 1, 0, ())  # gear -2: another curve, another key
+    with pytest.raises(ValueError, match="other settings"):
+        continual.prepare(other, rundir, fresh=False)
+    with pytest.raises(ValueError, match="other settings"):  # a continual run is never taken for a reference
+        continual.prepare(continual.continual_job(first, "fifo", 0, ()), rundir, fresh=False)
+
+
 def test_report_normalises_by_each_tasks_range_and_reads_old_records():
     from benchmarks import continual_report as report
 
