@@ -5,6 +5,8 @@ carries over, and does it stay able to learn?
     python -m benchmarks.continual --sequence pendulum-conflict --strategy fifo reservoir mix --seeds 3 \\
         --out results/continual_pendulum-conflict.json         # what `make bench-continual` runs (and physics)
     python -m benchmarks.continual --sequence my_sequence.json --strategy mix --seeds 1
+    python -m benchmarks.continual --sequence pendulum-physics --references-only --seeds 1 \\
+        --out results/continual_references_pendulum-physics.json   # the references alone, their README table
     python -m benchmarks.continual --list                       # shipped sequences
     python -m benchmarks.continual --sequence pendulum-conflict --measure-random 100 --write  # score ranges
     python -m benchmarks.continual --sequence cheetah-dynamics --dreamerv3-budget   # DreamerV3's learned-at steps
@@ -656,14 +658,25 @@ class ContinualRun:
         """At the boundary after ``stage`` (not after the last), apply the run's plasticity method when it is
         set to task boundaries (``plasticity.every=0``), after this stage's measurements and before the
         checkpoint that closes the stage; ReDo scores units on a probe batch. Recorded in
-        ``plasticity_resets`` and logged by the Trainer (``plasticity/*``)."""
+        ``plasticity_resets`` and logged by the Trainer (``plasticity/*``), with the dormant fraction and
+        effective rank measured again right after (``after``; ``continual/*_after_reset/<module>``)."""
         p, t = self.cfg.plasticity, self.trainer
         if p.method == "none" or p.every > 0 or stage == len(self.seq.stages) - 1:
             return
         batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length,
                             seed=50_000 + 1000 * self.seed + stage)
         values = t.apply_plasticity(batch)
-        self.extra.setdefault("plasticity_resets", []).append({"env_steps": t.env_steps, "stage": stage, **values})
+        # Measured again on the probe batch of the boundary's evaluation (the replay has not changed since), so
+        # that before and after differ only by the method.
+        from .plasticity import measure
+
+        batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length, self.seed)
+        with untouched_rng(t.agent):
+            after = measure(t.agent, batch)
+        self.log({f"continual/{key}_after_reset/{module}": v[key] for module, v in after.items()
+                  for key in ("dormant", "effective_rank")})
+        self.extra.setdefault("plasticity_resets", []).append({"env_steps": t.env_steps, "stage": stage, **values,
+                                                               "after": after})
 
     def curves(self) -> tuple[np.ndarray, np.ndarray]:
         """Evaluation steps (E,) and normalised performance (E, n) from the evaluations so far."""
@@ -806,13 +819,23 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
     path = rundir / "job.json"
     if path.exists():
         saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(job.to_dict()))
-        if _with_defaults(saved) != _with_defaults(wanted):
+        if _with_defaults(saved) != _with_defaults(wanted) and not _same_reference(saved, job):
             raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
                              "or --root to put runs elsewhere.")
         return not (rundir / "done.json").exists()
     rundir.mkdir(parents=True, exist_ok=True)
     write_json(path, job.to_dict())
     return True
+
+
+def _same_reference(saved: dict[str, Any], job: Job) -> bool:
+    """Whether a saved job and ``job`` are the same reference run by its cache key: a task shared by two
+    sequences (pendulum-conflict's and pendulum-physics' default) has one reference, whichever sequence's
+    description, labels and score ranges its ``job.json`` was written with."""
+    if job.kind != "reference" or saved.get("kind") != "reference":
+        return False
+    full = _with_defaults(saved)
+    return reference_key(Job(**{**full, "overrides": tuple(full.get("overrides", ()))})) == reference_key(job)
 
 
 def _with_defaults(job: dict[str, Any]) -> dict[str, Any]:
@@ -834,6 +857,55 @@ def process_job(job: Job, rundir: Path) -> sweep.Job:
         f"reference {rundir.name}"
     return sweep.Job(label, str(rundir), ("-m", "benchmarks.continual", "--worker", str(rundir)),
                      cpus=sweep.cpus_for_threads(threads))
+
+
+def planned_updates(job: Job) -> int:
+    """Gradient updates a job makes in all: one per ``batch_size x batch_length`` replayed steps, ``train_ratio``
+    replayed steps per agent step after the prefill (``agent.loop``)."""
+    t, env = job.config["train"], job.config["env"]
+    agent_steps = max(0, t["steps"] - t["prefill"]) / (env["action_repeat"])
+    return int(agent_steps * t["train_ratio"] / (t["batch_size"] * t["batch_length"]))
+
+
+def _updates_done(rundir: Path) -> int:
+    """Updates an unfinished run had made at its last log line (0 when it has not started)."""
+    done = 0
+    path = rundir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if '"train/updates"' in line:
+                done = int(json.loads(line)["train/updates"])
+    return done
+
+
+def seconds_per_update(root: Path) -> tuple[float, int] | None:
+    """The median wall seconds an update took in the finished runs under ``root`` (evaluations and
+    measurements included), and how many runs that is; None when none has finished."""
+    rates = []
+    for path in root.glob("**/run.json"):
+        record = json.loads(path.read_text())
+        if record.get("counters", {}).get("updates", 0) > 0:
+            rates.append(record["wall_s"] / record["counters"]["updates"])
+    return (float(np.median(rates)), len(rates)) if rates else None
+
+
+def estimate(todo: list[tuple[Job, Path]], root: Path, parallel: int) -> str:
+    """How long the jobs left will take: their updates left, at the median pace of the finished runs under
+    ``root``, ``parallel`` at a time (runs are spread evenly, so the longest queue sets the time)."""
+    if not todo:
+        return "nothing to run: every run is finished."
+    left = [planned_updates(job) - _updates_done(rundir) for job, rundir in todo]
+    refs = sum(job.kind == "reference" for job, _ in todo)
+    text = (f"{len(todo)} run(s) to do or finish ({refs} reference(s), {len(todo) - refs} continual), "
+            f"{sum(left):,} updates left")
+    pace = seconds_per_update(root)
+    if pace is None:
+        return text + "; no finished run under the root yet to time an update by."
+    seconds, runs = pace
+    hours = sum(left) * seconds / min(parallel, len(todo)) / 3600
+    took = f"{hours:.1f} hours" if hours >= 1 else f"{hours * 60:.0f} minutes"
+    return (text + f"; at {seconds:.2f} s an update (median of {runs} finished run(s) here, on this machine's load "
+            f"then), about {took} with {min(parallel, len(todo))} at a time.")
 
 
 def run_jobs(planned: list[tuple[Job, Path]], runner: sweep.Runner) -> list[Path]:
@@ -860,6 +932,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="run-config overrides after the sequence's own, e.g. train.train_ratio=64")
     parser.add_argument("--no-references", action="store_true", help="skip reference runs (no forward transfer)")
+    parser.add_argument("--references-only", action="store_true",
+                        help="run only the single-task references (the cache every strategy reuses), no strategy")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these jobs")
     parser.add_argument("--out", help="also write the summary JSON here, plots beside it (README source)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild results, tables and plots")
@@ -918,6 +992,8 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
         raise ValueError("--seeds and --parallel must be >= 1.")
+    if args.references_only and args.no_references:
+        raise ValueError("--references-only and --no-references exclude each other.")
     seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
     overrides = tuple(args.set)
     strategies = [parse_strategy(s).name for s in args.strategy]
@@ -928,7 +1004,7 @@ def _main(args: argparse.Namespace) -> int:
             for index in range(len(seq.tasks)):
                 job = reference_job(seq, index, seed, overrides)
                 jobs.append((job, job_dir(root, job)))
-    for strategy in strategies:
+    for strategy in strategies if not args.references_only else []:
         for seed in range(args.seeds):
             job = continual_job(seq, strategy, seed, overrides)
             jobs.append((job, job_dir(root, job)))
@@ -939,9 +1015,19 @@ def _main(args: argparse.Namespace) -> int:
         writes = [rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]
         with sweep.locked(writes):
             todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
+            threads = max((job.config["train"]["threads"] for job, _ in todo), default=1) or (os.cpu_count() or 1)
+            slots = args.parallel or max(1, (args.cpus or os.cpu_count() or 1) // threads)  # the runner's default
+            print(estimate(todo, root, slots), flush=True)
             failed = run_jobs(todo, runner)
     refs = {index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in range(args.seeds)]
             for index in range(len(seq.tasks))} if not args.no_references else {}
+    if args.references_only:
+        print("\n".join(f"{rundir}: {'done' if (rundir / 'done.json').exists() else 'not finished'}"
+                        for dirs in refs.values() for rundir in dirs))
+        if args.out:
+            report.summarise_references(seq.to_dict(), refs, Path(args.out))
+            print(f"wrote {args.out}")
+        return 1 if failed else 0
     for job, rundir in jobs:
         if job.kind == "continual" and (rundir / "run.json").exists():
             report.finalise_run(rundir, {i: dirs[job.seed] for i, dirs in refs.items()})

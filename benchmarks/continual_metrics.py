@@ -19,6 +19,7 @@ boundaries[j + 1] (the issue's "mean of the last few evaluations"), which smooth
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -130,6 +131,53 @@ def forward_transfer(auc: np.ndarray | float, auc_reference: np.ndarray | float,
     gap = 1.0 - ref
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(gap > eps, (auc - ref) / np.where(gap > eps, gap, 1.0), np.nan)
+
+
+LEARNED = 0.5  # p that counts as "learned" for the learning speed: halfway from a random policy to the best
+
+
+def steps_to_reach(steps: np.ndarray, values: np.ndarray, start: float, end: float,
+                   threshold: float = LEARNED) -> float:
+    """Env steps from ``start`` to the first evaluation in [start, end] whose value is >= ``threshold``;
+    inf when none is. The evaluation at ``start`` counts (0 steps: the task is already there when its stage
+    begins), so the answer is a multiple of the evaluation interval, never interpolated between evaluations.
+    """
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    if end <= start:
+        raise ValueError(f"the window [{start}, {end}] is empty.")
+    inside = np.flatnonzero((steps >= start) & (steps <= end) & (values >= threshold))
+    return float(steps[inside[0]] - start) if len(inside) else math.inf
+
+
+def stage_steps_to_reach(steps: np.ndarray, perf: np.ndarray, boundaries: np.ndarray,
+                         task_of_stage: Sequence[int], threshold: float = LEARNED) -> np.ndarray:
+    """(S,): ``steps_to_reach`` of each stage's own task inside the stage's window (inf: not reached)."""
+    steps, perf, boundaries = _check(steps, perf, boundaries)
+    return np.array([steps_to_reach(steps, perf[:, u], boundaries[j], boundaries[j + 1], threshold)
+                     for j, u in enumerate(task_of_stage)])
+
+
+def learning_savings(steps_run: np.ndarray | float, steps_reference: np.ndarray | float,
+                     window: np.ndarray | float) -> np.ndarray:
+    """Savings in learning time, 1 - T / T_ref, elementwise (Ebbinghaus's savings, as in studies of
+    relearning): T is the env steps a stage took to reach the learned threshold (``steps_to_reach``),
+    T_ref the steps a single-task run from scratch took on the same task.
+
+    1: the task was already learned when its stage began; 0: learned as fast as from scratch; negative:
+    slower (-1: twice as long). A stage that never reaches the threshold counts as T = ``window`` (its
+    budget), so its savings are an upper bound, 1 - window / T_ref. NaN where the reference never reached
+    the threshold (or reached it at its first evaluation, T_ref = 0): there is no speed to compare with.
+    """
+    run, ref = np.asarray(steps_run, float), np.asarray(steps_reference, float)
+    run = np.minimum(run, np.asarray(window, float))
+    valid = np.isfinite(ref) & (ref > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(valid, 1.0 - run / np.where(valid, ref, 1.0), np.nan)
+
+
+def repeated_stages(task_of_stage: Sequence[int]) -> list[int]:
+    """Stages whose task an earlier stage trained already (a second visit: relearning)."""
+    return [j for j, u in enumerate(task_of_stage) if u in task_of_stage[:j]]
 
 
 def nanmean(values: np.ndarray | Sequence[float]) -> float:

@@ -69,6 +69,50 @@ def reference_auc(reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np
     return cm.window_auc(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
 
 
+def reference_steps_to_learn(reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np.ndarray] | None = None
+                             ) -> float:
+    """Env steps a reference run (its one task, from scratch) took to first reach p >= ``cm.LEARNED``
+    (inf: never within its budget; NaN: no reference)."""
+    if reference is None:
+        return float("nan")
+    steps, perf = curves(reference, ranges)
+    return cm.steps_to_reach(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
+
+
+def boundary_plasticity(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Dormant fraction and effective rank per module around each task boundary but the last: ``before``
+    (the evaluation at the boundary, before any plasticity method), ``after_reset`` (right after the
+    method, on the same probe batch; the same as ``before`` without a method; absent for runs recorded
+    before it was measured) and ``next`` (the first evaluation after the boundary, once the new task has
+    trained for an evaluation interval)."""
+    measured = sorted(record.get("plasticity", []), key=lambda p: p["env_steps"])
+    resets = {r["stage"]: r for r in record.get("plasticity_resets", [])}
+    method = record["strategy"].get("plasticity", "none")
+    out = []
+    for j, boundary in enumerate(record["boundaries"][1:-1]):
+        # the stage's closing evaluation: the first at or after the boundary (a vector env may step past it)
+        at = [k for k, p in enumerate(measured) if p["env_steps"] >= boundary]
+        if not at:
+            continue
+        before = measured[at[0]]
+        entry = {"stage": j, "env_steps": before["env_steps"], "before": {m: before[m] for m in MODULES if m in before}}
+        if method == "none":
+            entry["after_reset"] = entry["before"]
+        elif "after" in resets.get(j, {}):
+            entry["after_reset"] = resets[j]["after"]
+        if len(at) > 1:
+            entry["next"] = {m: measured[at[1]][m] for m in MODULES if m in measured[at[1]]}
+        out.append(entry)
+    return out
+
+
+def _boundary_means(boundaries: list[dict[str, Any]], when: str, key: str) -> dict[str, float]:
+    """Per module, and ``all`` (the mean of the modules), the mean over boundaries of ``key`` at ``when``."""
+    per_module = {m: cm.nanmean([b[when][m][key] for b in boundaries if when in b and m in b[when]])
+                  for m in MODULES}
+    return {**per_module, "all": cm.nanmean(list(per_module.values()))}
+
+
 def _wm_term(loss: dict[str, float], names: tuple[str, ...]) -> float:
     present = [loss[n] for n in names if n in loss]
     return float(sum(present)) if present else float("nan")
@@ -90,6 +134,12 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
     ref_auc = {i: reference_auc(references.get(i), task_range(record, i)) for i in range(len(tasks))}
     ref_aucs = np.array([ref_auc[u] for u in stages])
     transfer = cm.forward_transfer(aucs, ref_aucs)
+    to_learn = cm.stage_steps_to_reach(steps, perf, boundaries, stages)
+    ref_to_learn = {i: reference_steps_to_learn(references.get(i), task_range(record, i)) for i in range(len(tasks))}
+    ref_to_learns = np.array([ref_to_learn[u] for u in stages])
+    savings = cm.learning_savings(to_learn, ref_to_learns, np.diff(boundaries))
+    repeats = cm.repeated_stages(stages)
+    boundaries_p = boundary_plasticity(record)
 
     S = len(stages)
     own = {e["stage"]: e["loss"] for e in record["wm_loss"] if e["after_stage"] == e["stage"]}
@@ -114,6 +164,17 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
         "wm_forgetting": wm_forgetting,
         "wm_forgetting_mean": wm_mean,
         "plasticity_final": final_plasticity,
+        "learned_threshold": cm.LEARNED,
+        "steps_to_learn": dict(zip(labels, to_learn.tolist())),
+        "reference_steps_to_learn": dict(zip(labels, ref_to_learns.tolist())),
+        "learning_savings": dict(zip(labels, savings.tolist())),
+        # later tasks (every stage but the first) against a fresh agent; relearning: the stages that return
+        "learning_savings_later": cm.nanmean(savings[1:]),
+        "relearning_savings": cm.nanmean(savings[repeats]) if repeats else float("nan"),
+        "plasticity_boundaries": boundaries_p,
+        "plasticity_around_boundaries": {when: {key: _boundary_means(boundaries_p, when, key)
+                                                for key in ("dormant", "effective_rank")}
+                                         for when in ("before", "after_reset", "next")},
     }
 
 
@@ -358,8 +419,9 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out = {}
     for strategy, runs in by_strategy.items():
         metrics = [r["metrics"] for r in runs]
-        scalar = {key: [m[key] for m in metrics] for key in ("average_performance", "forgetting_mean",
-                                                               "forward_transfer_mean")}
+        scalar = {key: [m.get(key, float("nan")) for m in metrics]
+                  for key in ("average_performance", "forgetting_mean", "forward_transfer_mean",
+                              "learning_savings_later", "relearning_savings")}
         scalar["wall_min"] = [r["wall_s"] / 60 for r in runs]
         for shown in WM_SHOWN:
             scalar[f"wm_forgetting_{shown}"] = [m["wm_forgetting_mean"][shown] for m in metrics]
@@ -367,8 +429,16 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             for key in ("dormant", "effective_rank"):
                 scalar[f"{key}_{module}"] = [m["plasticity_final"].get(module, {}).get(key, float("nan"))
                                              for m in metrics]
+        for when in ("before", "after_reset", "next"):  # around task boundaries, mean of the modules
+            for key in ("dormant", "effective_rank"):
+                scalar[f"{key}_{when}_boundary"] = [
+                    m.get("plasticity_around_boundaries", {}).get(when, {}).get(key, {}).get("all", float("nan"))
+                    for m in metrics]
         per_stage = {}
-        for key in ("p_end_of_own_stage", "forgetting", "auc", "reference_auc", "forward_transfer"):
+        for key in ("p_end_of_own_stage", "forgetting", "auc", "reference_auc", "forward_transfer",
+                    "steps_to_learn", "reference_steps_to_learn", "learning_savings"):
+            if key not in metrics[0]:  # results written before the metric existed
+                continue
             labels = list(metrics[0][key])
             per_stage[key] = {label: [m[key].get(label, float("nan")) for m in metrics] for label in labels}
         per_stage["p_final"] = {t: [m["p_final"][t] for m in metrics] for t in metrics[0]["p_final"]}
@@ -382,17 +452,62 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def _fmt_steps(values: list[float]) -> str:
+    """Env steps over seeds: mean (± std) of the seeds that reached the threshold, and how many did."""
+    values = [v for v in values if not (isinstance(v, float) and np.isnan(v))]
+    if not values:
+        return "-"
+    reached = [v for v in values if np.isfinite(v)]
+    if not reached:
+        return "not reached"
+    mean, std, n = cm.mean_and_spread(reached)
+    text = f"{mean:,.0f}" if n == 1 else f"{mean:,.0f} ± {std:,.0f}"
+    return text if n == len(values) else f"{text} ({n} of {len(values)} reached)"
+
+
+def plasticity_table(agg: dict[str, Any]) -> str:
+    """Per replay strategy and plasticity method: dormant fraction and effective rank around task
+    boundaries (mean of the modules and of the boundaries), and the learning speed; a row says "not run
+    yet" for each combination without runs."""
+    from .continual import PLASTICITY_METHODS, STRATEGIES
+
+    rows = []
+    names = [*[f"{b}{'' if m == 'none' else '+' + m}" for b in STRATEGIES for m in ("none", *PLASTICITY_METHODS)],
+             *[s for s in _order(list(agg)) if s.split("+")[0] in STRATEGIES and "taskid" in s]]
+    for name in names:
+        if name not in agg:
+            rows.append([name, "not run yet", *[""] * 6])
+            continue
+        sc = agg[name]["scalars"]
+
+        def arrow(key: str, digits: int, sc: dict = sc) -> str:
+            return " → ".join(_fmt(sc.get(f"{key}_{when}_boundary", {}).get("values", []), digits)
+                              for when in ("before", "after_reset", "next"))
+
+        rows.append([name, str(len(agg[name]["seeds"])), arrow("dormant", 3), arrow("effective_rank", 1),
+                     _fmt(sc.get("learning_savings_later", {}).get("values", [])),
+                     _fmt(sc.get("relearning_savings", {}).get("values", [])),
+                     _fmt(sc["forward_transfer_mean"]["values"]), _fmt(sc["average_performance"]["values"])])
+    return markdown_table(["strategy", "seeds", "dormant: boundary → reset → +1 eval", "eff. rank: boundary → reset "
+                           "→ +1 eval", "learning savings, later tasks ↑", "relearning savings ↑",
+                           "forward transfer ↑", "average performance ↑"], rows)
+
+
 def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
-    """The three summary tables: continual metrics, per task, and model-level (world model, plasticity)."""
+    """The summary tables: continual metrics, per task, model-level (world model, plasticity at the end),
+    and each plasticity method's effect (around task boundaries, learning speed)."""
     strategies = _order(list(agg))
 
     def cell(strategy: str, key: str, digits: int = 2) -> str:
-        return _fmt(agg[strategy]["scalars"][key]["values"], digits)
+        values = agg[strategy]["scalars"].get(key, {}).get("values", [])
+        return _fmt(values, digits)
 
     main = markdown_table(
-        ["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑", "wall min"],
+        ["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑",
+         "learning savings, later tasks ↑", "relearning savings ↑", "wall min"],
         [[s, str(len(agg[s]["seeds"])), cell(s, "average_performance"), cell(s, "forgetting_mean"),
-          cell(s, "forward_transfer_mean"), cell(s, "wall_min", 0)] for s in strategies])
+          cell(s, "forward_transfer_mean"), cell(s, "learning_savings_later"), cell(s, "relearning_savings"),
+          cell(s, "wall_min", 0)] for s in strategies])
     rows = []
     for s in strategies:
         ps = agg[s]["per_stage"]
@@ -400,9 +515,13 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
             task = label.split("#")[0]
             rows.append([s, label, _fmt(ps["p_end_of_own_stage"][label]), _fmt(ps["p_final"][task]),
                          _fmt(ps["forgetting"].get(label, [])), _fmt(ps["auc"][label]),
-                         _fmt(ps["reference_auc"][label]), _fmt(ps["forward_transfer"][label])])
+                         _fmt(ps["reference_auc"][label]), _fmt(ps["forward_transfer"][label]),
+                         _fmt_steps(ps.get("steps_to_learn", {}).get(label, [])),
+                         _fmt_steps(ps.get("reference_steps_to_learn", {}).get(label, [])),
+                         _fmt(ps.get("learning_savings", {}).get(label, []))])
     per_task = markdown_table(["strategy", "stage", "p end of own stage", "p end of run", "forgetting", "AUC",
-                               "AUC from scratch", "forward transfer"], rows)
+                               "AUC from scratch", "forward transfer", f"steps to p ≥ {cm.LEARNED:g}",
+                               "from scratch", "savings"], rows)
     model = markdown_table(
         ["strategy", "WM forgetting: reconstruction", "reward", "KL", *[f"dormant {m}" for m in MODULES],
          *[f"eff. rank {m}" for m in MODULES]],
@@ -422,7 +541,15 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
              "Continual World; WM forgetting: held-out loss at the end of the run minus right after the task's own "
              "stage (positive: forgot); dormant: ReDo fraction (tau 0.025); effective rank of each module's features, "
              "both at the last evaluation.")
-    return "\n\n".join([main, per_task, model, notes])
+    speed = (f"Learning speed: the env steps from a stage's start to its task's first evaluation with p ≥ "
+             f"{cm.LEARNED:g}, against the same task's single-task run from scratch (whose count includes its "
+             "prefill of random steps, which later stages of a run do not need); savings 1 - steps / steps from "
+             "scratch (1: learned when the stage began, 0: as fast as a fresh agent, negative: slower; a stage that "
+             "never gets there counts its whole budget, an upper bound). Relearning savings: the stages that return "
+             "to an earlier task (a second visit). Around each task boundary but the last, the dormant fraction and "
+             "effective rank (mean of the four modules, then of the boundaries) at the boundary's evaluation, right "
+             "after the plasticity method (the same probe batch; unchanged without one) and one evaluation later.")
+    return "\n\n".join([main, per_task, model, "Plasticity methods:\n\n" + plasticity_table(agg), notes, speed])
 
 
 def _range_note(budget: dict[str, Any]) -> str:
@@ -483,3 +610,92 @@ def readme_section(summary: dict[str, Any], source: str) -> str:
     return (summary["markdown"] + f"\n\nSource: `{source}` (tables), `{stem}.png` (per-task curves, mean ± std over "
             f"seeds), `{stem}_matrix.png` (performance matrices), `{stem}_plasticity.png`.\n\n"
             f"![curves]({stem}.png)\n\n![matrices]({stem}_matrix.png)")
+
+
+# --------------------------------------------------------------------------------------------- references
+
+BAR = 0.7  # the issue's bar: a task's run from scratch reaches p >= 0.7 within its stage budget
+
+
+def reference_rows(seq: dict[str, Any], reference_dirs: dict[int, list[Path]]) -> list[dict[str, Any]]:
+    """One row per task and seed: its single-task reference curve (mean eval return and p at every
+    evaluation, normalised by the sequence's range of the task), p at the end of the stage as the benchmark
+    counts it (mean of the last ``end_evaluations`` evaluations), p at the last evaluation, env steps to
+    p >= ``cm.LEARNED``, and whether the end-of-stage p reaches ``BAR``; ``finished`` False while it runs."""
+    rows = []
+    for index, dirs in reference_dirs.items():
+        task = seq["tasks"][index]
+        ranges = (np.array([task["random_return"]]), np.array([task["best_return"]]))
+        for seed, rundir in enumerate(dirs):
+            row: dict[str, Any] = {"task": task["name"], "seed": seed, "rundir": str(rundir), "budget": task["steps"]}
+            record = _read(rundir / "run.json")
+            row["finished"] = record is not None
+            if record is not None:
+                steps, perf = curves(record, ranges)
+                end = cm.stage_end_values(steps, perf, np.array(record["boundaries"], float), seq["end_evaluations"])
+                name = record["tasks"][0]  # the reference's own label of the task
+                row.update(env_steps=steps.tolist(), p=perf[:, 0].tolist(),
+                           returns=[float(np.mean(e["returns"][name])) for e in record["evaluations"]],
+                           episode_returns=[e["returns"][name] for e in record["evaluations"]],
+                           p_end_of_stage=float(end[-1, 0]), p_last=float(perf[-1, 0]),
+                           steps_to_learn=cm.steps_to_reach(steps, perf[:, 0], 0.0, record["boundaries"][-1]),
+                           reaches_bar=bool(end[-1, 0] >= BAR), wall_s=record["wall_s"])
+            rows.append(row)
+    return rows
+
+
+def summarise_references(seq: dict[str, Any], reference_dirs: dict[int, list[Path]], out: Path) -> dict[str, Any]:
+    """Write the single-task references of a sequence to ``out`` (JSON, the README's source) and their
+    curves beside it (``<out stem>.png``); returns the summary."""
+    rows = reference_rows(seq, reference_dirs)
+    summary = {"benchmark": "continual-references", "sequence": seq["name"], "bar": BAR,
+               "learned_threshold": cm.LEARNED, "end_evaluations": seq["end_evaluations"],
+               "eval_every": seq["eval_every"], "eval_episodes": seq["eval_episodes"],
+               "budget_source": seq.get("budget_source", ""), "machine": machine_info(), "references": rows}
+    write_json(out, summary)
+    plot_references(summary, out.with_suffix(".png"))
+    return summary
+
+
+def plot_references(summary: dict[str, Any], path: Path) -> None:
+    """p of every finished reference over its budget, with the bar dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for i, row in enumerate(r for r in summary["references"] if r["finished"]):
+        ax.plot(row["env_steps"], row["p"], marker=".", color=f"C{i}", label=f"{row['task']} (seed {row['seed']})")
+    ax.axhline(summary["bar"], color="black", linestyle="--", linewidth=0.8, label=f"bar p = {summary['bar']:g}")
+    _p_limits(ax)
+    ax.set_xlabel("env steps (from scratch, one task)")
+    ax.set_ylabel("p (random 0, best 1)")
+    ax.set_title(f"{summary['sequence']}: single-task references", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def references_section(summary: dict[str, Any], source: str) -> str:
+    """What ``benchmarks.readme`` puts in README.md for a references JSON at ``source``: p (and the mean
+    eval return) at every evaluation, the end-of-stage p, and the verdict against the bar."""
+    finished = [r for r in summary["references"] if r["finished"]]
+    steps = sorted({s for r in finished for s in r["env_steps"]})
+    rows = []
+    for r in summary["references"]:
+        if not r["finished"]:
+            rows.append([r["task"], str(r["seed"]), f"{r['budget']:,}", *["" for _ in steps], "not finished", "",
+                         "", ""])
+            continue
+        at = dict(zip(r["env_steps"], zip(r["p"], r["returns"])))
+        cells = [f"{at[s][0]:.2f} ({at[s][1]:.0f})" if s in at else "" for s in steps]
+        verdict = "yes" if r["reaches_bar"] else "no"
+        rows.append([r["task"], str(r["seed"]), f"{r['budget']:,}", *cells, f"{r['p_end_of_stage']:.2f}",
+                     f"{r['p_last']:.2f}", _fmt_steps([r["steps_to_learn"]]), verdict])
+    table = markdown_table(["task", "seed", "budget", *[f"{s / 1000:g}K" for s in steps],
+                            f"p end of stage (last {summary['end_evaluations']})", "p last eval",
+                            f"steps to p ≥ {summary['learned_threshold']:g}", f"≥ {summary['bar']:g}"], rows)
+    stem = source.removesuffix(".json")
+    return (table + f"\n\nEach cell: p (mean return of {summary['eval_episodes']} deterministic episodes) at that "
+            f"many env steps of a single-task run from scratch (`{summary['sequence']}`'s settings; the first "
+            "updates come after the random prefill). The bar is on the end-of-stage p, the mean of the last "
+            f"{summary['end_evaluations']} evaluations, the value the benchmark's matrix and forgetting use. "
+            f"Source: `{source}`, `{stem}.png`.\n\n![references]({stem}.png)")

@@ -168,6 +168,12 @@ def continual(data: dict, source: str) -> str:
     return readme_section(data, source)
 
 
+def continual_references(data: dict, source: str) -> str:
+    from .continual_report import references_section
+
+    return references_section(data, source)
+
+
 def insight(data: dict, source: str) -> str:
     from .insight import probe_table
 
@@ -204,6 +210,8 @@ TABLES = {  # README table name: its results file under results/, and the render
     "continual": ("continual_cartpole-shift.json", continual), "insight": ("insight/insight.json", insight),
     "continual_pendulum_conflict": ("continual_pendulum-conflict.json", continual),
     "continual_pendulum_physics": ("continual_pendulum-physics.json", continual),
+    "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", continual_references),
+    "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", continual_references),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed)}
 
 

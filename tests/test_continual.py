@@ -69,6 +69,87 @@ def test_forward_transfer_follows_continual_world():
                                [0.5, 0.375])
 
 
+def test_steps_to_reach_counts_from_the_stage_start_to_the_first_evaluation_at_the_threshold():
+    steps = np.arange(0, 8001, 1000)
+    # a fresh agent's step curve: random until 5,000, learned from 6,000 (the references' shape)
+    fresh = np.array([0, 0, 0, 0, 0.2, 0.4, 0.9, 0.9, 0.95])
+    assert cm.steps_to_reach(steps, fresh, 0, 8000, threshold=0.5) == 6000
+    assert cm.steps_to_reach(steps, fresh, 0, 8000, threshold=0.3) == 5000
+    assert cm.steps_to_reach(steps, fresh, 2000, 8000, threshold=0.5) == 4000  # counted from the window's start
+    assert cm.steps_to_reach(steps, fresh, 0, 5000, threshold=0.5) == np.inf  # not inside the window
+    assert cm.steps_to_reach(steps, fresh, 6000, 8000) == 0  # already there at the start: 0 steps
+    assert cm.LEARNED == 0.5
+    with pytest.raises(ValueError, match="empty"):
+        cm.steps_to_reach(steps, fresh, 5000, 5000)
+    # per stage of a run [task 0, task 1, task 0]: the run's own task's column in each stage's window
+    run_steps = np.arange(0, 9001, 1000)
+    perf = np.array([[0, 0], [0.1, 0], [0.6, 0], [0.9, 0], [0.2, 0.3], [0.1, 0.8],  # stage 1 learns task 1
+                     [0.1, 0.9], [0.3, 0.9], [0.7, 0.9], [0.9, 0.9]])  # stage 2 relearns task 0
+    np.testing.assert_array_equal(cm.stage_steps_to_reach(run_steps, perf, np.array([0, 3000, 6000, 9000]),
+                                                          [0, 1, 0]), [2000, 2000, 2000])
+    assert cm.repeated_stages([0, 1, 0]) == [2] and cm.repeated_stages([0, 1, 2]) == []
+    assert cm.repeated_stages([0, 1, 0, 1]) == [2, 3]
+
+
+def test_learning_savings_compare_with_the_fresh_agents_steps():
+    # 1 - T / T_ref: twice as fast 0.5, as fast 0, twice as slow -1, learned at the start 1
+    np.testing.assert_allclose(cm.learning_savings([3000, 6000, 12000, 0], [6000, 6000, 6000, 6000], 14000),
+                               [0.5, 0.0, -1.0, 1.0])
+    # never reached within a 7,000-step stage: counted as the whole budget, an upper bound
+    assert cm.learning_savings(np.inf, 5000, 7000) == pytest.approx(1 - 7000 / 5000)
+    # a reference that never reached the threshold, or was there at once: no speed to compare with
+    savings = cm.learning_savings([2000, 2000, np.inf], [np.inf, 0, np.nan], 7000)
+    assert np.all(np.isnan(savings))
+
+
+def test_report_learning_speed_and_plasticity_around_boundaries():
+    from benchmarks import continual_report as report
+
+    def evaluations(curve, step=1000):
+        return [{"env_steps": step * k, "returns": {name: [v] for name, v in values.items()}}
+                for k, values in enumerate(curve)]
+
+    tasks = [{"name": "a", "random_return": 0.0, "best_return": 1.0, "steps": 3000},
+             {"name": "b", "random_return": 0.0, "best_return": 1.0, "steps": 3000}]
+    # run [a, b, a]: a learned after 2,000 steps, forgotten in b's stage, relearned at once in stage 2
+    curve = [{"a": 0.0, "b": 0.0}, {"a": 0.1, "b": 0.0}, {"a": 0.6, "b": 0.0}, {"a": 0.9, "b": 0.1},
+             {"a": 0.2, "b": 0.7}, {"a": 0.1, "b": 0.8}, {"a": 0.0, "b": 0.9}, {"a": 0.6, "b": 0.9},
+             {"a": 0.8, "b": 0.9}, {"a": 0.9, "b": 0.9}]
+    measured = [{"env_steps": 1000 * k, **{m: {"dormant": 0.1 * (k == 3) + 0.01 * k, "effective_rank": 10.0 + k}
+                                           for m in report.MODULES}} for k in range(1, 10)]
+    record = {"tasks": ["a", "b"], "stages": [0, 1, 0], "boundaries": [0, 3000, 6000, 9000],
+              "sequence": {"tasks": tasks, "end_evaluations": 1}, "evaluations": evaluations(curve),
+              "wm_loss": [], "plasticity": measured, "strategy": {"name": "fifo+redo", "plasticity": "redo"},
+              "plasticity_resets": [{"stage": 0, "env_steps": 3000,
+                                     "after": {m: {"dormant": 0.0, "effective_rank": 20.0} for m in report.MODULES}}]}
+    fresh = {"tasks": ["a"], "boundaries": [0, 3000], "sequence": {"tasks": tasks[:1]},
+             "evaluations": evaluations([{"a": 0.0}, {"a": 0.0}, {"a": 0.0}, {"a": 0.6}])}  # 3,000 steps from scratch
+    metrics = report.run_metrics(record, {0: fresh, 1: {**fresh, "tasks": ["b"], "sequence": {"tasks": tasks[1:]},
+                                                        "evaluations": evaluations([{"b": 0.0}, {"b": 0.7}])}})
+    assert metrics["steps_to_learn"] == {"a": 2000, "b": 1000, "a#2": 1000}
+    assert metrics["reference_steps_to_learn"] == {"a": 3000, "b": 1000, "a#2": 3000}
+    assert metrics["learning_savings"] == pytest.approx({"a": 1 / 3, "b": 0.0, "a#2": 2 / 3})
+    assert metrics["learning_savings_later"] == pytest.approx(1 / 3)  # stages b and a#2
+    assert metrics["relearning_savings"] == pytest.approx(2 / 3)  # a#2 only
+    first, second = metrics["plasticity_boundaries"]
+    assert first["before"]["rssm"] == {"dormant": pytest.approx(0.13), "effective_rank": 13.0}
+    assert first["after_reset"]["rssm"] == {"dormant": 0.0, "effective_rank": 20.0}
+    assert first["next"]["rssm"]["effective_rank"] == 14.0
+    assert "after_reset" not in second  # a method ran, but nothing was measured after it
+    around = metrics["plasticity_around_boundaries"]
+    assert around["before"]["effective_rank"]["all"] == pytest.approx((13 + 16) / 2)
+    assert around["after_reset"]["dormant"]["all"] == 0.0
+    # without a method the state right after the boundary is the state at it
+    plain = report.run_metrics({**record, "strategy": {"name": "fifo"}, "plasticity_resets": []}, {})
+    assert plain["plasticity_boundaries"][1]["after_reset"] == plain["plasticity_boundaries"][1]["before"]
+    assert np.isnan(plain["learning_savings_later"])  # no references: nothing to compare with
+    table = report.plasticity_table(report.aggregate({"fifo+redo": [{"seed": 0, "wall_s": 60.0, "metrics": metrics}]}))
+    # boundaries at 3,000 and 6,000: dormant (0.13 + 0.06) / 2 before, 0 after the one measured reset, then
+    # (0.04 + 0.07) / 2 an evaluation later; the rank (13 + 16) / 2, 20, (14 + 17) / 2
+    assert "| fifo+redo | 1 | 0.095 → 0.000 → 0.055 | 14.5 → 20.0 → 15.5 | 0.33 | 0.67 |" in table
+    assert "| reservoir | not run yet |" in table and "| mix+shrink_perturb | not run yet |" in table
+
+
 def test_normalise_model_forgetting_and_spread():
     # One score range per task (column): a Pendulum-like task [-1200, 0] and a DMC-like one [50, 1000].
     returns = np.array([[-1200.0, 50.0], [-300.0, 525.0], [0.0, 1000.0], [-1500.0, 1100.0]])
@@ -296,6 +377,27 @@ def test_reference_key_ignores_the_score_range():
     assert continual.reference_key(continual.reference_job(other_task, 0, 0, ())) != key
 
 
+def test_a_reference_shared_by_two_sequences_is_reused_by_both(tmp_path):
+    first = continual.sequence_from_dict(TINY, default_name="first")
+    # another sequence with the same first task under another score range and other notes: the same reference
+    second = continual.sequence_from_dict({**TINY, "description": "other", "budget_source": "other",
+                                           "tasks": [{**TINY["tasks"][0], "random_return": 0.0},
+                                                     {**TINY["tasks"][1], "variant": {"gear": -2}}]},
+                                          default_name="second")
+    job = continual.reference_job(first, 0, 0, ())
+    rundir = continual.job_dir(tmp_path, job)
+    assert continual.prepare(job, rundir, fresh=False)
+    (rundir / "done.json").write_text("{}")
+    shared = continual.reference_job(second, 0, 0, ())
+    assert continual.job_dir(tmp_path, shared) == rundir and shared.sequence != job.sequence
+    assert not continual.prepare(shared, rundir, fresh=False)  # finished: reused, not an error
+    other = continual.reference_job(second, 1, 0, ())  # gear -2: another curve, another key
+    with pytest.raises(ValueError, match="other settings"):
+        continual.prepare(other, rundir, fresh=False)
+    with pytest.raises(ValueError, match="other settings"):  # a continual run is never taken for a reference
+        continual.prepare(continual.continual_job(first, "fifo", 0, ()), rundir, fresh=False)
+
+
 def test_report_normalises_by_each_tasks_range_and_reads_old_records():
     from benchmarks import continual_report as report
 
@@ -313,6 +415,53 @@ def test_report_normalises_by_each_tasks_range_and_reads_old_records():
     np.testing.assert_allclose(report.curves(reference, report.task_range(record, 1))[1], [[0.5]])
     old = {**record, "sequence": {"tasks": [{"name": "a"}, {"name": "b"}], "max_return": 1000.0}}
     np.testing.assert_allclose(report.curves(old)[1][1], [-0.3, 0.55])  # return / max_return, as they were
+
+
+def test_the_estimate_counts_updates_left_at_the_pace_of_finished_runs(tmp_path):
+    seq = continual.sequence_from_dict(TINY)
+    ref = continual.reference_job(seq, 0, 0, ())
+    run = continual.continual_job(seq, "fifo", 0, ())
+    # (steps - prefill) / action repeat x train ratio / (batch 4 x 16): (400 - 100) / 8 x 16 / 64 = 9.375
+    assert continual.planned_updates(ref) == 9 and continual.planned_updates(run) == 21  # (800 - 100) / 8 / 4
+    todo = [(ref, tmp_path / "ref"), (run, tmp_path / "run")]
+    assert "no finished run" in continual.estimate(todo, tmp_path, parallel=2)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "run.json").write_text(json.dumps({"wall_s": 360.0, "counters": {"updates": 10}}))
+    (tmp_path / "run").mkdir()  # an interrupted run that had made 11 of its updates
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "train/updates": 11.0}\n')
+    text = continual.estimate(todo, tmp_path, parallel=1)
+    # 9 + 10 updates left at 36 s each, one at a time: 684 s
+    assert "2 run(s)" in text and "19 updates left" in text and "36.00 s an update" in text
+    assert "about 11 minutes with 1 at a time" in text
+    assert "nothing to run" in continual.estimate([], tmp_path, parallel=1)
+
+
+def test_reference_table_reads_the_curves_and_judges_the_bar(tmp_path):
+    from benchmarks import continual_report as report
+
+    seq = continual.sequence_from_dict({**TINY, "end_evaluations": 2}).to_dict()
+
+    def reference(returns):
+        return {"boundaries": [0, 400], "wall_s": 60.0, "tasks": ["x"],
+                "evaluations": [{"env_steps": 200 * k, "returns": {"x": [r]}} for k, r in enumerate(returns)]}
+
+    dirs = {0: [tmp_path / "a"], 1: [tmp_path / "b", tmp_path / "c"]}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    # range [25, 1000]: p 0, 0.6, 1.0 -> end of stage (last 2) 0.8: reaches 0.7
+    (tmp_path / "a" / "run.json").write_text(json.dumps(reference([25.0, 610.0, 1000.0])))
+    # p 0, 0.4, 0.8: the last evaluation passes, the end of the stage (0.6) does not
+    (tmp_path / "b" / "run.json").write_text(json.dumps(reference([25.0, 415.0, 805.0])))
+    summary = report.summarise_references(seq, dirs, tmp_path / "out" / "refs.json")
+    a, b, c = summary["references"]
+    assert a["p"] == pytest.approx([0, 0.6, 1.0]) and a["p_end_of_stage"] == pytest.approx(0.8) and a["reaches_bar"]
+    assert a["steps_to_learn"] == 200
+    assert b["p_last"] == pytest.approx(0.8) and b["p_end_of_stage"] == pytest.approx(0.6) and not b["reaches_bar"]
+    assert not c["finished"]
+    assert (tmp_path / "out" / "refs.png").read_bytes()[:4] == b"\x89PNG"
+    text = report.references_section(summary, "results/refs.json")
+    assert "| default | 0 | 400 | 0.00 (25) | 0.60 (610) | 1.00 (1000) | 0.80 | 1.00 | 200 | yes |" in text
+    assert "| inverted | 0 | 400 | 0.00 (25) | 0.40 (415) | 0.80 (805) | 0.60 | 0.80 | 400 | no |" in text
+    assert "| inverted | 1 | 400 |  |  |  | not finished |" in text
 
 
 def test_dreamerv3_learned_at_reads_the_curve(tmp_path, monkeypatch):

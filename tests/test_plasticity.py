@@ -411,3 +411,10 @@ def test_a_continual_run_applies_its_method_at_each_task_boundary(tmp_path):
     assert [step for step, _ in tags["plasticity/applications"]] == [400]
     results = finalise_run(rundir, {})
     assert results["strategy"] == "fifo+redo" and results["plasticity_method"] == "redo"
+    # Measured again right after the method on the boundary evaluation's probe batch: only the method differs.
+    before = next(p for p in record["plasticity"] if p["env_steps"] == 400)
+    assert set(reset["after"]) == {"encoder", "rssm", "actor", "critic"}
+    assert reset["after"]["actor"] != before["actor"]  # recycled actor units answer differently
+    assert [step for step, _ in tags["continual/dormant_after_reset/actor"]] == [400]
+    (boundary,) = results["metrics"]["plasticity_boundaries"]
+    assert boundary["before"]["actor"] == before["actor"] and boundary["after_reset"] == reset["after"]
