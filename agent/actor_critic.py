@@ -97,7 +97,15 @@ class Actor(nn.Module):
         self.head = nn.Linear(cfg.units, self.act_dim if self.discrete else 2 * self.act_dim)
 
     def forward(self, feat: Tensor) -> ActionDist:
-        return ActionDist(self.head(self.body(feat)), self.discrete, self.cfg)
+        return self.dist(self.raw(feat))
+
+    def raw(self, feat: Tensor) -> Tensor:
+        """The network's output before the distribution: (..., F) -> (..., A) logits or (..., 2A) mean and std."""
+        return self.head(self.body(feat))
+
+    def dist(self, raw: Tensor) -> ActionDist:
+        """The action distribution of `raw` outputs."""
+        return ActionDist(raw, self.discrete, self.cfg)
 
 
 class Critic(nn.Module):
@@ -139,13 +147,15 @@ class ActorCritic(nn.Module):
         """Expected return of each state (decoded from the two-hot bins)."""
         return twohot_decode((self.slow_critic if slow else self.critic)(feat), self.bins)
 
-    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor
-               ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor,
+               actor_raw: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Unreduced (H, N) actor and critic losses of an imagined trajectory, and scalar metric tensors.
 
         feat, action: (H+1, N, F) and (H+1, N, A), row 0 the start state and action[t] chosen at state t;
         reward, continue_: (H+1, N), predicted on arriving at each state. With ``dynamics`` gradients the
-        trajectory must be differentiable with respect to the actor.
+        trajectory must be differentiable with respect to the actor. actor_raw (H+1, N, ...), optional:
+        `Actor.raw` of feat, kept from the rollout with the actor's gradient (REINFORCE), so that the actor
+        does not run again on the same states.
         """
         cfg = self.cfg
         if self.dynamics_grad:
@@ -166,7 +176,7 @@ class ActorCritic(nn.Module):
             advantage = (ret - value[:-1]) / scale  # (H, N)
             slow_value = self.value(feat[:-1], slow=True)
 
-        dist = self.actor(feat[:-1])
+        dist = self.actor(feat[:-1]) if actor_raw is None else self.actor.dist(actor_raw[:-1])
         entropy = dist.entropy()
         if self.dynamics_grad:
             # Backpropagation through the model's dynamics: maximise the normalised return itself.
@@ -221,23 +231,26 @@ class ActorCritic(nn.Module):
         """One optimizer step of actor and critic; returns their losses and gradient norms (scalar tensors)
         and ``skipped`` (1.0 where a non-finite loss or gradient skipped a step). An optional
         ``replay_value`` loss (a scalar) is added to the critic's, scaled by ``replay_value``."""
+        loss = {"actor": losses["actor"].mean(), "critic": losses["critic"].mean()}
+        if "replay_value" in losses:
+            loss["critic"] = loss["critic"] + self.cfg.replay_value * losses["replay_value"]
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        # One backward pass for both: no parameter takes gradient from both losses (the critic's states are
+        # detached, the actor's loss sees the critic frozen), so each gets exactly its own loss's gradient.
+        (loss["actor"] + loss["critic"]).backward()
         metrics: dict[str, Tensor] = {}
         skipped = []
         for name, opt, module in (("actor", self.actor_opt, self.actor), ("critic", self.critic_opt, self.critic)):
-            opt.zero_grad(set_to_none=True)
-            loss = losses[name].mean()
-            if name == "critic" and "replay_value" in losses:
-                loss = loss + self.cfg.replay_value * losses["replay_value"]
-            loss.backward()
             # Data-parallel runs: average over ranks before clipping (no-op in one process).
-            loss_finite = average_gradients(module.parameters(), loss)
+            loss_finite = average_gradients(module.parameters(), loss[name])
             norm = nn.utils.clip_grad_norm_(module.parameters(), self.cfg.grad_clip)
             if torch.isfinite(norm) and loss_finite:
                 opt.step()
             else:  # skip rather than poison parameters and Adam's moments
                 opt.zero_grad(set_to_none=True)
                 skipped.append(name)
-            metrics[f"train/loss/{name}"] = loss.detach()
+            metrics[f"train/loss/{name}"] = loss[name].detach()
             metrics[f"train/grad_norm/{name}"] = norm
         self.update_slow_critic()
         metrics["skipped"] = torch.tensor(float(bool(skipped)))

@@ -83,7 +83,8 @@ class RSSMConfig:
     initial: Literal["learned", "zero"] = _f(
         "learned", "initial state: tanh of a learned vector (+ its prior mode) or all zeros"
     )
-    compile: bool = _f(False, "torch.compile the observe step cell (the hot loop)")
+    compile: bool = _f(False, "torch.compile the observe step cell (the hot loop); no faster on the 2-core "
+                              "AVX2 CPU measured so far (README, speed)")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,20 @@ def speed(data: dict, source: str) -> str:
                          f"update; {prof['op_calls']:,} op calls, the top ones by self time: "
                          + ", ".join(f"{o['name'].replace('aten::', '')} {o['pct']:.0f}%"
                                      for o in prof["top_ops_by_self_cpu"][:4]) + ".")
+    phase_names = {"world_model": "world model", "imagine": "imagination", "actor_critic_losses": "actor-critic losses",
+                   "replay_value_loss": "replay value loss", "actor_critic_update": "actor-critic backward and step"}
+    wm_phase = {}
+    for r in data["results"]:
+        phases = r.get("phases_s")
+        if r.get("speedup") is None or not phases:
+            continue
+        name = f"{r['obs']}/{r['encoder']}" if r["obs"] == "pixels" else r["obs"]
+        wm_phase[name] = phases.get("world_model")
+        split = [f"{label} {phases[k] * 1e3:,.0f} ms" for k, label in phase_names.items() if k in phases]
+        notes.append(f"Where {name}'s update goes now (median of the timed phases): " + ", ".join(split) + ".")
+    if wm_phase.get("pixels/patch") and wm_phase.get("pixels/cnn"):
+        ratio = wm_phase["pixels/patch"] / wm_phase["pixels/cnn"]
+        notes.append(f"The patch encoder's world-model phase takes {ratio:.2f}x the CNN encoder's (same CNN decoder).")
     first, machine = data["results"][0], data["machine"]["cpu"]
     return (markdown_table(["obs", "encoder", "B x T", f"{data['code']['baseline']['revision']} ms", "now ms",
                             "speedup", "same losses"], rows)

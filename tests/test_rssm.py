@@ -4,8 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from agent.config import PRESETS
+from agent.math_utils import categorical_sample_st, unimix_dist
 from agent.rssm import RSSM, BlockLinear
 
 CFG = PRESETS["debug"].world_model.rssm  # deter 64, 2 blocks, S=4, K=4
@@ -131,6 +133,41 @@ def test_imagine_shapes_and_agreement_with_open_loop():
     opened = rssm.imagine_with_actions(start, taken[:H].transpose(0, 1), sample=False)
     torch.testing.assert_close(opened["deter"], traj["deter"])
     assert opened["logits"].shape == (H, N, CFG.stoch, CFG.classes)
+
+
+def test_hoisted_observe_equals_the_step_by_step_posterior():
+    """`observe` hoists the action layer and the embedding's share of the posterior's first layer out of its
+    time loop; a plain loop that applies the posterior's first layer to concat(deter, embed) at every step,
+    with the same noise, must give the same states, logits and samples (resets included)."""
+    rssm = _rssm()
+    B, T = 3, 7
+    embed, action, is_first = _inputs(B, T)
+    is_first[1, 4] = True
+    rssm.generator = torch.Generator().manual_seed(3)
+    post, _ = rssm.observe(embed, action, is_first)
+    noise = torch.rand(T, B, CFG.stoch, 1, generator=torch.Generator().manual_seed(3))  # observe's first draw
+    # The unsplit first layer: one (h, D + E) weight over concat(deter, embed).
+    first_layer = torch.cat([rssm.post_deter.weight, rssm.post_embed.weight], 1)
+    init = rssm.initial(B)
+    deter, stoch = init["deter"], init["stoch"].flatten(1)
+    deters, logits, stochs = [], [], []
+    for t in range(T):
+        first = is_first[:, t, None]  # (B, 1)
+        deter = torch.where(first, init["deter"], deter)
+        stoch = torch.where(first, init["stoch"].flatten(1), stoch)
+        prev_action = torch.where(first, torch.zeros_like(action[:, t]), action[:, t])
+        deter = rssm._core(deter, stoch, rssm._action_input(prev_action))
+        x = torch.cat([deter, embed[:, t]], -1) @ first_layer.T  # (B, h)
+        logit, probs = unimix_dist(rssm.post_out(rssm.post_mlp(F.silu(rssm.post_norm(x)))).view(B, CFG.stoch, -1),
+                                   CFG.unimix)
+        sample = categorical_sample_st(logit, noise[t], probs)  # (B, S, K)
+        stoch = sample.flatten(1)
+        deters.append(deter)
+        logits.append(logit)
+        stochs.append(sample)
+    torch.testing.assert_close(post["deter"], torch.stack(deters, 1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(post["logits"], torch.stack(logits, 1), rtol=1e-5, atol=1e-6)
+    assert torch.equal(post["stoch"].argmax(-1), torch.stack(stochs, 1).argmax(-1))
 
 
 def test_block_linear_is_block_diagonal():

@@ -289,3 +289,19 @@ def test_a_world_model_child_times_update_forward_and_parts():
     assert result["clock"] == "process_cpu" and result["torch_threads"] == 1 and result["peak_rss_mb"] > 0
     assert {"encoder", "rssm_observe", "image_decoder"} == set(result["forward_parts"])
     assert result["update"]["n"] == 1 and result["frames_per_s_update"] > 0
+
+
+def test_readme_speed_notes_give_the_phase_split_and_the_patch_to_cnn_ratio():
+    from benchmarks import readme
+
+    def result(obs, encoder, wm_s):
+        return {"obs": obs, "encoder": encoder, "batch": 16, "length": 64, "speedup": 2.0, "same_losses": True,
+                "agent_update": {"median_s": 1.0}, "baseline": {"agent_update": {"median_s": 2.0}},
+                "rounds": [{"current": {"clock": "process_cpu"}}],
+                "phases_s": {"world_model": wm_s, "imagine": 0.1, "total": 1.0, "other": 0.0}}
+
+    data = {"results": [result("state", "patch", 0.3), result("pixels", "patch", 0.6), result("pixels", "cnn", 0.5)],
+            "machine": {"cpu": {"processor": "x", "torch": "t"}}, "code": {"baseline": {"revision": "e8b2407"}}}
+    text = readme.speed(data)
+    assert "Where state's update goes now (median of the timed phases): world model 300 ms, imagination 100 ms." in text
+    assert "world-model phase takes 1.20x the CNN encoder's" in text
