@@ -194,6 +194,21 @@ def model_forgetting(loss_after_own: dict[str, float], loss_at_end: dict[str, fl
     return {term: loss_at_end[term] - loss_after_own[term] for term in loss_after_own if term in loss_at_end}
 
 
+# Two-sided 95% quantiles of Student's t for 1 to 30 degrees of freedom (beyond that, the normal's 1.96).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def interval95(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, half-width of the 95% t interval of the mean, count) of the finite values: over seeds, the
+    interval the summary tables show. The half-width is NaN for fewer than two values."""
+    mean, std, n = mean_and_spread(values)
+    if n < 2:
+        return mean, float("nan"), n
+    t = T975[n - 2] if n - 1 <= len(T975) else 1.96
+    return mean, t * std / float(np.sqrt(n)), n
+
+
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float, int]:
     """(mean, sample standard deviation, count) of the finite values; std is 0 for one value and NaN for
     none. The spread across seeds in the summary tables."""

@@ -403,10 +403,11 @@ def plot_summary_plasticity(by_strategy: dict[str, list[dict[str, Any]]], path: 
 
 
 def _fmt(values: list[float], digits: int = 2) -> str:
-    mean, std, n = cm.mean_and_spread(values)
+    """Mean over seeds, ± the half-width of its 95% t interval where there are two seeds or more."""
+    mean, half, n = cm.interval95(values)
     if n == 0:
         return "-"
-    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
 def _order(strategies: list[str]) -> list[str]:
@@ -415,7 +416,8 @@ def _order(strategies: list[str]) -> list[str]:
 
 
 def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per strategy: every scalar metric as {mean, std, n} over seeds, and per-stage values likewise."""
+    """Per strategy: every scalar metric as {mean, std, n, ci95 (the 95% interval's half-width)} over seeds,
+    and per-stage values likewise."""
     out = {}
     for strategy, runs in by_strategy.items():
         metrics = [r["metrics"] for r in runs]
@@ -444,7 +446,7 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         per_stage["p_final"] = {t: [m["p_final"][t] for m in metrics] for t in metrics[0]["p_final"]}
         out[strategy] = {
             "seeds": [r["seed"] for r in runs],
-            "scalars": {k: dict(zip(("mean", "std", "n"), cm.mean_and_spread(v)), values=v)
+            "scalars": {k: dict(zip(("mean", "std", "n"), cm.mean_and_spread(v)), ci95=cm.interval95(v)[1], values=v)
                         for k, v in scalar.items()},
             "per_stage": per_stage,
             "matrix_mean": np.mean([m["matrix"] for m in metrics], 0).tolist(),
@@ -453,15 +455,15 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def _fmt_steps(values: list[float]) -> str:
-    """Env steps over seeds: mean (± std) of the seeds that reached the threshold, and how many did."""
+    """Env steps over seeds: mean (± 95% interval) of the seeds that reached the threshold, and how many did."""
     values = [v for v in values if not (isinstance(v, float) and np.isnan(v))]
     if not values:
         return "-"
     reached = [v for v in values if np.isfinite(v)]
     if not reached:
         return "not reached"
-    mean, std, n = cm.mean_and_spread(reached)
-    text = f"{mean:,.0f}" if n == 1 else f"{mean:,.0f} ± {std:,.0f}"
+    mean, half, n = cm.interval95(reached)
+    text = f"{mean:,.0f}" if n == 1 else f"{mean:,.0f} ± {half:,.0f}"
     return text if n == len(values) else f"{text} ({n} of {len(values)} reached)"
 
 
@@ -536,7 +538,8 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
              f"train ratio {b['train_ratio']:g}, batch {b['batch'][0]}x{b['batch'][1]}. Replay capacity "
              f"{b['replay_capacity']:,} steps for every strategy (mix: half recent FIFO, half reservoir). Every task "
              f"evaluated every {b['eval_every']:,} env steps with {b['eval_episodes']} episodes; end-of-stage values "
-             f"average the last {b['end_evaluations']} evaluations. {_range_note(b)}; mean ± std over seeds. "
+             f"average the last {b['end_evaluations']} evaluations. {_range_note(b)}; mean over seeds ± the half-width "
+             "of its 95% t interval (an interval that includes zero, or two that overlap, is no difference found). "
              "Forgetting, forward transfer (against single-task runs from scratch with the same budget) and AUC as in "
              "Continual World; WM forgetting: held-out loss at the end of the run minus right after the task's own "
              "stage (positive: forgot); dormant: ReDo fraction (tau 0.025); effective rank of each module's features, "

@@ -163,6 +163,11 @@ def test_normalise_model_forgetting_and_spread():
         {"state": 0.5, "reward": -0.25}
     assert cm.mean_and_spread([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
     assert cm.mean_and_spread([4.0, np.nan]) == (4.0, 0.0, 1)
+    # 95% t interval of the mean over seeds: t(0.975, 2 dof) = 4.303, std 1 over 3 values.
+    mean, half, n = cm.interval95([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.303 / np.sqrt(3))
+    assert cm.interval95([5.0, 7.0])[1] == pytest.approx(12.706)  # std sqrt(2) over sqrt(2) values
+    assert np.isnan(cm.interval95([4.0, np.nan])[1])
 
 
 # --------------------------------------------------------------------------------------------- plasticity
