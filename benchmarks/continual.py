@@ -453,10 +453,7 @@ def task_env(seq: Sequence, index: int, num_envs: int, seed: int, task_id: bool 
         return envs.make_vec(task.spec, num_envs, seed=seed, **options)
     fns = [functools.partial(_make_with_task_id, task.spec, index, len(seq.tasks), seed + i, **options)
            for i in range(num_envs)]
-    mode = gym.vector.AutoresetMode.NEXT_STEP
-    if num_envs == 1:
-        return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-    return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=mode)
+    return envs.vector_env(fns)
 
 
 # --------------------------------------------------------------------------------------------- the runner
