@@ -302,6 +302,6 @@ def test_readme_speed_notes_give_the_phase_split_and_the_patch_to_cnn_ratio():
 
     data = {"results": [result("state", "patch", 0.3), result("pixels", "patch", 0.6), result("pixels", "cnn", 0.5)],
             "machine": {"cpu": {"processor": "x", "torch": "t"}}, "code": {"baseline": {"revision": "e8b2407"}}}
-    text = readme.speed(data)
+    text = readme.speed(data, "results/speed_cpu.json")
     assert "Where state's update goes now (median of the timed phases): world model 300 ms, imagination 100 ms." in text
     assert "world-model phase takes 1.20x the CNN encoder's" in text
