@@ -97,15 +97,7 @@ class Actor(nn.Module):
         self.head = nn.Linear(cfg.units, self.act_dim if self.discrete else 2 * self.act_dim)
 
     def forward(self, feat: Tensor) -> ActionDist:
-        return self.dist(self.raw(feat))
-
-    def raw(self, feat: Tensor) -> Tensor:
-        """The network's output before the distribution: (..., F) -> (..., A) logits or (..., 2A) mean and std."""
-        return self.head(self.body(feat))
-
-    def dist(self, raw: Tensor) -> ActionDist:
-        """The action distribution of `raw` outputs."""
-        return ActionDist(raw, self.discrete, self.cfg)
+        return ActionDist(self.head(self.body(feat)), self.discrete, self.cfg)
 
 
 class Critic(nn.Module):
@@ -147,15 +139,13 @@ class ActorCritic(nn.Module):
         """Expected return of each state (decoded from the two-hot bins)."""
         return twohot_decode((self.slow_critic if slow else self.critic)(feat), self.bins)
 
-    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor,
-               actor_raw: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def losses(self, feat: Tensor, action: Tensor, reward: Tensor, continue_: Tensor
+               ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Unreduced (H, N) actor and critic losses of an imagined trajectory, and scalar metric tensors.
 
         feat, action: (H+1, N, F) and (H+1, N, A), row 0 the start state and action[t] chosen at state t;
         reward, continue_: (H+1, N), predicted on arriving at each state. With ``dynamics`` gradients the
-        trajectory must be differentiable with respect to the actor. actor_raw (H+1, N, ...), optional:
-        `Actor.raw` of feat, kept from the rollout with the actor's gradient (REINFORCE), so that the actor
-        does not run again on the same states.
+        trajectory must be differentiable with respect to the actor.
         """
         cfg = self.cfg
         if self.dynamics_grad:
@@ -176,7 +166,7 @@ class ActorCritic(nn.Module):
             advantage = (ret - value[:-1]) / scale  # (H, N)
             slow_value = self.value(feat[:-1], slow=True)
 
-        dist = self.actor(feat[:-1]) if actor_raw is None else self.actor.dist(actor_raw[:-1])
+        dist = self.actor(feat[:-1])
         entropy = dist.entropy()
         if self.dynamics_grad:
             # Backpropagation through the model's dynamics: maximise the normalised return itself.

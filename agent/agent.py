@@ -113,8 +113,7 @@ class Agent(nn.Module):
         with frozen(self.wm):  # no gradient ever reaches the world model's parameters from here
             with torch.set_grad_enabled(self.ac.dynamics_grad):  # differentiable rollouts only when used
                 traj = self.imagine(start, start_continue)
-            losses, metrics = self.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"],
-                                             traj.get("actor_raw"))
+            losses, metrics = self.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"])
         if replay is not None:
             losses["replay_value"], replay_metrics = self.ac.replay_value_loss(
                 replay["feat"], replay["reward"].float(), replay["is_first"], replay["is_terminal"])
@@ -131,32 +130,17 @@ class Agent(nn.Module):
         ``continue_`` probabilities (H+1, N); row 0 is the start: its reward is 0 and unused, its continue
         flag the replayed one. Under ``torch.no_grad`` for REINFORCE; with gradients on (and the world model
         frozen) the trajectory is differentiable with respect to the actor, for dynamics backpropagation.
-        For REINFORCE it also holds ``actor_raw`` (H+1, N, ...): the actor's outputs at each state, with the
-        actor's gradient, which the actor loss reuses instead of running the actor on the same states again.
         """
         rssm = self.wm.rssm
-        actor = self.ac.actor
-        raws: list[torch.Tensor] = []
-
-        def policy(state: dict[str, torch.Tensor]) -> torch.Tensor:
-            if torch.is_grad_enabled():  # dynamics gradients: the sample carries them
-                return actor(rssm.features(state)).sample()
-            with torch.enable_grad():  # the states are constants here; only the actor's parameters take part
-                raws.append(actor.raw(rssm.features(state)))
-            return actor.dist(raws[-1].detach()).sample()
-
-        traj = rssm.imagine(start, policy, self.cfg.actor_critic.horizon)
+        traj = rssm.imagine(start, lambda s: self.ac.actor(rssm.features(s)).sample(),
+                            self.cfg.actor_critic.horizon)
         feat = rssm.features(traj)  # (H+1, N, F)
         # The start's reward and continue flag are not predicted: rows 1..H only.
         reward = twohot_decode(self.wm.reward(feat[1:]), self.wm.bins)  # (H, N)
         continue_ = torch.sigmoid(self.wm.continue_(feat[1:]).float())  # (H, N)
-        out = {"feat": feat, "action": traj["action"],
-               "reward": torch.cat([torch.zeros_like(reward[:1]), reward]),
-               "continue_": torch.cat([start_continue[None], continue_])}
-        if raws:
-            with torch.enable_grad():  # the stack keeps the actor's gradient
-                out["actor_raw"] = torch.stack(raws)  # (H+1, N, ...)
-        return out
+        return {"feat": feat, "action": traj["action"],
+                "reward": torch.cat([torch.zeros_like(reward[:1]), reward]),
+                "continue_": torch.cat([start_continue[None], continue_])}
 
     # ----- reports
 

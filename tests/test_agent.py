@@ -97,33 +97,6 @@ def test_replay_value_loss_trains_the_critic_only():
         assert torch.equal(wm0[name], wm1[name]), name
 
 
-def test_reinforce_loss_from_the_rollout_actor_outputs_equals_a_fresh_actor_forward():
-    """Under REINFORCE the imagined trajectory keeps the actor's outputs (with the actor's gradient) and the
-    actor loss reuses them; the loss and the actor's gradient must equal those of running the actor again."""
-    agent = Agent(STATE, BOX, debug_cfg())
-    assert not agent.ac.dynamics_grad
-    torch.manual_seed(0)
-    start = {"deter": torch.randn(8, agent.wm.rssm.D),
-             "stoch": torch.softmax(torch.randn(8, agent.wm.rssm.S, agent.wm.rssm.K), -1)}
-    with torch.no_grad():
-        traj = agent.imagine(start, torch.ones(8))
-    assert traj["actor_raw"].requires_grad and not traj["feat"].requires_grad
-    torch.testing.assert_close(traj["actor_raw"], agent.ac.actor.raw(traj["feat"]), rtol=0, atol=0)
-    grads, actor_losses = [], []
-    for raw in (traj["actor_raw"], None):
-        state = agent.ac.normalizer.state_dict()
-        losses, _ = agent.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"], raw)
-        agent.ac.normalizer.load_state_dict(state)  # both calls see the same return scale
-        agent.ac.actor.zero_grad(set_to_none=True)
-        losses["actor"].mean().backward()
-        actor_losses.append(losses["actor"].detach())
-        grads.append([p.grad.clone() for p in agent.ac.actor.parameters()])
-    torch.testing.assert_close(actor_losses[0], actor_losses[1], rtol=0, atol=0)
-    assert any(g.abs().sum() > 0 for g in grads[0])
-    for reused, fresh in zip(*grads):
-        torch.testing.assert_close(reused, fresh, rtol=1e-5, atol=1e-7)
-
-
 def test_one_backward_gives_each_of_actor_and_critic_its_own_gradient():
     """`ActorCritic.update` backpropagates actor + critic loss at once; each module's gradient must be that of
     its own loss alone."""
@@ -133,7 +106,7 @@ def test_one_backward_gives_each_of_actor_and_critic_its_own_gradient():
              "stoch": torch.softmax(torch.randn(8, agent.wm.rssm.S, agent.wm.rssm.K), -1)}
     with torch.no_grad():
         traj = agent.imagine(start, torch.ones(8))
-    losses, _ = agent.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"], traj["actor_raw"])
+    losses, _ = agent.ac.losses(traj["feat"], traj["action"], traj["reward"], traj["continue_"])
     separate = {}
     for name, module in (("actor", agent.ac.actor), ("critic", agent.ac.critic)):
         separate[name] = torch.autograd.grad(losses[name].mean(), list(module.parameters()), retain_graph=True,
