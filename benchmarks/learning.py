@@ -46,12 +46,12 @@ class Task:
     overrides: list[str] = field(default_factory=list)
 
 
-def dreamerv3_curve(task: str) -> dict | None:
-    """DreamerV3's binned proprio curve of ``task`` (``x``, seed ``mean``, ``seeds``), or None where the
-    reference has none. The file's vision entries are raw per-episode points (with nulls), not 10K bins."""
+def dreamerv3_curve(task: str, section: str = "proprio") -> dict | None:
+    """DreamerV3's curve of a DMC ``task`` (``x``, seed ``mean``, ``seeds``), or None where the reference has
+    none. ``proprio`` curves are 10K bins; the file's ``vision`` entries are raw per-episode points (with nulls)."""
     if not CURVES.exists():
         return None
-    return json.loads(CURVES.read_text())["proprio"].get(task.replace("-", "_"))
+    return json.loads(CURVES.read_text())[section].get(task.replace("-", "_"))
 
 
 def dreamerv3_at(curve: dict | None, steps: int) -> dict[str, float | None]:
