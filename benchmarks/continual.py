@@ -122,11 +122,8 @@ class Sequence:
         return (np.array([t.random_return for t in self.tasks]), np.array([t.best_return for t in self.tasks]))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict; ``sequence_from_dict`` reads it back."""
-        d = dataclasses.asdict(self)
-        d["tasks"], d["overrides"], d["order"] = [dataclasses.asdict(t) for t in self.tasks], list(self.overrides), \
-            list(self.order)
-        return d
+        """Plain JSON-ready dict (tuples as lists); ``sequence_from_dict`` reads it back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 RANGE_HELP = ("normalised performance is (return - random_return) / (best_return - random_return); measure "
