@@ -777,7 +777,10 @@ def _main(args: argparse.Namespace) -> int:
         args.out = args.out or "results/world_model.json"
         if args.grid:
             return run_grid(args)
-        write_report(read_json(args.out), Path(args.out))
+        payload = read_json(args.out)
+        if payload is None:
+            raise ValueError(f"no results file {args.out} to report from; --grid writes it.")
+        write_report(payload, Path(args.out))
     else:
         if not args.data or not args.out:
             raise ValueError("a run needs --data (a dataset or replay directory) and --out (its results JSON).")
