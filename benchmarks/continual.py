@@ -62,7 +62,7 @@ import numpy as np
 from agent.config import _f, config_from_dict
 
 from . import jobs as sweep
-from .common import write_json
+from .common import exit_status, parser, read_json, read_jsonl, write_json
 
 SEQUENCES_DIR = Path(__file__).resolve().parent / "sequences"
 
@@ -122,11 +122,8 @@ class Sequence:
         return (np.array([t.random_return for t in self.tasks]), np.array([t.best_return for t in self.tasks]))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict; ``sequence_from_dict`` reads it back."""
-        d = dataclasses.asdict(self)
-        d["tasks"], d["overrides"], d["order"] = [dataclasses.asdict(t) for t in self.tasks], list(self.overrides), \
-            list(self.order)
-        return d
+        """Plain JSON-ready dict (tuples as lists); ``sequence_from_dict`` reads it back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 RANGE_HELP = ("normalised performance is (return - random_return) / (best_return - random_return); measure "
@@ -312,12 +309,9 @@ def dreamerv3_learned_at(spec: str, obs: str, fraction: float = 0.75, final_bins
     """Env steps where DreamerV3's seed-mean curve for a DMC task (``../shared/reference/dreamerv3_dmc_curves
     .json``: ``proprio`` for state observations, ``vision`` for pixels) first reaches ``fraction`` of its final
     value (the mean of its last ``final_bins`` bins), rounded up to 10,000; None without a curve."""
-    from .learning import CURVES
+    from .learning import dreamerv3_curve
 
-    if not spec.startswith("dmc:") or not CURVES.exists():
-        return None
-    curve = json.loads(CURVES.read_text())["proprio" if obs == "state" else "vision"].get(
-        spec.removeprefix("dmc:").replace("-", "_"))
+    curve = dreamerv3_curve(spec[4:], "proprio" if obs == "state" else "vision") if spec.startswith("dmc:") else None
     if curve is None:
         return None
     x, mean = np.array(curve["x"], float), np.array(curve["mean"], float)
@@ -580,6 +574,18 @@ class ContinualRun:
         start, before = self._session
         return before + time.time() - start
 
+    def probe(self, seed: int) -> dict[str, np.ndarray]:
+        """A probe batch of training windows from the replay (``probe_batch``)."""
+        return probe_batch(self.trainer.replay, self.cfg.train.batch_size, self.cfg.train.batch_length, seed)
+
+    def plasticity(self) -> dict[str, dict[str, float]]:
+        """Dormant fraction and effective rank per module on the evaluations' probe batch (``benchmarks.plasticity``),
+        leaving the run's random streams as they were."""
+        from .plasticity import measure
+
+        with untouched_rng(self.trainer.agent):
+            return measure(self.trainer.agent, self.probe(self.seed))
+
     def stage_at(self, env_steps: int) -> int:
         """The stage being trained at ``env_steps`` (the last one at the end of the run)."""
         return min(int(np.searchsorted(self.seq.boundaries, env_steps, side="right")) - 1, len(self.seq.stages) - 1)
@@ -599,11 +605,7 @@ class ContinualRun:
         scalars["continual/stage"] = stage
         scalars["continual/task_index"] = self.seq.stages[stage]
         if self.measure_model and t.replay.can_sample(self.cfg.train.batch_length):
-            from .plasticity import measure
-
-            batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length, self.seed)
-            with untouched_rng(t.agent):
-                values = measure(t.agent, batch)
+            values = self.plasticity()
             self.extra["plasticity"].append({"env_steps": t.env_steps, **values})
             for module, v in values.items():
                 scalars[f"continual/dormant/{module}"] = v["dormant"]
@@ -660,16 +662,10 @@ class ContinualRun:
         p, t = self.cfg.plasticity, self.trainer
         if p.method == "none" or p.every > 0 or stage == len(self.seq.stages) - 1:
             return
-        batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length,
-                            seed=50_000 + 1000 * self.seed + stage)
-        values = t.apply_plasticity(batch)
+        values = t.apply_plasticity(self.probe(seed=50_000 + 1000 * self.seed + stage))
         # Measured again on the probe batch of the boundary's evaluation (the replay has not changed since), so
         # that before and after differ only by the method.
-        from .plasticity import measure
-
-        batch = probe_batch(t.replay, self.cfg.train.batch_size, self.cfg.train.batch_length, self.seed)
-        with untouched_rng(t.agent):
-            after = measure(t.agent, batch)
+        after = self.plasticity()
         self.log({f"continual/{key}_after_reset/{module}": v[key] for module, v in after.items()
                   for key in ("dormant", "effective_rank")})
         self.extra.setdefault("plasticity_resets", []).append({"env_steps": t.env_steps, "stage": stage, **values,
@@ -677,12 +673,10 @@ class ContinualRun:
 
     def curves(self) -> tuple[np.ndarray, np.ndarray]:
         """Evaluation steps (E,) and normalised performance (E, n) from the evaluations so far."""
-        from .continual_metrics import normalise
+        from .continual_report import curves
 
-        evals = self.extra["evaluations"]
-        steps = np.array([e["env_steps"] for e in evals])
-        perf = np.array([[np.mean(e["returns"][task.name]) for task in self.seq.tasks] for e in evals])
-        return steps, normalise(perf, *self.seq.score_ranges)
+        record = {"evaluations": self.extra["evaluations"], "tasks": [task.name for task in self.seq.tasks]}
+        return curves(record, self.seq.score_ranges)
 
     # ----- the run
 
@@ -813,16 +807,15 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
     sweep's lock)."""
     if fresh:
         sweep.clear(rundir)
-    path = rundir / "job.json"
-    if path.exists():
-        saved, wanted = json.loads(path.read_text()), json.loads(json.dumps(job.to_dict()))
-        if _with_defaults(saved) != _with_defaults(wanted) and not _same_reference(saved, job):
-            raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
-                             "or --root to put runs elsewhere.")
-        return not (rundir / "done.json").exists()
-    rundir.mkdir(parents=True, exist_ok=True)
-    write_json(path, job.to_dict())
-    return True
+    path, saved = rundir / "job.json", read_json(rundir / "job.json")
+    if saved is None:
+        write_json(path, job.to_dict())
+        return True
+    wanted = json.loads(json.dumps(job.to_dict()))  # tuples as lists, as read back
+    if _with_defaults(saved) != _with_defaults(wanted) and not _same_reference(saved, job):
+        raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
+                         "or --root to put runs elsewhere.")
+    return not (rundir / "done.json").exists()
 
 
 def _same_reference(saved: dict[str, Any], job: Job) -> bool:
@@ -866,13 +859,8 @@ def planned_updates(job: Job) -> int:
 
 def _updates_done(rundir: Path) -> int:
     """Updates an unfinished run had made at its last log line (0 when it has not started)."""
-    done = 0
-    path = rundir / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if '"train/updates"' in line:
-                done = int(json.loads(line)["train/updates"])
-    return done
+    logged = [row["train/updates"] for row in read_jsonl(rundir / "metrics.jsonl") if "train/updates" in row]
+    return int(logged[-1]) if logged else 0
 
 
 def seconds_per_update(root: Path) -> tuple[float, int] | None:
@@ -905,50 +893,53 @@ def estimate(todo: list[tuple[Job, Path]], root: Path, parallel: int) -> str:
             f"then), about {took} with {min(parallel, len(todo))} at a time.")
 
 
-def run_jobs(planned: list[tuple[Job, Path]], runner: sweep.Runner) -> list[Path]:
-    """Run jobs through the job runner (each ``python -m benchmarks.continual --worker <rundir>``, failed
-    ones again from their checkpoints up to the runner's retries); returns the run directories that still
+def run_jobs(jobs: list[tuple[Job, Path]], args: argparse.Namespace) -> list[Path]:
+    """Run the jobs that still have work through the job runner (each ``python -m benchmarks.continual --worker
+    <rundir>``, failed ones again from their checkpoints up to ``--retries``), holding the lock of every run
+    directory this may write, after printing how long they will take; returns the run directories that still
     failed. Interrupting this process stops its jobs (their checkpoints stay; the same command resumes them)."""
-    outcomes = runner.run([process_job(job, rundir) for job, rundir in planned])
-    return [rundir for (_, rundir), outcome in zip(planned, outcomes) if not outcome.ok]
+    runner = sweep.runner_from_args(args)
+    # Lock what this sweep may write (finished runs are only read), before --fresh empties anything.
+    with sweep.locked([rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]):
+        todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
+        threads = max((job.config["train"]["threads"] for job, _ in todo), default=1) or (os.cpu_count() or 1)
+        slots = args.parallel or max(1, (args.cpus or os.cpu_count() or 1) // threads)  # the runner's default
+        print(estimate(todo, root=Path(args.root), parallel=slots), flush=True)
+        outcomes = runner.run([process_job(job, rundir) for job, rundir in todo])
+    return [rundir for (_, rundir), outcome in zip(todo, outcomes) if not outcome.ok]
 
 
 # --------------------------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.continual", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sequence", help="a shipped sequence name or the path of a sequence .json file")
-    parser.add_argument("--strategy", nargs="+", default=["reservoir"],
-                        help="one or more of fifo, reservoir, mix (each optionally +shrink_perturb or +redo, "
-                             "and +taskid)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
-    parser.add_argument("--root", default="runs/continual", help="where runs, references and summaries go")
-    parser.add_argument("--steps-per-task", type=int, help="replace every task's budget (quick runs)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="run-config overrides after the sequence's own, e.g. train.train_ratio=64")
-    parser.add_argument("--no-references", action="store_true", help="skip reference runs (no forward transfer)")
-    parser.add_argument("--references-only", action="store_true",
-                        help="run only the single-task references (the cache every strategy reuses), no strategy")
-    parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these jobs")
-    parser.add_argument("--out", help="also write the summary JSON here, plots beside it (README source)")
-    parser.add_argument("--report-only", action="store_true", help="only rebuild results, tables and plots")
-    parser.add_argument("--list", action="store_true", help="list shipped sequences")
-    parser.add_argument("--measure-random", type=int, metavar="EPISODES",
-                        help="measure each task's uniform-random return over this many episodes, train nothing")
-    parser.add_argument("--dreamerv3-budget", action="store_true",
-                        help="print where DreamerV3's curve of each DMC task reaches 75%% of its final value")
-    parser.add_argument("--write", action="store_true",
-                        help="with --measure-random: store the means as the tasks' random_return in the file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the job in this run directory
-    sweep.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _main(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    p = parser(__doc__, prog="python -m benchmarks.continual")
+    p.add_argument("--sequence", help="a shipped sequence name or the path of a sequence .json file")
+    p.add_argument("--strategy", nargs="+", default=["reservoir"],
+                   help="one or more of fifo, reservoir, mix (each optionally +shrink_perturb or +redo, "
+                        "and +taskid)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
+    p.add_argument("--root", default="runs/continual", help="where runs, references and summaries go")
+    p.add_argument("--steps-per-task", type=int, help="replace every task's budget (quick runs)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="run-config overrides after the sequence's own, e.g. train.train_ratio=64")
+    p.add_argument("--no-references", action="store_true", help="skip reference runs (no forward transfer)")
+    p.add_argument("--references-only", action="store_true",
+                   help="run only the single-task references (the cache every strategy reuses), no strategy")
+    p.add_argument("--fresh", action="store_true", help="discard earlier runs of these jobs")
+    p.add_argument("--out", help="also write the summary JSON here, plots beside it (README source)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild results, tables and plots")
+    p.add_argument("--list", action="store_true", help="list shipped sequences")
+    p.add_argument("--measure-random", type=int, metavar="EPISODES",
+                   help="measure each task's uniform-random return over this many episodes, train nothing")
+    p.add_argument("--dreamerv3-budget", action="store_true",
+                   help="print where DreamerV3's curve of each DMC task reaches 75%% of its final value")
+    p.add_argument("--write", action="store_true",
+                   help="with --measure-random: store the means as the tasks' random_return in the file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the job in this run directory
+    sweep.add_arguments(p)
+    args = p.parse_args(argv)
+    return exit_status(lambda: _main(args))
 
 
 def _inspect(args: argparse.Namespace) -> str:
@@ -979,45 +970,14 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.worker:
         rundir = Path(args.worker)
-        raw = json.loads((rundir / "job.json").read_text())
+        raw = read_json(rundir / "job.json")
         run_job(Job(**{**raw, "overrides": tuple(raw["overrides"])}), rundir)
         return 0
     if args.list or args.measure_random is not None or args.dreamerv3_budget or args.write:
         print(_inspect(args))
         return 0
-    if not args.sequence:
-        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
-    if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
-        raise ValueError("--seeds and --parallel must be >= 1.")
-    if args.references_only and args.no_references:
-        raise ValueError("--references-only and --no-references exclude each other.")
-    seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
-    overrides = tuple(args.set)
-    strategies = [parse_strategy(s).name for s in args.strategy]
-    root = Path(args.root)
-    jobs: list[tuple[Job, Path]] = []
-    if not args.no_references:
-        for seed in range(args.seeds):
-            for index in range(len(seq.tasks)):
-                job = reference_job(seq, index, seed, overrides)
-                jobs.append((job, job_dir(root, job)))
-    for strategy in strategies if not args.references_only else []:
-        for seed in range(args.seeds):
-            job = continual_job(seq, strategy, seed, overrides)
-            jobs.append((job, job_dir(root, job)))
-    failed = []
-    if not args.report_only:
-        runner = sweep.runner_from_args(args)
-        # Lock what this sweep may write (finished runs are only read), before --fresh empties anything.
-        writes = [rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]
-        with sweep.locked(writes):
-            todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
-            threads = max((job.config["train"]["threads"] for job, _ in todo), default=1) or (os.cpu_count() or 1)
-            slots = args.parallel or max(1, (args.cpus or os.cpu_count() or 1) // threads)  # the runner's default
-            print(estimate(todo, root, slots), flush=True)
-            failed = run_jobs(todo, runner)
-    refs = {index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in range(args.seeds)]
-            for index in range(len(seq.tasks))} if not args.no_references else {}
+    seq, jobs, refs = _plan(args)
+    failed = [] if args.report_only else run_jobs(jobs, args)
     if args.references_only:
         print("\n".join(f"{rundir}: {'done' if (rundir / 'done.json').exists() else 'not finished'}"
                         for dirs in refs.values() for rundir in dirs))
@@ -1029,12 +989,33 @@ def _main(args: argparse.Namespace) -> int:
         if job.kind == "continual" and (rundir / "run.json").exists():
             report.finalise_run(rundir, {i: dirs[job.seed] for i, dirs in refs.items()})
     settings = report.settings_key(jobs[-1][0].sequence, jobs[-1][0].config)
-    summary = report.summarise(root / seq.name, out=Path(args.out) if args.out else None, settings=settings)
+    summary = report.summarise(Path(args.root) / seq.name, out=Path(args.out) if args.out else None, settings=settings)
     print(summary["markdown"])
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(map(str, failed))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _plan(args: argparse.Namespace) -> tuple[Sequence, list[tuple[Job, Path]], dict[int, list[Path]]]:
+    """The sequence, this command's jobs with their run directories (references first), and the reference run
+    directories of each task index, one per seed."""
+    if not args.sequence:
+        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
+    if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
+        raise ValueError("--seeds and --parallel must be >= 1.")
+    if args.references_only and args.no_references:
+        raise ValueError("--references-only and --no-references exclude each other.")
+    seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
+    overrides, root, seeds = tuple(args.set), Path(args.root), range(args.seeds)
+    strategies = [parse_strategy(s).name for s in args.strategy]
+    refs = {} if args.no_references else {
+        index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in seeds]
+        for index in range(len(seq.tasks))}
+    jobs = [(reference_job(seq, index, seed, overrides), refs[index][seed]) for seed in seeds for index in refs]
+    for strategy in [] if args.references_only else strategies:
+        jobs += [(job, job_dir(root, job)) for job in (continual_job(seq, strategy, seed, overrides) for seed in seeds)]
+    return seq, jobs, refs
 
 
 if __name__ == "__main__":

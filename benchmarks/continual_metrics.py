@@ -69,9 +69,6 @@ def stage_end_values(steps: np.ndarray, perf: np.ndarray, boundaries: np.ndarray
     return np.stack(rows)
 
 
-performance_matrix = stage_end_values
-
-
 def average_performance(matrix: np.ndarray) -> float:
     """Mean over tasks of the final performance, P(T) = mean_i p_i(T) (Continual World, "average
     performance"): the last row of the performance matrix, averaged."""
@@ -182,9 +179,7 @@ def repeated_stages(task_of_stage: Sequence[int]) -> list[int]:
 
 def nanmean(values: np.ndarray | Sequence[float]) -> float:
     """Mean over finite entries; NaN when there are none (e.g. forgetting of a one-stage run)."""
-    values = np.asarray(values, float)
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if len(finite) else float("nan")
+    return mean_and_spread(values)[0]
 
 
 def model_forgetting(loss_after_own: dict[str, float], loss_at_end: dict[str, float]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import continual_metrics as cm
-from .common import machine_info, markdown_table, write_json
+from .common import machine_info, markdown_table, pyplot, read_json, save_figure, write_json
 
 MODULES = ("encoder", "rssm", "actor", "critic")
 WM_SHOWN = {"reconstruction": ("image", "state"), "reward": ("reward",), "kl": ("kl",)}
@@ -36,12 +36,9 @@ def stage_labels(tasks: list[str], stages: list[int]) -> list[str]:
 
 
 def score_ranges(sequence: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) random-policy and (n,) best returns of a sequence dict's tasks (p = 0 and p = 1). Records made
-    before tasks had score ranges normalised by the sequence's ``max_return``: range [0, max_return]."""
+    """(n,) random-policy and (n,) best returns of a sequence dict's tasks (p = 0 and p = 1)."""
     tasks = sequence["tasks"]
-    if all("random_return" in t for t in tasks):
-        return np.array([t["random_return"] for t in tasks]), np.array([t["best_return"] for t in tasks])
-    return np.zeros(len(tasks)), np.full(len(tasks), float(sequence["max_return"]))
+    return np.array([t["random_return"] for t in tasks]), np.array([t["best_return"] for t in tasks])
 
 
 def curves(record: dict[str, Any], ranges: tuple[np.ndarray, np.ndarray] | None = None
@@ -60,23 +57,13 @@ def task_range(record: dict[str, Any], index: int) -> tuple[np.ndarray, np.ndarr
     return low[index: index + 1], high[index: index + 1]
 
 
-def reference_auc(reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np.ndarray] | None = None) -> float:
-    """AUC of a reference run's curve over its whole budget (its one task, from scratch), normalised by
-    ``ranges`` (default: its own record's)."""
+def from_scratch(metric: Any, reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np.ndarray]) -> float:
+    """``metric`` (``cm.window_auc`` or ``cm.steps_to_reach``) of a reference run's curve over its whole budget
+    (its one task, from scratch), normalised by ``ranges``; NaN without a reference."""
     if reference is None:
         return float("nan")
     steps, perf = curves(reference, ranges)
-    return cm.window_auc(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
-
-
-def reference_steps_to_learn(reference: dict[str, Any] | None, ranges: tuple[np.ndarray, np.ndarray] | None = None
-                             ) -> float:
-    """Env steps a reference run (its one task, from scratch) took to first reach p >= ``cm.LEARNED``
-    (inf: never within its budget; NaN: no reference)."""
-    if reference is None:
-        return float("nan")
-    steps, perf = curves(reference, ranges)
-    return cm.steps_to_reach(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
+    return metric(steps, perf[:, 0], 0.0, reference["boundaries"][-1])
 
 
 def boundary_plasticity(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -131,12 +118,10 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
     matrix = cm.stage_end_values(steps, perf, boundaries, seq["end_evaluations"])
     forgetting = cm.forgetting(matrix, stages)
     aucs = cm.stage_aucs(steps, perf, boundaries, stages)
-    ref_auc = {i: reference_auc(references.get(i), task_range(record, i)) for i in range(len(tasks))}
-    ref_aucs = np.array([ref_auc[u] for u in stages])
+    ref_aucs, ref_to_learns = (np.array([from_scratch(f, references.get(u), task_range(record, u)) for u in stages])
+                               for f in (cm.window_auc, cm.steps_to_reach))
     transfer = cm.forward_transfer(aucs, ref_aucs)
     to_learn = cm.stage_steps_to_reach(steps, perf, boundaries, stages)
-    ref_to_learn = {i: reference_steps_to_learn(references.get(i), task_range(record, i)) for i in range(len(tasks))}
-    ref_to_learns = np.array([ref_to_learn[u] for u in stages])
     savings = cm.learning_savings(to_learn, ref_to_learns, np.diff(boundaries))
     repeats = cm.repeated_stages(stages)
     boundaries_p = boundary_plasticity(record)
@@ -194,18 +179,14 @@ def settings_key(sequence: dict[str, Any], config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps([sequence, config], sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def finalise_run(rundir: Path, reference_dirs: dict[int, Path]) -> dict[str, Any]:
     """Compute a run's metrics (with the references that exist), write ``results.json``, its plots, and
     the forward-transfer scalars into its TensorBoard events (once, when all references are there)."""
     record = json.loads((rundir / "run.json").read_text())
-    references = {i: _read(d / "run.json") for i, d in reference_dirs.items()}
+    references = {i: read_json(d / "run.json") for i, d in reference_dirs.items()}
     metrics = run_metrics(record, references)
     steps, perf = curves(record)
-    previous = _read(rundir / "results.json") or {}
+    previous = read_json(rundir / "results.json") or {}
     complete = bool(references) and all(r is not None for r in references.values())
     logged = previous.get("forward_transfer_logged", False)
     if complete and not logged:
@@ -267,15 +248,6 @@ def budget(record: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- plots
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _boundaries(ax: Any, boundaries: list[float], labels: list[str], top: bool) -> None:
     for b in boundaries[1:-1]:
         ax.axvline(b, color="black", linewidth=0.8, linestyle="--", alpha=0.6)
@@ -293,10 +265,9 @@ def _p_limits(ax: Any) -> None:
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """One panel per task: p_i(t) over the run, task boundaries dashed, the stages that train the task
     shaded, and its reference run from scratch (dotted) drawn in each of those stages."""
-    plt = _plt()
     tasks, stages, bounds = results["tasks"], results["stages"], results["boundaries"]
     labels = stage_labels(tasks, stages)
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 1.7 * len(tasks) + 0.6), sharex=True, squeeze=False)
+    fig, axes = pyplot().subplots(len(tasks), 1, figsize=(8, 1.7 * len(tasks) + 0.6), sharex=True, squeeze=False)
     for i, (ax, name) in enumerate(zip(axes[:, 0], tasks)):
         curve = results["curves"][name]
         ax.plot(curve["env_steps"], curve["p"], marker=".", color=f"C{i}", label=name)
@@ -314,16 +285,13 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("env steps")
     fig.suptitle(f"{results['sequence']}: {results['strategy']}, seed {results['seed']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_matrices(matrices: dict[str, np.ndarray], row_labels: list[str], tasks: list[str], path: Path) -> None:
     """Heatmaps of performance matrices M[j, i] = p_i at the end of stage j, one per strategy."""
-    plt = _plt()
     n = len(matrices)
-    fig, axes = plt.subplots(1, n, figsize=(0.9 * len(tasks) * n + 1.8 * n, 0.45 * len(row_labels) + 1.6),
+    fig, axes = pyplot().subplots(1, n, figsize=(0.9 * len(tasks) * n + 1.8 * n, 0.45 * len(row_labels) + 1.6),
                              squeeze=False, constrained_layout=True)
     for col, (ax, (name, matrix)) in enumerate(zip(axes[0], matrices.items())):
         image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -337,8 +305,7 @@ def plot_matrices(matrices: dict[str, np.ndarray], row_labels: list[str], tasks:
             ax.set_ylabel("after training stage", fontsize=8)
         ax.set_title(name, fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.03)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def _stack(runs: list[dict[str, Any]], get: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -354,14 +321,12 @@ def _stack(runs: list[dict[str, Any]], get: Any) -> tuple[np.ndarray, np.ndarray
 
 def plot_summary_curves(by_strategy: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """One panel per strategy: every task's p_i(t), mean over seeds with the std shaded."""
-    plt = _plt()
-    fig, axes = plt.subplots(len(by_strategy), 1, figsize=(9, 2.4 * len(by_strategy) + 0.4), squeeze=False,
+    fig, axes = pyplot().subplots(len(by_strategy), 1, figsize=(9, 2.4 * len(by_strategy) + 0.4), squeeze=False,
                              sharex=True)
     for ax, (strategy, runs) in zip(axes[:, 0], by_strategy.items()):
         first = runs[0]
         for i, name in enumerate(first["tasks"]):
-            stacked = _stack(runs, lambda r, name=name: (r["curves"][name]["env_steps"], r["curves"][name]["p"]))
-            x, ys = stacked
+            x, ys = _stack(runs, lambda r, name=name: (r["curves"][name]["env_steps"], r["curves"][name]["p"]))
             mean, std = ys.mean(0), ys.std(0)
             ax.plot(x, mean, color=f"C{i}", label=name)
             ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.15)
@@ -371,15 +336,12 @@ def plot_summary_curves(by_strategy: dict[str, list[dict[str, Any]]], path: Path
     axes[0, 0].legend(fontsize=7, ncol=len(by_strategy[next(iter(by_strategy))][0]["tasks"]), loc="upper right",
                       bbox_to_anchor=(1.0, 1.35))
     axes[-1, 0].set_xlabel("env steps")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_summary_plasticity(by_strategy: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """Dormant fraction (top) and effective rank (bottom) per module over the run, mean over seeds."""
-    plt = _plt()
-    fig, axes = plt.subplots(2, len(by_strategy), figsize=(4 * len(by_strategy), 5), squeeze=False)
+    fig, axes = pyplot().subplots(2, len(by_strategy), figsize=(4 * len(by_strategy), 5), squeeze=False)
     for col, (strategy, runs) in enumerate(by_strategy.items()):
         for row, key in enumerate(("dormant", "effective_rank")):
             ax = axes[row, col]
@@ -394,9 +356,7 @@ def plot_summary_plasticity(by_strategy: dict[str, list[dict[str, Any]]], path: 
             ax.set_title(f"{strategy}: {key.replace('_', ' ')}", fontsize=9)
             ax.set_xlabel("env steps", fontsize=8)
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -420,29 +380,20 @@ def aggregate(by_strategy: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     and per-stage values likewise."""
     out = {}
     for strategy, runs in by_strategy.items():
-        metrics = [r["metrics"] for r in runs]
-        scalar = {key: [m.get(key, float("nan")) for m in metrics]
-                  for key in ("average_performance", "forgetting_mean", "forward_transfer_mean",
-                              "learning_savings_later", "relearning_savings")}
+        metrics, nan = [r["metrics"] for r in runs], float("nan")
+        scalar = {key: [m[key] for m in metrics] for key in ("average_performance", "forgetting_mean",
+                                                            "forward_transfer_mean", "learning_savings_later",
+                                                            "relearning_savings")}
         scalar["wall_min"] = [r["wall_s"] / 60 for r in runs]
-        for shown in WM_SHOWN:
-            scalar[f"wm_forgetting_{shown}"] = [m["wm_forgetting_mean"][shown] for m in metrics]
-        for module in MODULES:
-            for key in ("dormant", "effective_rank"):
-                scalar[f"{key}_{module}"] = [m["plasticity_final"].get(module, {}).get(key, float("nan"))
-                                             for m in metrics]
-        for when in ("before", "after_reset", "next"):  # around task boundaries, mean of the modules
-            for key in ("dormant", "effective_rank"):
-                scalar[f"{key}_{when}_boundary"] = [
-                    m.get("plasticity_around_boundaries", {}).get(when, {}).get(key, {}).get("all", float("nan"))
-                    for m in metrics]
-        per_stage = {}
-        for key in ("p_end_of_own_stage", "forgetting", "auc", "reference_auc", "forward_transfer",
-                    "steps_to_learn", "reference_steps_to_learn", "learning_savings"):
-            if key not in metrics[0]:  # results written before the metric existed
-                continue
-            labels = list(metrics[0][key])
-            per_stage[key] = {label: [m[key].get(label, float("nan")) for m in metrics] for label in labels}
+        scalar.update({f"wm_forgetting_{shown}": [m["wm_forgetting_mean"][shown] for m in metrics]
+                       for shown in WM_SHOWN})
+        scalar.update({f"{key}_{module}": [m["plasticity_final"].get(module, {}).get(key, nan) for m in metrics]
+                       for module in MODULES for key in ("dormant", "effective_rank")})
+        scalar.update({f"{key}_{when}_boundary": [m["plasticity_around_boundaries"][when][key]["all"] for m in metrics]
+                       for when in ("before", "after_reset", "next") for key in ("dormant", "effective_rank")})
+        per_stage = {key: {label: [m[key].get(label, nan) for m in metrics] for label in metrics[0][key]}
+                     for key in ("p_end_of_own_stage", "forgetting", "auc", "reference_auc", "forward_transfer",
+                                 "steps_to_learn", "reference_steps_to_learn", "learning_savings")}
         per_stage["p_final"] = {t: [m["p_final"][t] for m in metrics] for t in metrics[0]["p_final"]}
         out[strategy] = {
             "seeds": [r["seed"] for r in runs],
@@ -483,13 +434,12 @@ def plasticity_table(agg: dict[str, Any]) -> str:
         sc = agg[name]["scalars"]
 
         def arrow(key: str, digits: int, sc: dict = sc) -> str:
-            return " → ".join(_fmt(sc.get(f"{key}_{when}_boundary", {}).get("values", []), digits)
+            return " → ".join(_fmt(sc[f"{key}_{when}_boundary"]["values"], digits)
                               for when in ("before", "after_reset", "next"))
 
         rows.append([name, str(len(agg[name]["seeds"])), arrow("dormant", 3), arrow("effective_rank", 1),
-                     _fmt(sc.get("learning_savings_later", {}).get("values", [])),
-                     _fmt(sc.get("relearning_savings", {}).get("values", [])),
-                     _fmt(sc["forward_transfer_mean"]["values"]), _fmt(sc["average_performance"]["values"])])
+                     *(_fmt(sc[key]["values"]) for key in ("learning_savings_later", "relearning_savings",
+                                                           "forward_transfer_mean", "average_performance"))])
     return markdown_table(["strategy", "seeds", "dormant: boundary → reset → +1 eval", "eff. rank: boundary → reset "
                            "→ +1 eval", "learning savings, later tasks ↑", "relearning savings ↑",
                            "forward transfer ↑", "average performance ↑"], rows)
@@ -497,48 +447,59 @@ def plasticity_table(agg: dict[str, Any]) -> str:
 
 def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
     """The summary tables: continual metrics, per task, model-level (world model, plasticity at the end),
-    and each plasticity method's effect (around task boundaries, learning speed)."""
+    and each plasticity method's effect (around task boundaries, learning speed), then the notes."""
     strategies = _order(list(agg))
 
-    def cell(strategy: str, key: str, digits: int = 2) -> str:
-        values = agg[strategy]["scalars"].get(key, {}).get("values", [])
-        return _fmt(values, digits)
+    def cells(strategy: str, keys: list[str], digits: int = 2) -> list[str]:
+        return [_fmt(agg[strategy]["scalars"][key]["values"], digits) for key in keys]
 
     main = markdown_table(
         ["strategy", "seeds", "average performance ↑", "forgetting ↓", "forward transfer ↑",
          "learning savings, later tasks ↑", "relearning savings ↑", "wall min"],
-        [[s, str(len(agg[s]["seeds"])), cell(s, "average_performance"), cell(s, "forgetting_mean"),
-          cell(s, "forward_transfer_mean"), cell(s, "learning_savings_later"), cell(s, "relearning_savings"),
-          cell(s, "wall_min", 0)] for s in strategies])
+        [[s, str(len(agg[s]["seeds"])), *cells(s, ["average_performance", "forgetting_mean", "forward_transfer_mean",
+                                                   "learning_savings_later", "relearning_savings"]),
+          *cells(s, ["wall_min"], 0)] for s in strategies])
+    model = markdown_table(
+        ["strategy", "WM forgetting: reconstruction", "reward", "KL", *[f"dormant {m}" for m in MODULES],
+         *[f"eff. rank {m}" for m in MODULES]],
+        [[s, *cells(s, [f"wm_forgetting_{shown}" for shown in WM_SHOWN], 3),
+          *cells(s, [f"dormant_{m}" for m in MODULES], 3), *cells(s, [f"effective_rank_{m}" for m in MODULES], 1)]
+         for s in strategies])
+    return "\n\n".join([main, _per_task_table(agg, strategies), model,
+                         "Plasticity methods:\n\n" + plasticity_table(agg), *_notes(first)])
+
+
+def _per_task_table(agg: dict[str, Any], strategies: list[str]) -> str:
+    """One row per strategy and stage: p, forgetting, AUC, forward transfer and learning speed, over seeds."""
     rows = []
     for s in strategies:
         ps = agg[s]["per_stage"]
         for label in ps["p_end_of_own_stage"]:
-            task = label.split("#")[0]
-            rows.append([s, label, _fmt(ps["p_end_of_own_stage"][label]), _fmt(ps["p_final"][task]),
+            rows.append([s, label, _fmt(ps["p_end_of_own_stage"][label]), _fmt(ps["p_final"][label.split("#")[0]]),
                          _fmt(ps["forgetting"].get(label, [])), _fmt(ps["auc"][label]),
                          _fmt(ps["reference_auc"][label]), _fmt(ps["forward_transfer"][label]),
-                         _fmt_steps(ps.get("steps_to_learn", {}).get(label, [])),
-                         _fmt_steps(ps.get("reference_steps_to_learn", {}).get(label, [])),
-                         _fmt(ps.get("learning_savings", {}).get(label, []))])
-    per_task = markdown_table(["strategy", "stage", "p end of own stage", "p end of run", "forgetting", "AUC",
-                               "AUC from scratch", "forward transfer", f"steps to p ≥ {cm.LEARNED:g}",
-                               "from scratch", "savings"], rows)
-    model = markdown_table(
-        ["strategy", "WM forgetting: reconstruction", "reward", "KL", *[f"dormant {m}" for m in MODULES],
-         *[f"eff. rank {m}" for m in MODULES]],
-        [[s, cell(s, "wm_forgetting_reconstruction", 3), cell(s, "wm_forgetting_reward", 3),
-          cell(s, "wm_forgetting_kl", 3), *[cell(s, f"dormant_{m}", 3) for m in MODULES],
-          *[cell(s, f"effective_rank_{m}", 1) for m in MODULES]] for s in strategies])
+                         _fmt_steps(ps["steps_to_learn"][label]), _fmt_steps(ps["reference_steps_to_learn"][label]),
+                         _fmt(ps["learning_savings"][label])])
+    return markdown_table(["strategy", "stage", "p end of own stage", "p end of run", "forgetting", "AUC",
+                           "AUC from scratch", "forward transfer", f"steps to p ≥ {cm.LEARNED:g}", "from scratch",
+                           "savings"], rows)
+
+
+def _notes(first: dict[str, Any]) -> list[str]:
+    """The paragraphs under the tables: the settings (with each task's score range) and how to read them."""
     b = first["budget"]
     stages = ", ".join(f"{label} {steps:,}" for label, steps in
                        zip(stage_labels(first["tasks"], first["stages"]), b["steps_per_stage"]))
+    ranges = ", ".join(f"{name} [{low:g}, {high:g}]" for name, (low, high) in b["score_ranges"].items())
+    source = b["score_range_source"]
+    ranges = (f"p = (return - random-policy return) / (best return - random-policy return), per task: {ranges}"
+              + (f" ({source.rstrip('.')})" if source else ""))
     notes = (f"Sequence `{first['sequence']}` ({b['obs']} observations, action repeat {b['action_repeat']}); env steps "
              f"per stage: {stages}. Agent preset `{b['preset']}` with {' '.join(f'`{o}`' for o in b['overrides'])}; "
              f"train ratio {b['train_ratio']:g}, batch {b['batch'][0]}x{b['batch'][1]}. Replay capacity "
              f"{b['replay_capacity']:,} steps for every strategy (mix: half recent FIFO, half reservoir). Every task "
              f"evaluated every {b['eval_every']:,} env steps with {b['eval_episodes']} episodes; end-of-stage values "
-             f"average the last {b['end_evaluations']} evaluations. {_range_note(b)}; mean over seeds ± the half-width "
+             f"average the last {b['end_evaluations']} evaluations. {ranges}; mean over seeds ± the half-width "
              "of its 95% t interval (an interval that includes zero, or two that overlap, is no difference found). "
              "Forgetting, forward transfer (against single-task runs from scratch with the same budget) and AUC as in "
              "Continual World; WM forgetting: held-out loss at the end of the run minus right after the task's own "
@@ -552,18 +513,7 @@ def markdown(agg: dict[str, Any], first: dict[str, Any]) -> str:
              "to an earlier task (a second visit). Around each task boundary but the last, the dormant fraction and "
              "effective rank (mean of the four modules, then of the boundaries) at the boundary's evaluation, right "
              "after the plasticity method (the same probe batch; unchanged without one) and one evaluation later.")
-    return "\n\n".join([main, per_task, model, "Plasticity methods:\n\n" + plasticity_table(agg), notes, speed])
-
-
-def _range_note(budget: dict[str, Any]) -> str:
-    """How p was normalised: each task's score range, and where the ranges came from."""
-    ranges = budget.get("score_ranges")
-    if not ranges:
-        return "p = return / 1000"
-    text = ", ".join(f"{name} [{low:g}, {high:g}]" for name, (low, high) in ranges.items())
-    source = budget.get("score_range_source", "")
-    return (f"p = (return - random-policy return) / (best return - random-policy return), per task: {text}"
-            + (f" ({source.rstrip('.')})" if source else ""))
+    return [notes, speed]
 
 
 def summarise(seq_dir: Path, out: Path | None = None, settings: str | None = None) -> dict[str, Any]:
@@ -631,7 +581,7 @@ def reference_rows(seq: dict[str, Any], reference_dirs: dict[int, list[Path]]) -
         ranges = (np.array([task["random_return"]]), np.array([task["best_return"]]))
         for seed, rundir in enumerate(dirs):
             row: dict[str, Any] = {"task": task["name"], "seed": seed, "rundir": str(rundir), "budget": task["steps"]}
-            record = _read(rundir / "run.json")
+            record = read_json(rundir / "run.json")
             row["finished"] = record is not None
             if record is not None:
                 steps, perf = curves(record, ranges)
@@ -662,8 +612,7 @@ def summarise_references(seq: dict[str, Any], reference_dirs: dict[int, list[Pat
 
 def plot_references(summary: dict[str, Any], path: Path) -> None:
     """p of every finished reference over its budget, with the bar dashed."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 3.2))
     for i, row in enumerate(r for r in summary["references"] if r["finished"]):
         ax.plot(row["env_steps"], row["p"], marker=".", color=f"C{i}", label=f"{row['task']} (seed {row['seed']})")
     ax.axhline(summary["bar"], color="black", linestyle="--", linewidth=0.8, label=f"bar p = {summary['bar']:g}")
@@ -672,9 +621,7 @@ def plot_references(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("p (random 0, best 1)")
     ax.set_title(f"{summary['sequence']}: single-task references", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def references_section(summary: dict[str, Any], source: str) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import machine_info, write_json
+from .common import machine_info, parser, write_json
 from .learning import SUITES, Task
 
 # Other processes using more than this many cores on average while the job ran: its times are inflated.
@@ -168,24 +168,24 @@ def run(cmd: list[str], follower: MetricsFollower, threshold: float, stop_at_thr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=None, help="results JSON (default results/default_job_<cpu|cuda>.json)")
-    parser.add_argument("--logdir", default=None, help="the run's directory (default runs/default_job-<time>)")
-    parser.add_argument("--stop-at-threshold", action="store_true",
-                        help="end the run (SIGINT) once an evaluation reaches the threshold")
-    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                        help="overrides passed to `python -m agent train --set` (then it is not the default job "
-                             "any more; for smoke runs)")
-    parser.add_argument("--poll", type=float, default=1.0, help="seconds between reads of metrics.jsonl")
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--out", default=None, help="results JSON (default results/default_job_<cpu|cuda>.json)")
+    p.add_argument("--logdir", default=None, help="the run's directory (default runs/default_job-<time>)")
+    p.add_argument("--stop-at-threshold", action="store_true",
+                   help="end the run (SIGINT) once an evaluation reaches the threshold")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="overrides passed to `python -m agent train --set` (then it is not the default job any "
+                        "more; for smoke runs)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between reads of metrics.jsonl")
+    args = p.parse_args(argv)
     logdir = Path(args.logdir or f"runs/default_job-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if (logdir / "metrics.jsonl").exists():
-        parser.error(f"{logdir} already holds a run; the measurement needs a fresh --logdir")
+        p.error(f"{logdir} already holds a run; the measurement needs a fresh --logdir")
     try:
         cfg = resolve(args.set, logdir)
         suite, task = threshold_task(cfg.env.spec, cfg.env.obs)
     except ValueError as error:
-        parser.error(str(error))
+        p.error(str(error))
     import torch
 
     device = "cuda" if cfg.agent.device.startswith("cuda") else "cpu"

@@ -8,7 +8,6 @@ steps). Results are printed as a table and written as JSON with the machine they
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -16,7 +15,7 @@ import numpy as np
 
 import envs
 
-from .common import machine_info, write_json
+from .common import machine_info, parser, write_json
 
 DEFAULT_SPECS = ["dmc:cartpole-swingup", "dmc:walker-walk", "gym:HalfCheetah-v5", "gym:Pendulum-v1"]
 
@@ -43,16 +42,16 @@ def measure(spec: str, obs: str, num_envs: int, quality: str, steps: int, action
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--specs", nargs="+", default=DEFAULT_SPECS, help="env specs to measure")
-    parser.add_argument("--obs", nargs="+", default=["state", "pixels"], help="observation modes")
-    parser.add_argument("--num-envs", nargs="+", type=int, default=[1, os.cpu_count() or 2],
-                        help="process counts (1 runs in-process)")
-    parser.add_argument("--qualities", nargs="+", default=["fast", "full"], help="render qualities for pixels")
-    parser.add_argument("--steps", type=int, default=300, help="timed vector steps per configuration")
-    parser.add_argument("--action-repeat", type=int, default=2, help="simulator steps per env step")
-    parser.add_argument("--out", default="results/env_throughput.json", help="results JSON path")
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--specs", nargs="+", default=DEFAULT_SPECS, help="env specs to measure")
+    p.add_argument("--obs", nargs="+", default=["state", "pixels"], help="observation modes")
+    p.add_argument("--num-envs", nargs="+", type=int, default=[1, os.cpu_count() or 2],
+                   help="process counts (1 runs in-process)")
+    p.add_argument("--qualities", nargs="+", default=["fast", "full"], help="render qualities for pixels")
+    p.add_argument("--steps", type=int, default=300, help="timed vector steps per configuration")
+    p.add_argument("--action-repeat", type=int, default=2, help="simulator steps per env step")
+    p.add_argument("--out", default="results/env_throughput.json", help="results JSON path")
+    args = p.parse_args(argv)
 
     configs = [(spec, obs, n, q) for spec in args.specs for obs in args.obs for n in dict.fromkeys(args.num_envs)
                for q in (args.qualities if obs != "state" else ["-"])]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import fmt, machine_info, markdown_table, panels, save_figure, write_json
+from .common import exit_status, fmt, machine_info, markdown_table, panels, parser, save_figure, write_json
 from .probes import fit_by_episode, named, r2_score
 from .wm_data import agent_policy, uniform_policy
 
@@ -542,9 +542,8 @@ def probe_table(p: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- main
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.insight", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments() -> argparse.ArgumentParser:
+    p = parser(__doc__, prog="python -m benchmarks.insight")
     p.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoint.pt files to compare")
     p.add_argument("--label", nargs="+", help="a label per checkpoint (default: the run directory's name)")
     p.add_argument("--env", help="env spec (default: each checkpoint's own); the spaces must match")
@@ -587,29 +586,29 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        import torch
+    args = arguments().parse_args(argv)
+    return exit_status(lambda: _main(args))  # bad arguments, checkpoint or env: one clear line, no traceback
 
-        check_args(args)
-        labels = _labels(args.checkpoint, args.label)
-        torch.set_num_threads(max(1, args.threads))
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        runs, videos = [], {}
-        for path, label in zip(args.checkpoint, labels):
-            print(f"{label}: {path}", flush=True)
-            run, video = analyse(path, label, args)
-            runs.append(run)
-            summary(run)
-            if video is not None:
-                from agent.cli import write_video
 
-                videos[label] = video
-                write_video(str(out / f"openloop_{label}.{args.video_format}"), video, fps=args.fps)
-    except ValueError as error:  # bad arguments, checkpoint or env: one clear line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _main(args: argparse.Namespace) -> None:
+    import torch
+
+    from agent.cli import write_video
+
+    check_args(args)
+    labels = _labels(args.checkpoint, args.label)
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, videos = [], {}
+    for path, label in zip(args.checkpoint, labels):
+        print(f"{label}: {path}", flush=True)
+        run, video = analyse(path, label, args)
+        runs.append(run)
+        summary(run)
+        if video is not None:
+            videos[label] = video
+            write_video(str(out / f"openloop_{label}.{args.video_format}"), video, fps=args.fps)
     figures = [("horizon", plot_horizons(runs, out / "horizon.png"))]
     probes_fig = plot_probes(runs, out / "probes.png")
     if probes_fig is not None:
@@ -622,7 +621,6 @@ def main(argv: list[str] | None = None) -> int:
           + (f", {out / 'probes.png'}" if probes_fig is not None else "")
           + "".join(f", {out / f'openloop_{k}.{args.video_format}'}" for k in videos)
           + f" and TensorBoard runs in {tensorboard}")
-    return 0
 
 
 def summary(run: dict[str, Any]) -> None:
@@ -632,8 +630,7 @@ def summary(run: dict[str, Any]) -> None:
         curve = run["horizon"].get(metric)
         if curve is None:
             continue
-        picks = [h for h in (1, 5, 15, 50, 100, H) if h <= H]
-        picks = sorted(set(picks))
+        picks = sorted({h for h in (1, 5, 15, 50, 100, H) if h <= H})
         copy = run["horizon"].get(metric + "_copy")
         text = "  ".join(f"h={h}: {curve['mean'][h - 1]:.4g}" + (f" (copy {copy['mean'][h - 1]:.4g})" if copy else "")
                          for h in picks)

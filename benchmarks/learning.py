@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jobs
-from .common import machine_info, mean_or_none, panels, save_figure, write_json
+from .common import machine_info, mean_or_none, panels, parser, read_json, read_jsonl, save_figure, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "dreamerv3_dmc.json"
@@ -46,12 +46,12 @@ class Task:
     overrides: list[str] = field(default_factory=list)
 
 
-def dreamerv3_curve(task: str) -> dict | None:
-    """DreamerV3's binned proprio curve of ``task`` (``x``, seed ``mean``, ``seeds``), or None where the
-    reference has none. The file's vision entries are raw per-episode points (with nulls), not 10K bins."""
+def dreamerv3_curve(task: str, section: str = "proprio") -> dict | None:
+    """DreamerV3's curve of a DMC ``task`` (``x``, seed ``mean``, ``seeds``), or None where the reference has
+    none. ``proprio`` curves are 10K bins; the file's ``vision`` entries are raw per-episode points (with nulls)."""
     if not CURVES.exists():
         return None
-    return json.loads(CURVES.read_text())["proprio"].get(task.replace("-", "_"))
+    return json.loads(CURVES.read_text())[section].get(task.replace("-", "_"))
 
 
 def dreamerv3_at(curve: dict | None, steps: int) -> dict[str, float | None]:
@@ -147,8 +147,7 @@ def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
 def done(rundir: Path) -> dict | None:
     """A finished run's ``done.json`` (``steps``: the env steps it was trained for; ``wall_s``: the seconds
     all its parts ran), or None while it is unfinished."""
-    path = rundir / "done.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(rundir / "done.json")
 
 
 def run_task(task: Task, seed: int, rundir: Path, fresh: bool, gpus: float = 1.0) -> jobs.Job | None:
@@ -175,7 +174,7 @@ def run_task(task: Task, seed: int, rundir: Path, fresh: bool, gpus: float = 1.0
 
 def metrics(rundir: Path) -> list[dict]:
     """The rows of a run's ``metrics.jsonl`` (a resume has already dropped those logged after its checkpoint)."""
-    return [json.loads(line) for line in (rundir / "metrics.jsonl").read_text().splitlines() if line]
+    return read_jsonl(rundir / "metrics.jsonl")
 
 
 def eval_curve(rundir: Path) -> list[dict[str, float]]:
@@ -198,9 +197,7 @@ def cpu_seconds(rundir: Path) -> float | None:
 
 def run_commits(rundir: Path) -> list[str]:
     """The commits a run was started and resumed at (its ``starts.jsonl``; "+dirty" marks uncommitted changes)."""
-    path = rundir / "starts.jsonl"
-    starts = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-    return [f"{s['git_commit']}{'+dirty' if s.get('git_dirty') else ''}" for s in starts]
+    return [f"{s['git_commit']}{'+dirty' if s.get('git_dirty') else ''}" for s in read_jsonl(rundir / "starts.jsonl")]
 
 
 def binned_returns(episodes: list[tuple[int, float]], steps: int, width: int = BIN) -> list[dict]:
@@ -361,26 +358,26 @@ def check_runs_before_start(pending: list[tuple[Task, int]], suite: list[Task], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=list(SUITES), default="cpu", help="which tasks to run")
-    parser.add_argument("--tasks", nargs="*", help="run only these task names of the suite")
-    parser.add_argument("--rundir", default=None,
-                        help="where the training runs go (default runs/learning; runs/dmc_proprio for dmc-proprio)")
-    parser.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
-    parser.add_argument("--out", default=None,
-                        help="results JSON (default results/learning_<suite>.json, dashes as underscores)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="start no run: write the results from the finished runs under the run root")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="seeds per task (runs <task> for seed 0, <task>-seed<N> for seed N); a task is judged "
-                             "on the mean over its seeds")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides added to every task, for an ablation; its runs go to "
-                             "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
-    jobs.add_arguments(parser)
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--suite", choices=list(SUITES), default="cpu", help="which tasks to run")
+    p.add_argument("--tasks", nargs="*", help="run only these task names of the suite")
+    p.add_argument("--rundir", default=None,
+                   help="where the training runs go (default runs/learning; runs/dmc_proprio for dmc-proprio)")
+    p.add_argument("--fresh", action="store_true", help="discard earlier runs of these tasks")
+    p.add_argument("--out", default=None,
+                   help="results JSON (default results/learning_<suite>.json, dashes as underscores)")
+    p.add_argument("--report-only", action="store_true",
+                   help="start no run: write the results from the finished runs under the run root")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds per task (runs <task> for seed 0, <task>-seed<N> for seed N); a task is judged "
+                        "on the mean over its seeds")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides added to every task, for an ablation; its runs go to "
+                        "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
+    jobs.add_arguments(p)
+    args = p.parse_args(argv)
     if any(o.startswith("agent.seed=") for o in args.set):
-        parser.error("give seeds with --seeds, not --set agent.seed=...")
+        p.error("give seeds with --seeds, not --set agent.seed=...")
     try:  # a bad task or override, a run unlike its task, a directory another sweep writes, a bad runner option
         tasks, variant = select_tasks(args.suite, args.tasks, args.set)
         suite = select_tasks(args.suite, None, args.set)[0]
@@ -389,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         check_runs_before_start(pending, suite, root, args.fresh)
         failed = run_pending(pending, root, args)
     except ValueError as err:
-        parser.error(str(err))
+        p.error(str(err))
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them", flush=True)
         return 1
@@ -428,8 +425,8 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
 
         def finished(outcome: jobs.Outcome) -> None:
             earlier = (done(Path(outcome.job.rundir)) or {}).get("wall_s", 0.0)
-            (Path(outcome.job.rundir) / "done.json").write_text(
-                json.dumps({"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]}))
+            write_json(Path(outcome.job.rundir) / "done.json",
+                       {"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]})
 
         outcomes = runner.run(planned, on_success=finished)
     return [o.job.name for o in outcomes if not o.ok]
@@ -533,7 +530,7 @@ def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: li
     from .readme import learning_dmc_proprio
 
     tasks = compare_with_dreamerv3(runs)
-    reference = json.loads(CURVES.read_text())["source"] if CURVES.exists() else None
+    reference = (read_json(CURVES) or {}).get("source")
     data = {**header,
             "metric": f"DreamerV3's: the mean return of the training episodes (exploring policy) that "
                       f"ended in the {BIN:,} env steps up to x, i.e. in (x - {BIN:,}, x]; null: none "

@@ -8,15 +8,13 @@ Counted for 64x64 pixels through the patch encoder and through the CNN encoder, 
 
 from __future__ import annotations
 
-import argparse
-
 import gymnasium as gym
 import numpy as np
 
 from agent.agent import Agent
 from agent.config import PRESETS, apply_overrides
 
-from .common import machine_info, write_json
+from .common import machine_info, parser, write_json
 
 OBS = {
     "pixels/patch": (gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)}), "patch"),
@@ -26,10 +24,10 @@ OBS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="presets to count")
-    parser.add_argument("--out", default="results/param_counts.json", help="results JSON path")
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), help="presets to count")
+    p.add_argument("--out", default="results/param_counts.json", help="results JSON path")
+    args = p.parse_args(argv)
     action = gym.spaces.Box(-1, 1, (6,), np.float32)
     counts = {}
     for name in args.presets:

@@ -8,13 +8,15 @@ A table lives between ``<!-- table:NAME -->`` and ``<!-- end -->``; NAME picks t
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from pathlib import Path
 
-from .common import fmt, markdown_table
+from .common import fmt, markdown_table, parser
+from .continual_report import readme_section, references_section
+from .insight import probe_table
+from .learning import by_task
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -120,8 +122,6 @@ def _seeds(mean: float | None, seeds: list[float | None]) -> str:
 
 def learning(data: dict, source: str) -> str:
     """A threshold-judged suite's table, with its curves (the PNG beside ``source``)."""
-    from .learning import by_task
-
     groups = by_task(data["runs"])
     rows = []
     for t in data["tasks"]:
@@ -176,21 +176,7 @@ def learning_dmc_proprio(data: dict, source: str) -> str:
             + f"\n\n![DMC proprio against DreamerV3]({Path(source).with_suffix('.png')})")
 
 
-def continual(data: dict, source: str) -> str:
-    from .continual_report import readme_section
-
-    return readme_section(data, source)
-
-
-def continual_references(data: dict, source: str) -> str:
-    from .continual_report import references_section
-
-    return references_section(data, source)
-
-
 def insight(data: dict, source: str) -> str:
-    from .insight import probe_table
-
     tables = []
     for run in data["runs"]:
         curves, H = run["horizon"], run["horizon_steps"]
@@ -221,11 +207,11 @@ TABLES = {  # README table name: its results file under results/, and the render
     "wm_throughput": ("wm_throughput_cpu.json", wm_throughput), "learning": ("learning_cpu.json", learning),
     "learning_pixels": ("learning_cpu_pixels.json", learning),
     "learning_dmc_proprio": ("learning_dmc_proprio.json", learning_dmc_proprio),
-    "continual": ("continual_cartpole-shift.json", continual), "insight": ("insight/insight.json", insight),
-    "continual_pendulum_conflict": ("continual_pendulum-conflict.json", continual),
-    "continual_pendulum_physics": ("continual_pendulum-physics.json", continual),
-    "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", continual_references),
-    "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", continual_references),
+    "continual": ("continual_cartpole-shift.json", readme_section), "insight": ("insight/insight.json", insight),
+    "continual_pendulum_conflict": ("continual_pendulum-conflict.json", readme_section),
+    "continual_pendulum_physics": ("continual_pendulum-physics.json", readme_section),
+    "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", references_section),
+    "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", references_section),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed)}
 
 
@@ -245,9 +231,9 @@ def render(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = p.parse_args(argv)
     path = ROOT / "README.md"
     old = path.read_text()
     new = render(old)

@@ -16,12 +16,13 @@ Train episode i resets the env with seed ``seed + i``, held-out episode j with `
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .common import write_atomically
 
 POLICIES = ("random", "smooth", "agent")
 HELDOUT_OFFSET = 1_000_000
@@ -91,13 +92,12 @@ def make_policy(name: str, env: Any, rng: np.random.Generator, agent: tuple[Any,
 
 def write_episode(directory: Path, index: int, episode: Episode) -> Path:
     """Write one episode as a compressed chunk file, atomically (a killed recording leaves no half file)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"chunk-ep{index:06d}.npz"
-    tmp = path.with_suffix(".npz.tmp")
-    with open(tmp, "wb") as file:
-        np.savez_compressed(file, **episode)
-    os.replace(tmp, path)
-    return path
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as file:  # a file, so that numpy adds no .npz to the name
+            np.savez_compressed(file, **episode)
+
+    return write_atomically(directory / f"chunk-ep{index:06d}.npz", save)
 
 
 def record_split(env: Any, directory: Path, split: str, episodes: int, policies: list[str], seed: int,

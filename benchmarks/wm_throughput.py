@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from . import speed_child
-from .common import machine_info, write_json
+from .common import machine_info, parser, read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]  # the tree whose code is "current"
 
@@ -354,7 +354,7 @@ def run_agent_config(spec: dict[str, Any], sides: dict[str, Path], rounds: int, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--presets", nargs="+", default=["debug", "small"])
     p.add_argument("--encoders", nargs="+", default=["patch", "cnn"], choices=["patch", "cnn"])
     p.add_argument("--decoders", nargs="+", default=["cnn"], choices=["cnn", "patch"])
@@ -414,9 +414,8 @@ def _machine(device: str) -> dict[str, Any]:
 def _new_report(args: argparse.Namespace, devices: list[str]) -> dict[str, Any]:
     """The results JSON to fill: machine and argv, and with --append the results already in --out."""
     report = {"machine": {d: _machine(d) for d in devices}, "argv": [sys.argv[1:]], "results": []}
-    if args.append and args.out and os.path.exists(args.out):
-        with open(args.out) as f:
-            old = json.load(f)
+    old = read_json(args.out) if args.append and args.out else None
+    if old is not None:
         report = {"machine": {**old["machine"], **report["machine"]}, "argv": old["argv"] + report["argv"],
                   "results": old["results"]}
     if args.agent:

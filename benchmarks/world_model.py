@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import sys
 import time
@@ -29,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from . import insight, jobs, wm_data
-from .common import fmt, machine_info, markdown_table, mean_or_none, panels, save_figure, write_json
+from . import common, insight, jobs, wm_data
+from .common import fmt, machine_info, markdown_table, mean_or_none, panels, read_json, save_figure, write_json
 from .probes import fit_by_episode, named, r2_score
 
 ENCODERS = ("cnn", "patch1", "patch2", "patch4")
@@ -252,14 +251,10 @@ def _load_or_start(run_dir: Path, cfg_dict: dict[str, Any], wm: Any, sampler: An
 
 def save_checkpoint(run_dir: Path, cfg_dict: dict[str, Any], wm: Any, sampler: Any, progress: dict[str, Any]) -> None:
     """Write ``checkpoint.pt`` atomically."""
-    import os
-
     import torch
 
-    tmp = run_dir / "checkpoint.pt.tmp"
-    torch.save({"config": cfg_dict, "world_model": wm.checkpoint(), "sampler": sampler.state_dict(),
-                "progress": progress}, tmp)
-    os.replace(tmp, run_dir / "checkpoint.pt")
+    state = {"config": cfg_dict, "world_model": wm.checkpoint(), "sampler": sampler.state_dict(), "progress": progress}
+    common.write_atomically(run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
 
 
 def binned_curve(history: list[dict[str, float]], every: int) -> list[dict[str, float]]:
@@ -393,12 +388,8 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
 
 def _task_of(data: Path) -> str | None:
     """The task of a recorded dataset, or of the training run whose ``replay/`` directory ``data`` is."""
-    meta, run_config = data / "dataset.json", data.parent / "config.json"
-    if meta.exists():
-        return json.loads(meta.read_text())["task"]
-    if run_config.exists():
-        return json.loads(run_config.read_text())["env"]["spec"]
-    return None
+    meta, run_config = read_json(data / "dataset.json"), read_json(data.parent / "config.json")
+    return meta["task"] if meta else run_config["env"]["spec"] if run_config else None
 
 
 def _train_with_progress(wm: Any, sampler: Any, progress: dict[str, Any], run_dir: Path, cfg_dict: dict[str, Any],
@@ -437,7 +428,7 @@ def _evaluate_run(wm: Any, data: Path, keys: list[str], args: argparse.Namespace
         raise ValueError(f"no held-out episodes at {heldout_dir}: --data is not a recorded dataset, so pass "
                          "--heldout-data <dataset>/heldout.")
     root = heldout_dir.parent
-    meta = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").exists() else None
+    meta = read_json(root / "dataset.json")
     wanted = [*keys, "action", "reward", "is_first", "is_terminal"]
     with_sim = [*wanted, "qpos", "qvel"]
     heldout = wm_data.split_episodes(wm_data.load_segments(heldout_dir, with_sim, args.eval_episodes))
@@ -479,7 +470,7 @@ def grid_jobs(args: argparse.Namespace) -> list[Any]:
             for seed in args.seeds:
                 rundir = (Path(args.root) / task_dirname(task) / f"{label}-s{seed}").resolve()
                 result = rundir / "result.json"
-                if result.exists() and json.loads(result.read_text())["updates"] == args.updates:
+                if (read_json(result) or {}).get("updates") == args.updates:
                     continue
                 argv = ("-m", "benchmarks.world_model", "--data", str(data.resolve()), "--seed", str(seed),
                         "--out", str(result), "--run-dir", str(rundir), *_encoder_argv(label), *_shared_argv(args))
@@ -522,7 +513,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
 def gather(args: argparse.Namespace) -> Path:
     """Every finished run's result under ``--root`` into one results file, with the FLOPs table; then the report."""
-    runs = [json.loads(p.read_text()) for p in sorted(Path(args.root).glob("*/*/result.json"))]
+    runs = [read_json(p) for p in sorted(Path(args.root).glob("*/*/result.json"))]
     table = flops_table(args.preset, args.set, list(args.encoders), args.equal_flops, args.batch_length)
     payload = {"benchmark": "world_model", "preset": args.preset, "set": args.set, "updates": args.updates,
                "batch": [args.batch_size, args.batch_length], "equal_flops": args.equal_flops,
@@ -535,13 +526,13 @@ def gather(args: argparse.Namespace) -> Path:
 # --------------------------------------------------------------------------------------------- report
 
 
-def _cells(runs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Runs grouped by (task, encoder), in the order tasks and encoders first appear."""
-    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def _by_task(runs: list[dict[str, Any]]) -> dict[str | None, dict[str, list[dict[str, Any]]]]:
+    """Runs grouped by task, then by encoder, in the order tasks and encoders first appear (seeds in order)."""
+    out: dict[str | None, dict[str, list[dict[str, Any]]]] = {}
     for run in sorted(runs, key=lambda r: (r["task"] or "", ENCODERS.index(r["encoder"])
                                           if r["encoder"] in ENCODERS else 99, r["seed"])):
-        cells.setdefault((run["task"], run["encoder"]), []).append(run)
-    return cells
+        out.setdefault(run["task"], {}).setdefault(run["encoder"], []).append(run)
+    return out
 
 
 def _stat(values: list[float | None], digits: int = 2, scale: float = 1.0) -> str:
@@ -571,15 +562,16 @@ def results_table(runs: list[dict[str, Any]]) -> str:
               "qpos R² embed", "qvel R² embed", "qvel R² embed PCA", "qpos R² posterior", "qvel R² posterior",
               "CPU s/update"]
     rows = []
-    for (task, label), group in _cells(runs).items():
-        copy = [f"{_stat([_horizon(r, h) for r in group], 2, 1e3)} "
-                f"(copy {_stat([_horizon(r, h, 'image_mse_copy') for r in group], 2, 1e3)})" for h in picks]
-        rows.append([task_dirname(task or "?"), label, str(len(group)),
-                     _stat([r["eval"].get("recon_mse") for r in group], 2, 1e3), *copy,
-                     *[_stat([_probe(r, s, g) for r in group])
-                       for s, g in [("embed", "qpos"), ("embed", "qvel"), ("embed_pca", "qvel"), ("posterior", "qpos"),
-                                    ("posterior", "qvel")]],
-                     _stat([r["train"]["cpu_s_per_update"] for r in group])])
+    for task, encoders in _by_task(runs).items():
+        for label, group in encoders.items():
+            copy = [f"{_stat([_horizon(r, h) for r in group], 2, 1e3)} "
+                    f"(copy {_stat([_horizon(r, h, 'image_mse_copy') for r in group], 2, 1e3)})" for h in picks]
+            rows.append([task_dirname(task or "?"), label, str(len(group)),
+                         _stat([r["eval"].get("recon_mse") for r in group], 2, 1e3), *copy,
+                         *[_stat([_probe(r, s, g) for r in group]) for s, g in [
+                             ("embed", "qpos"), ("embed", "qvel"), ("embed_pca", "qvel"), ("posterior", "qpos"),
+                             ("posterior", "qvel")]],
+                         _stat([r["train"]["cpu_s_per_update"] for r in group])])
     return markdown_table(header, rows)
 
 
@@ -603,8 +595,6 @@ def grid_estimate(payload: dict[str, Any], tasks: int = len(TASKS), seeds: int =
 def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
     """Report lines on the direct test of the tubelet idea: joint velocities read linearly from the encoder's
     embedding alone, per task and encoder (patch1 is the single-frame control of the same architecture)."""
-    cells = _cells(runs)
-    tasks = list(dict.fromkeys(t for t, _ in cells))
     if not any(_probe(r, "embed", "qvel") is not None for r in runs):
         return []
     pcs = next((r["eval"]["probes"].get("pca") for r in runs if r["eval"].get("probes")), None)
@@ -614,10 +604,10 @@ def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
              "a tubelet of k >= 2 frames sees the motion. Held-out R² of qvel from the embedding alone (mean ± sd "
              "over seeds; the embeddings' sizes differ, see the encoder table), and in brackets from its first "
              f"{pcs} principal components on the probe's fit set, the same number of features for every encoder:", ""]
-    for task in tasks:
+    for task, encoders in _by_task(runs).items():
         parts = [f"{label} {_stat([_probe(r, 'embed', 'qvel') for r in group])}"
                  f" (first principal components: {_stat([_probe(r, 'embed_pca', 'qvel') for r in group])})"
-                 for (t, label), group in cells.items() if t == task]
+                 for label, group in encoders.items()]
         lines.append(f"- {task_dirname(task or '?')}: " + ", ".join(parts))
     return [*lines, ""]
 
@@ -652,15 +642,14 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
 
 def plot_horizons(runs: list[dict[str, Any]], path: Path) -> None:
     """Per task: held-out image MSE vs horizon of each encoder (mean over seeds), copying dashed."""
-    cells = _cells(runs)
-    tasks = list(dict.fromkeys(t for t, _ in cells))
-    fig, axes = panels(len(tasks), len(tasks), 4.6, 3.4)
-    for ax, task in zip(axes, tasks):
-        for i, ((_t, label), group) in enumerate(c for c in cells.items() if c[0][0] == task):
+    grouped = _by_task(runs)
+    fig, axes = panels(len(grouped), len(grouped), 4.6, 3.4)
+    for ax, (task, encoders) in zip(axes, grouped.items()):
+        for i, (label, group) in enumerate(encoders.items()):
             mean = np.mean([r["eval"]["openloop"]["curves"]["image_mse"]["mean"] for r in group], 0)
             ax.plot(np.arange(1, len(mean) + 1), mean, color=f"C{i}", label=label)
         copy = np.mean([r["eval"]["openloop"]["curves"]["image_mse_copy"]["mean"]
-                        for (t, _), g in cells.items() if t == task for r in g], 0)
+                        for group in encoders.values() for r in group], 0)
         ax.plot(np.arange(1, len(copy) + 1), copy, "k--", label="copy last frame")
         ax.set_title(task_dirname(task or "?"), fontsize=9)
         ax.set_xlabel("horizon (imagined steps)")
@@ -672,18 +661,16 @@ def plot_horizons(runs: list[dict[str, Any]], path: Path) -> None:
 
 def plot_probes(runs: list[dict[str, Any]], path: Path) -> None:
     """Per task: held-out probe R^2 of qpos and qvel from the embedding and from the posterior, per encoder."""
-    cells = _cells(runs)
-    tasks = list(dict.fromkeys(t for t, _ in cells))
+    grouped = _by_task(runs)
     bars = [(s, g) for g in ("qpos", "qvel") for s in ("embed", "posterior")]
-    fig, axes = panels(len(tasks), len(tasks), 4.6, 3.4)
-    for ax, task in zip(axes, tasks):
-        labels = [label for t, label in cells if t == task]
-        x = np.arange(len(labels))
+    fig, axes = panels(len(grouped), len(grouped), 4.6, 3.4)
+    for ax, (task, encoders) in zip(axes, grouped.items()):
+        x = np.arange(len(encoders))
         for j, (source, group) in enumerate(bars):
-            values = [mean_or_none([_probe(r, source, group) for r in cells[(task, label)]]) for label in labels]
+            values = [mean_or_none([_probe(r, source, group) for r in seeds]) for seeds in encoders.values()]
             values = [np.nan if v is None else v for v in values]
             ax.bar(x + (j - 1.5) * 0.2, np.clip(values, -0.5, None), 0.2, label=f"{group} from {source}")
-        ax.set_xticks(x, labels)
+        ax.set_xticks(x, list(encoders))
         ax.set_ylim(-0.5, 1.0)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_title(task_dirname(task or "?"), fontsize=9)
@@ -695,9 +682,8 @@ def plot_probes(runs: list[dict[str, Any]], path: Path) -> None:
 # --------------------------------------------------------------------------------------------- main
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.world_model", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments() -> argparse.ArgumentParser:
+    p = common.parser(__doc__, prog="python -m benchmarks.world_model")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--record", action="store_true", help="record a dataset of --task into --out")
     mode.add_argument("--grid", action="store_true",
@@ -771,32 +757,34 @@ def _evaluation_arguments(g: argparse._ArgumentGroup) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        if args.record:
-            if not args.out:
-                raise ValueError("--record needs --out, the dataset directory.")
-            record(args)
-        elif args.flops:
-            table = flops_table(args.preset, args.set, list(args.encoders), args.equal_flops, args.batch_length)
-            print(flops_markdown(table))
-            if args.out:
-                write_json(args.out, {"benchmark": "world_model/encoders", "preset": args.preset, "set": args.set,
-                                      "equal_flops": args.equal_flops, "encoders": table, "machine": machine_info()})
-                print(f"wrote {args.out}")
-        elif args.grid or args.report_only:
-            args.out = args.out or "results/world_model.json"
-            if args.report_only:
-                write_report(json.loads(Path(args.out).read_text()), Path(args.out))
-                return 0
+    args = arguments().parse_args(argv)
+    return common.exit_status(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.record:
+        if not args.out:
+            raise ValueError("--record needs --out, the dataset directory.")
+        record(args)
+    elif args.flops:
+        table = flops_table(args.preset, args.set, list(args.encoders), args.equal_flops, args.batch_length)
+        print(flops_markdown(table))
+        if args.out:
+            write_json(args.out, {"benchmark": "world_model/encoders", "preset": args.preset, "set": args.set,
+                                  "equal_flops": args.equal_flops, "encoders": table, "machine": machine_info()})
+            print(f"wrote {args.out}")
+    elif args.grid or args.report_only:
+        args.out = args.out or "results/world_model.json"
+        if args.grid:
             return run_grid(args)
-        else:
-            if not args.data or not args.out:
-                raise ValueError("a run needs --data (a dataset or replay directory) and --out (its results JSON).")
-            run_trial(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        payload = read_json(args.out)
+        if payload is None:
+            raise ValueError(f"no results file {args.out} to report from; --grid writes it.")
+        write_report(payload, Path(args.out))
+    else:
+        if not args.data or not args.out:
+            raise ValueError("a run needs --data (a dataset or replay directory) and --out (its results JSON).")
+        run_trial(args)
     return 0
 
 

@@ -403,7 +403,7 @@ def test_a_reference_shared_by_two_sequences_is_reused_by_both(tmp_path):
         continual.prepare(continual.continual_job(first, "fifo", 0, ()), rundir, fresh=False)
 
 
-def test_report_normalises_by_each_tasks_range_and_reads_old_records():
+def test_report_normalises_by_each_tasks_range():
     from benchmarks import continual_report as report
 
     evaluations = [{"env_steps": 0, "returns": {"a": [-1200.0], "b": [100.0]}},
@@ -418,8 +418,6 @@ def test_report_normalises_by_each_tasks_range_and_reads_old_records():
     reference = {"tasks": ["b"], "evaluations": [{"env_steps": 0, "returns": {"b": [550.0]}}],
                  "sequence": {"tasks": [{"name": "b", "random_return": 0.0, "best_return": 10.0}]}}
     np.testing.assert_allclose(report.curves(reference, report.task_range(record, 1))[1], [[0.5]])
-    old = {**record, "sequence": {"tasks": [{"name": "a"}, {"name": "b"}], "max_return": 1000.0}}
-    np.testing.assert_allclose(report.curves(old)[1][1], [-0.3, 0.55])  # return / max_return, as they were
 
 
 def test_the_estimate_counts_updates_left_at_the_pace_of_finished_runs(tmp_path):
