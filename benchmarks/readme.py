@@ -17,6 +17,7 @@ from .common import fmt, markdown_table, parser
 from .continual_report import readme_section, references_section
 from .insight import probe_table
 from .learning import by_task
+from .world_model import grid_estimate, results_table, task_dirname, tubelet_test
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -202,6 +203,29 @@ def insight(data: dict, source: str) -> str:
                         "\n".join(plots)])
 
 
+def world_model(data: dict, source: str) -> str:
+    """The encoder trial on fixed datasets: what was run, the results table, the velocity test and the plots."""
+    runs = data["runs"]
+    if not runs:
+        return f"No finished runs in `{source}`."
+    tasks = ", ".join(dict.fromkeys(task_dirname(r["task"] or "?") for r in runs))
+    encoders = ", ".join(dict.fromkeys(r["encoder"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    done = (f"Runs: {tasks}; encoders {encoders}; seeds {', '.join(map(str, seeds))}; preset `{data['preset']}`, "
+            f"{data['updates']:,} updates of {data['batch'][0]} x {data['batch'][1]} per run, equal encoder FLOPs "
+            f"per frame: {'yes' if data['equal_flops'] else 'no'}. Held-out episodes; MSE per pixel x1000 (copying "
+            "the last observed frame in brackets); probe R² of ridge probes fitted on training episodes.")
+    velocity = tubelet_test(runs)[2:]  # without its heading
+    grid = grid_estimate(data, updates=5000)
+    cost = (f"At these runs' CPU seconds per update, the whole grid ({grid['runs']} runs of 5,000 updates: 3 tasks, "
+            f"3 seeds, these encoders) takes about {grid['hours_one_core']:,.0f} hours on one core.")
+    stem = Path(source).stem
+    plots = f"![horizon]({Path(source).with_name(stem + '_horizon.png')}) ![probes]" \
+            f"({Path(source).with_name(stem + '_probes.png')})"
+    return "\n\n".join([done, results_table(runs), "\n".join(velocity).strip(), cost,
+                        f"Source `{source}` (commit {data['machine']['git_commit']}).", plots])
+
+
 TABLES = {  # README table name: its results file under results/, and the renderer of that file's data
     "env_throughput": ("env_throughput.json", env_throughput), "param_counts": ("param_counts.json", param_counts),
     "wm_throughput": ("wm_throughput_cpu.json", wm_throughput), "learning": ("learning_cpu.json", learning),
@@ -212,7 +236,8 @@ TABLES = {  # README table name: its results file under results/, and the render
     "continual_pendulum_physics": ("continual_pendulum-physics.json", readme_section),
     "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", references_section),
     "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", references_section),
-    "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed)}
+    "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed),
+    "world_model": ("world_model.json", world_model)}
 
 
 def table(name: str) -> str:

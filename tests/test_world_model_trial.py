@@ -9,7 +9,7 @@ import torch
 
 import envs
 from agent.config import apply_overrides, preset
-from benchmarks import wm_data
+from benchmarks import readme, wm_data
 from benchmarks import world_model as wmt
 from benchmarks.insight import record_episode
 
@@ -291,3 +291,8 @@ def test_grid_records_trains_evaluates_and_reports(tmp_path, capsys):
     out.with_suffix(".md").unlink()
     assert wmt.main(["--report-only", "--out", str(out)]) == 0
     assert out.with_suffix(".md").read_text() == report
+    # The README section renders from the same results file: its rows, the velocity test and the grid's cost.
+    section = readme.world_model(payload, "results/wm.json")
+    assert "| cartpole_swingup | cnn | 1 |" in section and "| cartpole_swingup | patch2 | 1 |" in section
+    assert "encoders cnn, patch2; seeds 0" in section and "- cartpole_swingup: cnn " in section
+    assert "(18 runs of 5,000 updates" in section and "![probes](results/wm_probes.png)" in section
