@@ -217,8 +217,8 @@ def world_model(data: dict, source: str) -> str:
             "the last observed frame in brackets); probe R² of ridge probes fitted on training episodes.")
     velocity = tubelet_test(runs)[2:]  # without its heading
     grid = grid_estimate(data, updates=5000)
-    cost = (f"At these runs' CPU seconds per update, the whole grid ({grid['runs']} runs of 5,000 updates: 3 tasks, "
-            f"3 seeds, these encoders) takes about {grid['hours_one_core']:,.0f} hours on one core.")
+    cost = (f"At these runs' CPU seconds per update, the whole grid ({grid['runs']} runs of {grid['updates']:,} "
+            f"updates: 3 tasks, 3 seeds, these encoders) takes about {grid['hours_one_core']:,.0f} hours on one core.")
     stem = Path(source).stem
     plots = f"![horizon]({Path(source).with_name(stem + '_horizon.png')}) ![probes]" \
             f"({Path(source).with_name(stem + '_probes.png')})"
