@@ -93,7 +93,7 @@ def machine_load(start: dict[str, Any], end: dict[str, Any], wall_s: float) -> d
             "job_cpu_s": round(end["children_cpu_s"] - start["children_cpu_s"], 1),
             "other_processes_cores": None if others is None else round(others, 2),
             "steal_cores": None if steal is None else round(steal, 2), "shared": busy,
-            "note": f"shared machine: {note} (other_processes_cores: mean cores other processes used during the "
+            "note": f"{note} (other_processes_cores: mean cores other processes used during the "
                     "run, from /proc/stat minus the job's own CPU time; steal_cores: mean cores the hypervisor gave "
                     "to other machines; loadavg_end includes the job's threads)"}
 

@@ -112,6 +112,20 @@ def speed(data: dict, source: str) -> str:
               + " ".join(notes) + f" Source `{source}` (`make bench-speed`).")
 
 
+def default_job(data: dict, source: str) -> str:
+    """``make train``'s job timed end to end to its learning threshold."""
+    load, m = data["load"], data["machine"]
+    reached = (f"{data['time_to_threshold_s'] / 60:.1f} min at {data['env_steps_to_threshold']:,} env steps"
+               if data["reached"] else f"not reached in {data['wall_s'] / 60:.1f} min")
+    rows = [[data["spec"], data["obs"], f"{data['threshold']:g}", reached, f"{data['peak_rss_mb']:,.0f}",
+             "idle" if not load["shared"] else f"shared ({load['other_processes_cores']} cores to others)"]]
+    return (markdown_table(["env", "obs", "threshold", "time to threshold (from process start)", "peak RSS MB",
+                            "machine"], rows)
+            + f"\n\n{'The default job' if data['default_job'] else 'With overrides ' + ' '.join(data['overrides'])}, "
+            f"{m['processor']} ({m['cpu_count']} cores, torch {data['torch']}), commit {m['git_commit']}; time from "
+            f"process start to the first evaluation at or above the threshold. Source `{source}`.")
+
+
 def _fmt(value: float | None) -> str:
     return fmt(value, 0)
 
@@ -237,7 +251,7 @@ TABLES = {  # README table name: its results file under results/, and the render
     "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", references_section),
     "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", references_section),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed),
-    "world_model": ("world_model.json", world_model)}
+    "world_model": ("world_model.json", world_model), "default_job": ("default_job_cpu.json", default_job)}
 
 
 def table(name: str) -> str:
