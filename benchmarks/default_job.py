@@ -3,6 +3,8 @@
     python -m benchmarks.default_job --out results/default_job_cpu.json
     python -m benchmarks.default_job --stop-at-threshold --out results/default_job_cpu.json
     python -m benchmarks.default_job --set train.steps=1500 train.eval_every=500 --out /tmp/smoke.json  # smoke
+    python -m benchmarks.default_job --minutes 60 --set env.spec=dmc:cartpole-balance env.obs=pixels \
+        replay.capacity=2048 train.prefill=1000 --out results/memory_pixels_cpu.json    # memory over an hour
 
 Runs ``python -m agent train --logdir <dir>`` with no task or preset, as ``make train`` does, and reads the
 run's ``metrics.jsonl`` as it grows: every evaluation is recorded with the wall seconds since the process
@@ -10,8 +12,9 @@ started (when this command first saw it: at most ``--poll`` seconds late) beside
 ``time/wall_s``. The threshold is the learning benchmark's task for the same env and observations (on a
 CPU, ``pendulum``: -300). The results hold the time and env steps to the first evaluation that reaches it,
 the whole run's wall time, the eval curve, peak memory, machine, torch and commit, and how busy the machine
-was (load averages, and the CPU time other processes took, from /proc/stat). Exit status 1 when the run
-failed or never reached the threshold.
+was (load averages, and the CPU time other processes took, from /proc/stat), and the resident memory the
+loop logged, with its growth once the replay is full (``memory``). ``--minutes`` ends the run after that much
+wall time. Exit status 1 when the run failed, or never reached the threshold and was not ended by ``--minutes``.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def machine_load(start: dict[str, Any], end: dict[str, Any], wall_s: float) -> d
             "job_cpu_s": round(end["children_cpu_s"] - start["children_cpu_s"], 1),
             "other_processes_cores": None if others is None else round(others, 2),
             "steal_cores": None if steal is None else round(steal, 2), "shared": busy,
-            "note": f"{note} (other_processes_cores: mean cores other processes used during the "
+            "note": f"shared machine: {note} (other_processes_cores: mean cores other processes used during the "
                     "run, from /proc/stat minus the job's own CPU time; steal_cores: mean cores the hypervisor gave "
                     "to other machines; loadavg_end includes the job's threads)"}
 
@@ -125,16 +128,40 @@ def resolve(extra: list[str], logdir: Path) -> Any:
                                            steps=None, set=extra))
 
 
-def run(cmd: list[str], follower: MetricsFollower, threshold: float, stop_at_threshold: bool, poll: float
-        ) -> tuple[int, list[dict[str, Any]], bool]:
-    """Run the job, printing each evaluation as it appears; returns exit code, eval curve and whether it was
-    stopped at the threshold."""
+def memory_timeline(rows: list[dict[str, Any]], capacity: int) -> dict[str, Any]:
+    """Resident memory over the run (every logged row that has it) and its growth once the replay is full: the
+    least-squares slope of RSS against the run's wall time over those rows, in MB per hour (None before two)."""
+    points = [{"env_steps": r["step"], "run_wall_s": r.get("time/wall_s"), "rss_mb": r["memory/rss_mb"],
+               "peak_rss_mb": r["memory/peak_rss_mb"], "replay_size": r.get("replay/size")}
+              for r in rows if "memory/rss_mb" in r]
+    full = [p for p in points if p["replay_size"] is not None and p["replay_size"] >= capacity
+            and p["run_wall_s"] is not None]
+    slope = None
+    if len(full) >= 2:
+        t = [p["run_wall_s"] / 3600 for p in full]
+        m = [p["rss_mb"] for p in full]
+        t_mean, m_mean = sum(t) / len(t), sum(m) / len(m)
+        var = sum((a - t_mean) ** 2 for a in t)
+        slope = None if var == 0 else sum((a - t_mean) * (b - m_mean) for a, b in zip(t, m)) / var
+    return {"replay_capacity": capacity, "points": points,
+            "replay_full_at_env_steps": full[0]["env_steps"] if full else None,
+            "rss_mb_when_full": full[0]["rss_mb"] if full else None,
+            "rss_mb_end": points[-1]["rss_mb"] if points else None,
+            "rss_mb_max_after_full": max((p["rss_mb"] for p in full), default=None),
+            "hours_after_full": round((full[-1]["run_wall_s"] - full[0]["run_wall_s"]) / 3600, 3) if full else None,
+            "rss_growth_mb_per_hour_after_full": None if slope is None else round(slope, 2)}
+
+
+def run(cmd: list[str], follower: MetricsFollower, threshold: float, stop_at_threshold: bool, poll: float,
+        minutes: float | None = None) -> tuple[int, list[dict[str, Any]], str | None]:
+    """Run the job, printing each evaluation as it appears; returns exit code, eval curve and why it was
+    stopped early ("threshold", "time limit" after ``minutes`` of wall time, or None)."""
     env = {**os.environ}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as make train exports them
     env.setdefault("MUJOCO_GL", "egl")
     # A command started in the background inherits SIGINT as ignored; the run must still stop on SIGINT.
     proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    curve, stopped = [], False
+    curve, stopped = [], None
 
     def read() -> None:
         for point in follower.poll():
@@ -149,11 +176,15 @@ def run(cmd: list[str], follower: MetricsFollower, threshold: float, stop_at_thr
             read()  # after the exit check: once the job has ended, every line it wrote is read
             if done:
                 break
-            if stop_at_threshold and not stopped and first_reaching(curve, threshold) is not None:
-                print("[default_job] threshold reached: stopping the run with SIGINT (a KeyboardInterrupt traceback "
-                      "from it is expected)", flush=True)
-                proc.send_signal(signal.SIGINT)
-                stopped = True
+            if not stopped:
+                if stop_at_threshold and first_reaching(curve, threshold) is not None:
+                    stopped = "threshold"
+                elif minutes is not None and time.monotonic() - follower.start >= 60 * minutes:
+                    stopped = "time limit"
+                if stopped:
+                    print(f"[default_job] {stopped} reached: stopping the run with SIGINT (a KeyboardInterrupt "
+                          "traceback from it is expected)", flush=True)
+                    proc.send_signal(signal.SIGINT)
             time.sleep(poll)
     except KeyboardInterrupt:  # Ctrl-C reached the job too (same process group): let it end, keep the record
         print("[default_job] interrupted", flush=True)
@@ -176,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="overrides passed to `python -m agent train --set` (then it is not the default job any "
                         "more; for smoke runs)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="end the run (SIGINT) after this many minutes of wall time (e.g. a memory run)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between reads of metrics.jsonl")
     args = p.parse_args(argv)
     logdir = Path(args.logdir or f"runs/default_job-{datetime.datetime.now():%Y%m%d-%H%M%S}")
@@ -197,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     before = load_sample()
     start = time.monotonic()
     follower = MetricsFollower(logdir / "metrics.jsonl", start)
-    code, curve, stopped = run(cmd, follower, task.threshold, args.stop_at_threshold, args.poll)
+    code, curve, stopped = run(cmd, follower, task.threshold, args.stop_at_threshold, args.poll, args.minutes)
     wall = time.monotonic() - start
     load = machine_load(before, load_sample(), wall)
 
@@ -210,10 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         "threshold_why": task.why, "reached": reached is not None,
         "time_to_threshold_s": None if reached is None else reached["wall_s"],
         "env_steps_to_threshold": None if reached is None else reached["env_steps"],
-        "wall_s": round(wall, 2), "exit_code": code, "stopped_at_threshold": stopped,
+        "wall_s": round(wall, 2), "exit_code": code, "stopped_at_threshold": stopped == "threshold",
+        "minutes": args.minutes, "stopped_at_time_limit": stopped == "time limit",
         "env_steps_done": max((row["step"] for row in follower.rows), default=0),
         "peak_rss_mb": max(peaks, default=None),
-        "curve": curve,
+        "curve": curve, "memory": memory_timeline(follower.rows, cfg.replay.capacity),
         "curve_fields": "wall_s: seconds since the process started, when this command first saw the eval (at most "
                         f"{args.poll:g} s late); run_wall_s: the loop's time/wall_s (from the loop's start)",
         "load": load, "machine": machine_info(), "torch": torch.__version__,
@@ -222,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         f"reached after {reached['wall_s']:.0f} s at {reached['env_steps']:,} env steps"
     print(f"[default_job] threshold {task.threshold:g} {verdict}\n[default_job] run: {wall:.0f} s, exit {code}; "
           f"{load['note']}\n[default_job] wrote {out}", flush=True)
-    return 0 if reached is not None and (code == 0 or stopped) else 1
+    return 0 if (code == 0 or stopped) and (reached is not None or stopped == "time limit") else 1
 
 
 if __name__ == "__main__":

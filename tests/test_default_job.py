@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from benchmarks import default_job
-from benchmarks.default_job import MetricsFollower, first_reaching, machine_load, threshold_task
+from benchmarks.default_job import MetricsFollower, first_reaching, machine_load, memory_timeline, threshold_task
 from benchmarks.learning import SUITES
 
 
@@ -84,3 +84,32 @@ def test_a_real_run_is_stopped_at_the_threshold(tmp_path, monkeypatch):
     assert result["overrides"][0] == "train.steps=100000" and not result["default_job"]
     assert result["torch"] and result["load"]["cpu_count"] >= 1 and "shared machine" in result["load"]["note"]
     assert result["peak_rss_mb"] > 50  # the loop's memory/peak_rss_mb, logged before the eval at 500
+
+
+def test_memory_growth_is_fitted_only_once_the_replay_is_full():
+    rows = [{"step": 100 * i, "time/wall_s": 360.0 * i, "memory/rss_mb": rss, "memory/peak_rss_mb": rss + 5,
+             "replay/size": min(100 * i, 300)} for i, rss in enumerate([200, 400, 600, 700, 702, 704, 706])]
+    rows.insert(2, {"step": 150, "eval/return": -1.0})  # rows without memory are skipped
+    memory = memory_timeline(rows, capacity=300)
+    assert memory["replay_full_at_env_steps"] == 300 and memory["rss_mb_when_full"] == 700
+    # after full: +2 MB every 360 s, i.e. 20 MB an hour; the climb while the replay filled does not count
+    assert memory["rss_growth_mb_per_hour_after_full"] == pytest.approx(20.0)
+    assert memory["rss_mb_end"] == 706 and memory["rss_mb_max_after_full"] == 706
+    assert memory["hours_after_full"] == pytest.approx(0.3) and len(memory["points"]) == 7
+    never_full = memory_timeline(rows, capacity=10_000)
+    assert never_full["replay_full_at_env_steps"] is None and never_full["rss_growth_mb_per_hour_after_full"] is None
+
+
+@pytest.mark.slow
+def test_a_real_run_is_stopped_at_its_time_limit(tmp_path):
+    out = tmp_path / "result.json"
+    code = default_job.main(["--logdir", str(tmp_path / "run"), "--out", str(out), "--minutes", "0.4",
+                             "--poll", "0.2", "--set", "train.steps=100000", "train.eval_every=0",
+                             "train.log_every=100", "train.prefill=200", "replay.capacity=512", "replay.chunk=64",
+                             "train.batch_length=16", "train.threads=1"])
+    result = json.loads(out.read_text())
+    assert code == 0 and result["stopped_at_time_limit"] and not result["stopped_at_threshold"]
+    assert not result["reached"] and 24 <= result["wall_s"] < 90 and result["env_steps_done"] < 100_000
+    memory = result["memory"]
+    assert memory["replay_capacity"] == 512 and memory["points"][0]["rss_mb"] > 50
+    assert [p["env_steps"] for p in memory["points"]] == sorted(p["env_steps"] for p in memory["points"])
