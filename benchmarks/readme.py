@@ -245,7 +245,7 @@ TABLES = {  # README table name: its results file under results/, and the render
     "wm_throughput": ("wm_throughput_cpu.json", wm_throughput), "learning": ("learning_cpu.json", learning),
     "learning_pixels": ("learning_cpu_pixels.json", learning),
     "learning_dmc_proprio": ("learning_dmc_proprio.json", learning_dmc_proprio),
-    "continual": ("continual_cartpole-shift.json", readme_section), "insight": ("insight/insight.json", insight),
+    "insight": ("insight/insight.json", insight),
     "continual_pendulum_conflict": ("continual_pendulum-conflict.json", readme_section),
     "continual_pendulum_physics": ("continual_pendulum-physics.json", readme_section),
     "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", references_section),
