@@ -4,7 +4,8 @@
     python -m benchmarks.default_job --stop-at-threshold --out results/default_job_cpu.json
     python -m benchmarks.default_job --set train.steps=1500 train.eval_every=500 --out /tmp/smoke.json  # smoke
     python -m benchmarks.default_job --minutes 60 --set env.spec=dmc:cartpole-balance env.obs=pixels \
-        replay.capacity=2048 train.prefill=1000 --out results/memory_pixels_cpu.json    # memory over an hour
+        replay.capacity=1024 train.prefill=500 train.log_every=200 train.eval_every=5000 train.steps=100000 \
+        train.threads=1 --out results/memory_pixels_cpu.json                     # memory over an hour
 
 Runs ``python -m agent train --logdir <dir>`` with no task or preset, as ``make train`` does, and reads the
 run's ``metrics.jsonl`` as it grows: every evaluation is recorded with the wall seconds since the process

@@ -126,6 +126,25 @@ def default_job(data: dict, source: str) -> str:
             f"process start to the first evaluation at or above the threshold. Source `{source}`.")
 
 
+def memory(data: dict, source: str) -> str:
+    """Resident memory of a time-limited pixel run, before and after its replay is full."""
+    mem, m = data["memory"], data["machine"]
+    if mem["replay_full_at_env_steps"] is None:
+        return f"The replay never filled in {data['wall_s'] / 60:.0f} minutes; source `{source}`."
+    rows = [[data["spec"], data["obs"], f"{mem['replay_capacity']:,}", f"{mem['replay_full_at_env_steps']:,}",
+             f"{mem['hours_after_full'] * 60:.0f}", f"{mem['rss_mb_when_full']:,.0f}",
+             f"{mem['rss_mb_max_after_full']:,.0f}", f"{mem['rss_mb_end']:,.0f}",
+             f"{mem['rss_growth_mb_per_hour_after_full']:+,.0f}"]]
+    after = sum(1 for point in mem["points"] if point["env_steps"] >= mem["replay_full_at_env_steps"])
+    return (markdown_table(["env", "obs", "replay capacity (steps)", "full at env steps", "minutes after full",
+                            "RSS MB when full", "max RSS MB after", "RSS MB at the end", "growth MB/hour after full"],
+                           rows)
+            + f"\n\nOne run of {data['wall_s'] / 60:.0f} minutes (`{' '.join(data['overrides'])}`), ended by its "
+            f"time limit; RSS logged every {mem['points'][1]['env_steps'] - mem['points'][0]['env_steps']:,} env "
+            f"steps, {after} readings from the one where the replay is full; growth: least-squares slope over "
+            f"those. {m['processor']}, commit {m['git_commit']}. Source `{source}`.")
+
+
 def _fmt(value: float | None) -> str:
     return fmt(value, 0)
 
@@ -251,7 +270,8 @@ TABLES = {  # README table name: its results file under results/, and the render
     "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", references_section),
     "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", references_section),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed),
-    "world_model": ("world_model.json", world_model), "default_job": ("default_job_cpu.json", default_job)}
+    "world_model": ("world_model.json", world_model), "default_job": ("default_job_cpu.json", default_job),
+    "memory": ("memory_pixels_cpu.json", memory)}
 
 
 def table(name: str) -> str:
