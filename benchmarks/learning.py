@@ -190,8 +190,9 @@ def training_episodes(rundir: Path) -> list[tuple[int, float]]:
 
 def cpu_seconds(rundir: Path) -> float | None:
     """The training process's CPU seconds over the whole run (its last ``time/cpu_s``), or None where the run
-    did not log it from its first log on (runs begun before it was logged)."""
-    timed = [row for row in metrics(rundir) if "time/wall_s" in row]
+    did not log it from its first log on (runs begun before it was logged). Evaluation rows carry
+    ``time/wall_s`` but never ``time/cpu_s``, so only the periodic logs count."""
+    timed = [row for row in metrics(rundir) if "time/wall_s" in row and "eval/return" not in row]
     return timed[-1]["time/cpu_s"] if timed and all("time/cpu_s" in row for row in timed) else None
 
 

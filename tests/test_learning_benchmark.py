@@ -77,7 +77,7 @@ def _write_run(rundir, episodes, evals, steps, wall_s=60.0, commit="abc1234", cp
     first_log = {"step": steps // 2, "fps/env": 10.0, "time/wall_s": wall_s / 2}
     if cpu_from_start:
         first_log["time/cpu_s"] = cpu_s / 2
-    rows += [{"step": s, "eval/return": r} for s, r in evals] + [first_log]
+    rows += [{"step": s, "eval/return": r, "time/wall_s": wall_s * s / steps} for s, r in evals] + [first_log]
     rows += [{"step": steps, "fps/env": 10.0, "time/wall_s": wall_s, "time/cpu_s": cpu_s}]
     rows.sort(key=lambda row: row["step"])
     (rundir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
