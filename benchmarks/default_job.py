@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .common import machine_info, parser, write_json
 from .learning import SUITES, Task
 
@@ -137,13 +139,8 @@ def memory_timeline(rows: list[dict[str, Any]], capacity: int) -> dict[str, Any]
               for r in rows if "memory/rss_mb" in r]
     full = [p for p in points if p["replay_size"] is not None and p["replay_size"] >= capacity
             and p["run_wall_s"] is not None]
-    slope = None
-    if len(full) >= 2:
-        t = [p["run_wall_s"] / 3600 for p in full]
-        m = [p["rss_mb"] for p in full]
-        t_mean, m_mean = sum(t) / len(t), sum(m) / len(m)
-        var = sum((a - t_mean) ** 2 for a in t)
-        slope = None if var == 0 else sum((a - t_mean) * (b - m_mean) for a, b in zip(t, m)) / var
+    hours = [p["run_wall_s"] / 3600 for p in full]
+    slope = None if len(set(hours)) < 2 else float(np.polyfit(hours, [p["rss_mb"] for p in full], 1)[0])
     return {"replay_capacity": capacity, "points": points,
             "replay_full_at_env_steps": full[0]["env_steps"] if full else None,
             "rss_mb_when_full": full[0]["rss_mb"] if full else None,
