@@ -260,17 +260,16 @@ def random_returns(seq: Sequence, index: int, episodes: int, seed: int = 0) -> n
     import envs
 
     task = seq.tasks[index]
-    env = envs.make(task.spec, obs="state", action_repeat=seq.action_repeat, variant=task.variant or None,
-                    seed=seed)  # the seed also seeds the action space's sampling
     returns = []
-    for episode in range(episodes):
-        env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    env.close()
+    with contextlib.closing(envs.make(task.spec, obs="state", action_repeat=seq.action_repeat,
+                                      variant=task.variant or None, seed=seed)) as env:  # also seeds the sampling
+        for episode in range(episodes):
+            env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total, done = total + float(reward), terminated or truncated
+            returns.append(total)
     return np.array(returns)
 
 
@@ -626,12 +625,9 @@ class ContinualRun:
         scalars: dict[str, float] = {}
         if self.measure_model and seq.heldout_episodes > 0:
             task = seq.tasks[seq.stages[stage]]
-            env = task_env(seq, seq.stages[stage], 1, seed=30_000 + 1000 * self.seed + stage,
-                           task_id=self.strategy.task_id)
-            try:
+            with contextlib.closing(task_env(seq, seq.stages[stage], 1, seed=30_000 + 1000 * self.seed + stage,
+                                             task_id=self.strategy.task_id)) as env:
                 data = record_episodes(t, env, seq.heldout_episodes, seed=30_000 + 1000 * self.seed + stage)
-            finally:
-                env.close()
             path = self.rundir / "heldout" / f"stage{stage}_{task.name}.npz"
             path.parent.mkdir(exist_ok=True)
             np.savez_compressed(path, **data)
@@ -689,12 +685,9 @@ class ContinualRun:
             for stage, index in enumerate(seq.stages):
                 if stage in self.extra["stages_done"]:
                     continue
-                env = task_env(seq, index, self.cfg.env.num_envs, seed=1000 * self.seed,
-                               task_id=self.strategy.task_id)
-                try:
+                with contextlib.closing(task_env(seq, index, self.cfg.env.num_envs, seed=1000 * self.seed,
+                                                 task_id=self.strategy.task_id)) as env:
                     t.collect(env, seq.boundaries[stage + 1], seed=self.seed + t.counters["episodes"])
-                finally:
-                    env.close()
                 self.end_stage(stage)
             if t.counters["last_log"] != t.env_steps:
                 t.log_now()

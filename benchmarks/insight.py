@@ -20,6 +20,7 @@ with imageio-ffmpeg) and TensorBoard runs (``--tensorboard``; scalars ``openloop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -450,13 +451,11 @@ def analyse(path: str, label: str, args: argparse.Namespace) -> tuple[dict[str, 
     torch.manual_seed(args.seed)
     agent.wm.generator.manual_seed(args.seed)
     t0 = time.perf_counter()
-    try:
+    with contextlib.closing(env):
         episodes = collect_episodes(agent, env, keys, args.episodes, args.seed, args.policy, args.max_steps)
         sim = envs.has_sim_state(env)
         names = envs.sim_state_names(env) if sim else None
         winding = envs.unlimited_hinges(env) if sim else []
-    finally:
-        env.close()
     collect_s = time.perf_counter() - t0
     sample = args.latent == "sample"
     batch, index = make_windows(episodes, args.context, args.horizon, args.starts)

@@ -14,6 +14,7 @@ DreamerV3's metric at 100K env steps (training episodes, 10K bin) reaches Dreame
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -231,15 +232,12 @@ def trivial_returns(task: Task) -> dict[str, float]:
     cfg = apply_overrides(RunConfig(), task.overrides)
     out = {}
     for policy in ("random", "zero"):
-        env = envs.make_vec(task.spec, 1, obs="state", action_repeat=cfg.env.action_repeat)
-        space = env.action_space  # one env's actions, with the batch axis
-        space.seed(0)
-        action = None if policy == "random" else np.zeros(space.shape, space.dtype)
-        try:
+        with contextlib.closing(envs.make_vec(task.spec, 1, obs="state", action_repeat=cfg.env.action_repeat)) as env:
+            space = env.action_space  # one env's actions, with the batch axis
+            space.seed(0)
+            action = None if policy == "random" else np.zeros(space.shape, space.dtype)
             returns = episode_returns(env, lambda obs, first, a=action, s=space: s.sample() if a is None else a,
                                       cfg.train.eval_episodes, seed=EVAL_SEED)
-        finally:
-            env.close()
         out[policy] = sum(returns) / len(returns)
     return out
 

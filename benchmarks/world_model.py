@@ -19,6 +19,7 @@ forward FLOPs per frame (FlopCounterMode over a ``--batch-length`` window) come 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import sys
@@ -161,7 +162,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
     if bad or ("agent" in policies and not args.checkpoint):
         raise ValueError(f"--policies must be among {wm_data.POLICIES} (agent needs --checkpoint), got {policies}.")
     env, agent = _recording_env(args, kwargs)
-    try:
+    with contextlib.closing(env):
         meta = {"benchmark": "world_model/dataset", "task": args.task, "env": kwargs, "policies": policies,
                 "smooth": {"rho": args.smooth_rho, "sigma": args.smooth_sigma}, "seed": args.seed,
                 "checkpoint": args.checkpoint, "max_steps": args.max_steps,
@@ -171,8 +172,6 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
             meta["splits"][split] = wm_data.record_split(
                 env, out / split, split, count, policies, args.seed, agent, args.smooth_rho, args.smooth_sigma,
                 args.max_steps, progress=lambda line: print(line, flush=True))
-    finally:
-        env.close()
     meta["machine"] = machine_info()
     write_json(out / "dataset.json", meta)
     print(f"wrote {out / 'dataset.json'}")
