@@ -38,28 +38,6 @@ METRICS = ("image_mse", "state_mse", "state_mse_symlog", "reward_abs", "kl")  # 
 Episode = dict[str, np.ndarray]
 
 
-# --------------------------------------------------------------------------------------------- loading
-
-
-def load_for_env(path: str | Path, spec: str | None = None, seed: int = 0, device: str | None = None
-                 ) -> tuple[Any, Any, Any, list[str]]:
-    """A checkpoint's agent and a single env it can act in: (agent, run config, env, observation keys).
-
-    ``spec`` replaces the checkpoint's env spec (the spaces must agree); ``device`` the torch device it
-    was trained on (None: keep it, or use the CPU when it names CUDA and there is none). The env is
-    ``envs.make`` itself (not a vector env), so the simulator's state can be read after every step.
-    """
-    import envs
-    from agent.checkpoint import agent_for_env
-
-    def make_env(cfg: Any) -> Any:
-        return envs.make(cfg.env.spec, seed=seed, **cfg.env.make_kwargs())
-
-    agent, cfg, env, keys = agent_for_env(path, make_env, spec, device)
-    agent.eval()
-    return agent, cfg, env, keys
-
-
 # --------------------------------------------------------------------------------------------- episodes
 
 
@@ -446,8 +424,11 @@ def analyse(path: str, label: str, args: argparse.Namespace) -> tuple[dict[str, 
     import torch
 
     import envs
+    from agent.checkpoint import agent_for_env
 
-    agent, cfg, env, keys = load_for_env(path, args.env, args.seed, args.device)
+    # envs.make itself, not a vector env, so that the simulator's state can be read after every step
+    agent, cfg, env, keys = agent_for_env(
+        path, lambda cfg: envs.make(cfg.env.spec, seed=args.seed, **cfg.env.make_kwargs()), args.env, args.device)
     torch.manual_seed(args.seed)
     agent.wm.generator.manual_seed(args.seed)
     t0 = time.perf_counter()

@@ -194,7 +194,6 @@ def _recording_env(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[An
         return envs.make(args.task, seed=args.seed, **kwargs)
 
     agent, _, env, keys = agent_for_env(args.checkpoint, make_env, args.task, "cpu")
-    agent.eval()
     return env, (agent, keys)
 
 
