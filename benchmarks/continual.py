@@ -805,7 +805,7 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
         write_json(path, job.to_dict())
         return True
     wanted = json.loads(json.dumps(job.to_dict()))  # tuples as lists, as read back
-    if _with_defaults(saved) != _with_defaults(wanted) and not _same_reference(saved, job):
+    if saved != wanted and not _same_reference(saved, job):
         raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
                          "or --root to put runs elsewhere.")
     return not (rundir / "done.json").exists()
@@ -817,18 +817,7 @@ def _same_reference(saved: dict[str, Any], job: Job) -> bool:
     description, labels and score ranges its ``job.json`` was written with."""
     if job.kind != "reference" or saved.get("kind") != "reference":
         return False
-    full = _with_defaults(saved)
-    return reference_key(Job(**{**full, "overrides": tuple(full.get("overrides", ()))})) == reference_key(job)
-
-
-def _with_defaults(job: dict[str, Any]) -> dict[str, Any]:
-    """A job dict whose run config has every field, those added since it was written at their defaults."""
-    from agent.config import RunConfig, config_to_dict
-
-    try:
-        return {**job, "config": config_to_dict(config_from_dict(job.get("config", {}), RunConfig))}
-    except ValueError:
-        return job
+    return reference_key(Job(**{**saved, "overrides": tuple(saved["overrides"])})) == reference_key(job)
 
 
 def process_job(job: Job, rundir: Path) -> sweep.Job:
