@@ -1,8 +1,8 @@
 """The patch encoder on trial: world models trained alone on a fixed dataset, encoders at equal FLOPs.
 
     python -m benchmarks.world_model --record --task dmc:cartpole-swingup --out data/world_model/cartpole_swingup
-    python -m benchmarks.world_model --data data/world_model/cartpole_swingup --encoder patch --tubelet-frames 2 \\
-        --updates 5000 --seed 0 --out results/world_model/cartpole_swingup/patch2-s0.json
+    python -m benchmarks.world_model --data data/world_model/cartpole_swingup --encoder patch2 --updates 5000 \\
+        --seed 0 --out results/world_model/cartpole_swingup/patch2-s0.json
     python -m benchmarks.world_model --flops --out results/world_model_encoders.json   # encoders' FLOPs, params
     python -m benchmarks.world_model --grid --updates 5000   # 3 tasks x 4 encoders x 3 seeds, then the report
     python -m benchmarks.world_model --report-only           # the report again from results/world_model.json
@@ -350,11 +350,10 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     from agent.config import config_to_dict
 
     data, out = Path(args.data), Path(args.out)
+    torch.set_num_threads(max(1, args.threads))
+    cfg = trial_config(args.preset, args.encoder, args.seed, args.set, args.equal_flops, args.batch_length)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_suffix("")
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, args.threads))
-    label = args.encoder if args.encoder == "cnn" else f"patch{args.tubelet_frames}"
-    cfg = trial_config(args.preset, label, args.seed, args.set, args.equal_flops, args.batch_length)
     keys = obs_keys(args.obs)
     step_keys = [*keys, "action", "reward", "is_first", "is_terminal"]
     segments = wm_data.load_segments(data_split(data, "train"), step_keys, args.train_episodes)
@@ -367,7 +366,7 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     progress = _load_or_start(run_dir, cfg_dict, wm, sampler, args.fresh)
     _train_with_progress(wm, sampler, progress, run_dir, cfg_dict, args)
     del segments, sampler  # the training data is not needed for evaluation
-    shown = label if "image" in keys else "mlp"  # without images the image encoder is not used
+    shown = args.encoder if "image" in keys else "mlp"  # without images the image encoder is not used
     result = {"benchmark": "world_model", "task": _task_of(data), "encoder": shown, "seed": args.seed,
               "preset": args.preset, "set": args.set, "updates": progress["updates"],
               "batch": [args.batch_size, args.batch_length], "config": cfg_dict,
@@ -459,6 +458,8 @@ def summary_lines(result: dict[str, Any]) -> None:
 def grid_jobs(args: argparse.Namespace) -> list[Any]:
     """One job per (task, encoder, seed) without a finished result of ``--updates`` updates; records a
     task's dataset first when ``--data-root`` lacks it."""
+    for label in args.encoders:
+        encoder_overrides(label)  # a bad label is an error before any recording or training
     planned = []
     for task in args.tasks:
         data = Path(args.data_root) / task_dirname(task)
@@ -471,14 +472,9 @@ def grid_jobs(args: argparse.Namespace) -> list[Any]:
                 if (read_json(result) or {}).get("updates") == args.updates:
                     continue
                 argv = ("-m", "benchmarks.world_model", "--data", str(data.resolve()), "--seed", str(seed),
-                        "--out", str(result), "--run-dir", str(rundir), *_encoder_argv(label), *_shared_argv(args))
+                        "--out", str(result), "--run-dir", str(rundir), "--encoder", label, *_shared_argv(args))
                 planned.append(jobs.Job(f"{task_dirname(task)}/{label}-s{seed}", str(rundir), argv))
     return planned
-
-
-def _encoder_argv(label: str) -> tuple[str, ...]:
-    encoder_overrides(label)  # checks the label
-    return ("--encoder", "cnn") if label == "cnn" else ("--encoder", "patch", "--tubelet-frames", label[5:])
 
 
 def _shared_argv(args: argparse.Namespace) -> tuple[str, ...]:
@@ -723,8 +719,8 @@ def _recording_arguments(g: argparse._ArgumentGroup) -> None:
 def _training_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", help="a recorded dataset (or any replay directory) to train on")
     g.add_argument("--heldout-data", help="held-out episodes (default: <data>/heldout)")
-    g.add_argument("--encoder", choices=["patch", "cnn"], default="patch", help="image encoder")
-    g.add_argument("--tubelet-frames", type=int, default=2, help="k_t of the patch encoder")
+    g.add_argument("--encoder", default="patch2", metavar="LABEL",
+                   help="image encoder: cnn, or patch<k> for the patch encoder with tubelets of k frames")
     g.add_argument("--equal-flops", action=argparse.BooleanOptionalAction, default=True,
                    help="set a patch encoder's width so its FLOPs per frame match the CNN's")
     g.add_argument("--preset", default="cpu", help="agent config preset")
