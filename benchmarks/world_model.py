@@ -477,15 +477,14 @@ def grid_jobs(args: argparse.Namespace) -> list[Any]:
     return planned
 
 
+SHARED_OPTIONS = ("preset", "updates", "batch_size", "batch_length", "obs", "checkpoint_every", "log_every", "context",
+                  "horizon", "starts", "probe_episodes", "probe_pca", "latent", "train_episodes", "eval_episodes")
+
+
 def _shared_argv(args: argparse.Namespace) -> tuple[str, ...]:
-    """The settings every run of the grid shares, as command-line arguments."""
-    out = ["--preset", args.preset, "--updates", str(args.updates), "--batch-size", str(args.batch_size),
-           "--batch-length", str(args.batch_length), "--obs", args.obs, "--threads", "1", "--no-progress",
-           "--checkpoint-every", str(args.checkpoint_every), "--log-every", str(args.log_every),
-           "--context", str(args.context), "--horizon", str(args.horizon), "--starts", str(args.starts),
-           "--probe-episodes", str(args.probe_episodes), "--probe-pca", str(args.probe_pca), "--latent", args.latent]
-    out += ["--train-episodes", str(args.train_episodes), "--eval-episodes", str(args.eval_episodes)]
-    out += [] if args.equal_flops else ["--no-equal-flops"]
+    """The settings every run of the grid shares, as command-line arguments (one torch thread a run)."""
+    out = [arg for name in SHARED_OPTIONS for arg in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+    out += ["--threads", "1", "--no-progress", *([] if args.equal_flops else ["--no-equal-flops"])]
     return tuple(out + (["--set", *args.set] if args.set else []))
 
 
