@@ -130,27 +130,23 @@ def _prediction_errors(pred: dict, recon: dict, data: dict, context: int, frames
 
     from agent.math_utils import symlog
 
-    out = {}
-    reward = data["reward"]
-    out["reward_abs"] = (pred["reward"] - reward[:, context:]).abs()
-    out["reward_abs_copy"] = (reward[:, context - 1 : context] - reward[:, context:]).abs()
-    out["reward_abs_posterior"] = (recon["reward"][:, context:] - reward[:, context:]).abs()
-    if "image" in pred:
-        truth = data["image"].float() / 255.0  # (N, T, h, w, 3)
+    def errors(key: str, truth: Any, **metrics: Any) -> dict:
+        """``<metric>``, ``<metric>_copy`` and ``<metric>_posterior``: ``metric(guess, truth)`` after ``context``."""
         future = truth[:, context:]
-        out["image_mse"] = (pred["image"] - future).square().mean((-3, -2, -1))
-        out["image_mse_copy"] = (truth[:, context - 1 : context] - future).square().mean((-3, -2, -1))
-        out["image_mse_posterior"] = (recon["image"][:, context:] - future).square().mean((-3, -2, -1))
+        guesses = {"": pred[key], "_copy": truth[:, context - 1 : context], "_posterior": recon[key][:, context:]}
+        return {f"{name}{suffix}": metric(guess, future) for suffix, guess in guesses.items()
+                for name, metric in metrics.items()}
+
+    out = errors("reward", data["reward"], reward_abs=lambda p, y: (p - y).abs())
+    if "image" in pred:
+        out.update(errors("image", data["image"].float() / 255.0,  # (N, T, h, w, 3)
+                          image_mse=lambda p, y: (p - y).square().mean((-3, -2, -1))))
         if frames:
             video = torch.cat([recon["image"][:, :context], pred["image"]], 1)  # (N, T, h, w, 3)
             out["model_frames"] = (video * 255).round().clamp(0, 255).to(torch.uint8)
     if "state" in pred:
-        state = data["state"]
-        future = state[:, context:]
-        for name, p in [("", pred["state"]), ("_copy", state[:, context - 1 : context].expand_as(future)),
-                        ("_posterior", recon["state"][:, context:])]:
-            out[f"state_mse{name}"] = (p - future).square().mean(-1)
-            out[f"state_mse_symlog{name}"] = (symlog(p) - symlog(future)).square().mean(-1)
+        out.update(errors("state", data["state"], state_mse=lambda p, y: (p - y).square().mean(-1),
+                          state_mse_symlog=lambda p, y: (symlog(p) - symlog(y)).square().mean(-1)))
     return out
 
 
