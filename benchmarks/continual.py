@@ -930,8 +930,6 @@ def _inspect(args: argparse.Namespace) -> str:
         return "\n".join(f"{name}: {seq.description} ({len(seq.tasks)} tasks, {len(seq.stages)} stages, "
                          f"{seq.boundaries[-1]:,} env steps, {seq.obs})"
                          for name, seq in ((n, load_sequence(n, check=False)) for n in shipped_sequences()))
-    if not args.sequence:
-        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.measure_random is not None:
         if args.measure_random < 1:
             raise ValueError("--measure-random needs a number of episodes >= 1.")
@@ -955,6 +953,8 @@ def _main(args: argparse.Namespace) -> int:
         raw = read_json(rundir / "job.json")
         run_job(Job(**{**raw, "overrides": tuple(raw["overrides"])}), rundir)
         return 0
+    if not args.sequence and not args.list:
+        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.list or args.measure_random is not None or args.dreamerv3_budget or args.write:
         print(_inspect(args))
         return 0
@@ -982,8 +982,6 @@ def _main(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> tuple[Sequence, list[tuple[Job, Path]], dict[int, list[Path]]]:
     """The sequence, this command's jobs with their run directories (references first), and the reference run
     directories of each task index, one per seed."""
-    if not args.sequence:
-        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
         raise ValueError("--seeds and --parallel must be >= 1.")
     if args.references_only and args.no_references:
