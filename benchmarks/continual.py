@@ -226,13 +226,6 @@ def sequence_path(source: str | Path) -> Path:
     return path
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"sequence file {path} is not valid JSON: {error}") from error
-
-
 def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | None = None,
                   ranges: bool = True) -> Sequence:
     """A sequence by shipped name (``cartpole-shift``) or from a JSON file path.
@@ -242,7 +235,7 @@ def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | 
     accepts tasks without a score range (to measure one).
     """
     path = sequence_path(source)
-    raw = _read(path)
+    raw = read_json(path)
     if steps_per_task is not None:
         raw = {**raw, "steps_per_task": steps_per_task,
                "tasks": [{k: v for k, v in t.items() if k != "steps"} if isinstance(t, dict) else t
@@ -289,7 +282,7 @@ def measure_random(source: str | Path, episodes: int, write: bool) -> str:
     means (rounded to 0.1) as the tasks' ``random_return`` in the sequence file. Returns a report."""
     path = sequence_path(source)
     seq = load_sequence(path, ranges=False)
-    raw = _read(path)
+    raw = read_json(path)
     rows = []
     for i, task in enumerate(seq.tasks):
         returns = random_returns(seq, i, episodes)
@@ -786,7 +779,7 @@ def run_job(job: Job, rundir: Path) -> dict[str, Any]:
     seq = sequence_from_dict(job.sequence, where=f"{rundir / 'job.json'}:sequence")
     cfg = config_from_dict(job.config, RunConfig)
     torch.set_num_threads(cfg.train.threads if cfg.train.threads > 0 else max(1, os.cpu_count() or 1))
-    (rundir / "config.json").write_text(json.dumps(job.config, indent=1) + "\n")
+    write_json(rundir / "config.json", job.config)
     run = ContinualRun(seq, parse_strategy(job.strategy), job.seed, rundir, cfg,
                        measure_model=job.kind == "continual")
     record = run.run()
@@ -850,7 +843,7 @@ def seconds_per_update(root: Path) -> tuple[float, int] | None:
     measurements included), and how many runs that is; None when none has finished."""
     rates = []
     for path in root.glob("**/run.json"):
-        record = json.loads(path.read_text())
+        record = read_json(path)
         if record.get("counters", {}).get("updates", 0) > 0:
             rates.append(record["wall_s"] / record["counters"]["updates"])
     return (float(np.median(rates)), len(rates)) if rates else None

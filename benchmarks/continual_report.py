@@ -182,7 +182,7 @@ def settings_key(sequence: dict[str, Any], config: dict[str, Any]) -> str:
 def finalise_run(rundir: Path, reference_dirs: dict[int, Path]) -> dict[str, Any]:
     """Compute a run's metrics (with the references that exist), write ``results.json``, its plots, and
     the forward-transfer scalars into its TensorBoard events (once, when all references are there)."""
-    record = json.loads((rundir / "run.json").read_text())
+    record = read_json(rundir / "run.json")
     references = {i: read_json(d / "run.json") for i, d in reference_dirs.items()}
     metrics = run_metrics(record, references)
     steps, perf = curves(record)
@@ -524,7 +524,7 @@ def summarise(seq_dir: Path, out: Path | None = None, settings: str | None = Non
     by_strategy: dict[str, list[dict[str, Any]]] = {}
     skipped = []
     for path in sorted(seq_dir.glob("*/seed_*/results.json")):
-        results = json.loads(path.read_text())
+        results = read_json(path)
         if settings is not None and results.get("settings") != settings:
             skipped.append(str(path.parent))
             continue

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -50,9 +49,8 @@ class Task:
 def dreamerv3_curve(task: str, section: str = "proprio") -> dict | None:
     """DreamerV3's curve of a DMC ``task`` (``x``, seed ``mean``, ``seeds``), or None where the reference has
     none. ``proprio`` curves are 10K bins; the file's ``vision`` entries are raw per-episode points (with nulls)."""
-    if not CURVES.exists():
-        return None
-    return json.loads(CURVES.read_text())[section].get(task.replace("-", "_"))
+    curves = read_json(CURVES)
+    return curves[section].get(task.replace("-", "_")) if curves else None
 
 
 def dreamerv3_at(curve: dict | None, steps: int) -> dict[str, float | None]:
@@ -137,10 +135,10 @@ def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
     config yet."""
     from agent.config import RunConfig, config_diff, config_from_dict, config_to_dict
 
-    path = rundir / "config.json"
-    if not path.exists():
+    saved = read_json(rundir / "config.json")
+    if saved is None:
         return []
-    run = config_to_dict(config_from_dict(json.loads(path.read_text()), RunConfig))  # JSON lists as tuples
+    run = config_to_dict(config_from_dict(saved, RunConfig))  # JSON lists as tuples
     skip = ["train.steps", *(IMAGE_ONLY if task.obs == "state" else [])]
     return [f"{k}: run {u!r}, task {v!r}" for k, u, v in config_diff(run, task_config(task, seed), skip=skip)]
 
@@ -244,9 +242,8 @@ def trivial_returns(task: Task) -> dict[str, float]:
 
 def reference_score(task: Task) -> dict | None:
     """DreamerV3's published final scores of a DMC task (``proprio_500k``, ``vision_500k``, ...), if any."""
-    if not task.spec.startswith("dmc:") or not REFERENCE.exists():
-        return None
-    return json.loads(REFERENCE.read_text())["tasks"].get(task.spec[4:].replace("-", "_"))
+    reference = read_json(REFERENCE) if task.spec.startswith("dmc:") else None
+    return reference["tasks"].get(task.spec[4:].replace("-", "_")) if reference else None
 
 
 def by_task(runs: list[dict]) -> dict[str, list[dict]]:

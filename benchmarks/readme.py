@@ -8,12 +8,11 @@ A table lives between ``<!-- table:NAME -->`` and ``<!-- end -->``; NAME picks t
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
 
-from .common import fmt, markdown_table, parser
+from .common import fmt, markdown_table, parser, read_json
 from .continual_report import readme_section, references_section
 from .insight import probe_table
 from .learning import by_task
@@ -277,9 +276,9 @@ TABLES = {  # README table name: its results file under results/, and the render
 def table(name: str) -> str:
     """README table ``name`` rendered from its results file, or a line saying that it has not been run yet."""
     source, renderer = TABLES[name]
-    path = RESULTS / source
-    return renderer(json.loads(path.read_text()), f"results/{source}") if path.exists() else \
-        f"Not run yet: its command writes `results/{source}`."
+    data = read_json(RESULTS / source)
+    return f"Not run yet: its command writes `results/{source}`." if data is None else \
+        renderer(data, f"results/{source}")
 
 
 def render(text: str) -> str:
