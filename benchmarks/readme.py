@@ -70,7 +70,9 @@ def agent_update(data: dict, source: str) -> str:
 def speed(data: dict, source: str) -> str:
     """The whole update against the baseline revision (same settings, interleaved rounds), and where the time
     of today's update goes."""
-    rows, notes = [], []
+    phase_names = {"world_model": "world model", "imagine": "imagination", "actor_critic_losses": "actor-critic losses",
+                   "replay_value_loss": "replay value loss", "actor_critic_update": "actor-critic backward and step"}
+    rows, notes, phase_notes, wm_phase = [], [], [], {}
     for r in data["results"]:
         if r.get("speedup") is None:
             continue
@@ -87,17 +89,12 @@ def speed(data: dict, source: str) -> str:
                          f"update; {prof['op_calls']:,} op calls, the top ones by self time: "
                          + ", ".join(f"{o['name'].replace('aten::', '')} {o['pct']:.0f}%"
                                      for o in prof["top_ops_by_self_cpu"][:4]) + ".")
-    phase_names = {"world_model": "world model", "imagine": "imagination", "actor_critic_losses": "actor-critic losses",
-                   "replay_value_loss": "replay value loss", "actor_critic_update": "actor-critic backward and step"}
-    wm_phase = {}
-    for r in data["results"]:
         phases = r.get("phases_s")
-        if r.get("speedup") is None or not phases:
-            continue
-        name = f"{r['obs']}/{r['encoder']}" if r["obs"] == "pixels" else r["obs"]
-        wm_phase[name] = phases.get("world_model")
-        split = [f"{label} {phases[k] * 1e3:,.0f} ms" for k, label in phase_names.items() if k in phases]
-        notes.append(f"Where {name}'s update goes now (median of the timed phases): " + ", ".join(split) + ".")
+        if phases:
+            wm_phase[name] = phases.get("world_model")
+            split = ", ".join(f"{label} {phases[k] * 1e3:,.0f} ms" for k, label in phase_names.items() if k in phases)
+            phase_notes.append(f"Where {name}'s update goes now (median of the timed phases): {split}.")
+    notes += phase_notes  # every profile first, then every phase split
     if wm_phase.get("pixels/patch") and wm_phase.get("pixels/cnn"):
         ratio = wm_phase["pixels/patch"] / wm_phase["pixels/cnn"]
         notes.append(f"The patch encoder's world-model phase takes {ratio:.2f}x the CNN encoder's (same CNN decoder).")
