@@ -16,7 +16,7 @@ from .common import fmt, markdown_table, parser, read_json
 from .continual_report import readme_section, references_section
 from .insight import probe_table
 from .learning import by_task
-from .world_model import grid_estimate, results_table, task_dirname, tubelet_test
+from .world_model import readme_section as world_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -230,29 +230,6 @@ def insight(data: dict, source: str) -> str:
     plots += [f"![probes]({Path(source).with_name('probes.png')})"] if any(r["probes"] for r in data["runs"]) else []
     return "\n\n".join([*tables, f"Source `{source}` (commit {data['machine']['git_commit']}).",
                         "\n".join(plots)])
-
-
-def world_model(data: dict, source: str) -> str:
-    """The encoder trial on fixed datasets: what was run, the results table, the velocity test and the plots."""
-    runs = data["runs"]
-    if not runs:
-        return f"No finished runs in `{source}`."
-    tasks = ", ".join(dict.fromkeys(task_dirname(r["task"] or "?") for r in runs))
-    encoders = ", ".join(dict.fromkeys(r["encoder"] for r in runs))
-    seeds = sorted({r["seed"] for r in runs})
-    done = (f"Runs: {tasks}; encoders {encoders}; seeds {', '.join(map(str, seeds))}; preset `{data['preset']}`, "
-            f"{data['updates']:,} updates of {data['batch'][0]} x {data['batch'][1]} per run, equal encoder FLOPs "
-            f"per frame: {'yes' if data['equal_flops'] else 'no'}. Held-out episodes; MSE per pixel x1000 (copying "
-            "the last observed frame in brackets); probe R² of ridge probes fitted on training episodes.")
-    velocity = tubelet_test(runs)[2:]  # without its heading
-    grid = grid_estimate(data, updates=5000)
-    cost = (f"At these runs' CPU seconds per update, the whole grid ({grid['runs']} runs of {grid['updates']:,} "
-            f"updates: 3 tasks, 3 seeds, these encoders) takes about {grid['hours_one_core']:,.0f} hours on one core.")
-    stem = Path(source).stem
-    plots = f"![horizon]({Path(source).with_name(stem + '_horizon.png')}) ![probes]" \
-            f"({Path(source).with_name(stem + '_probes.png')})"
-    return "\n\n".join([done, results_table(runs), "\n".join(velocity).strip(), cost,
-                        f"Source `{source}` (commit {data['machine']['git_commit']}).", plots])
 
 
 TABLES = {  # README table name: its results file under results/, and the renderer of that file's data

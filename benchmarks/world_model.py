@@ -568,31 +568,28 @@ def results_table(runs: list[dict[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
-def grid_estimate(payload: dict[str, Any], tasks: int = len(TASKS), seeds: int = 3, updates: int | None = None
+def grid_estimate(payload: dict[str, Any], updates: int = 5000, tasks: int = len(TASKS), seeds: int = 3
                   ) -> dict[str, Any] | None:
-    """Hours the whole grid takes on one core at the measured CPU seconds per update (and per evaluation) of
-    each encoder, at ``updates`` (default: the results file's update count)."""
+    """Hours the whole grid of ``updates`` updates a run takes on one core at the measured CPU seconds per
+    update (and per evaluation) of each encoder."""
     measured: dict[str, list[tuple[float, float]]] = {}
     for run in payload["runs"]:
         train, evaluation = run["train"], run["eval"]
         measured.setdefault(run["encoder"], []).append((train["cpu_s_per_update"], evaluation["cpu_seconds"]))
     if not measured:
         return None
-    updates = updates or payload["updates"]
     per_run = {k: updates * np.mean([m[0] for m in v]) + np.mean([m[1] for m in v]) for k, v in measured.items()}
     hours = sum(per_run.values()) * tasks * seeds / 3600
-    return {"updates": updates, "hours_one_core": float(hours), "runs": tasks * seeds * len(per_run),
-            "hours_per_run": {k: float(v / 3600) for k, v in per_run.items()}}
+    return {"updates": updates, "hours_one_core": float(hours), "runs": tasks * seeds * len(per_run)}
 
 
-def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
-    """Report lines on the direct test of the tubelet idea: joint velocities read linearly from the encoder's
-    embedding alone, per task and encoder (patch1 is the single-frame control of the same architecture)."""
+def tubelet_test(runs: list[dict[str, Any]]) -> str:
+    """The direct test of the tubelet idea: joint velocities read linearly from the encoder's embedding alone,
+    per task and encoder (patch1 is the single-frame control of the same architecture); "" without probes."""
     if not any(_probe(r, "embed", "qvel") is not None for r in runs):
-        return []
+        return ""
     pcs = next((r["eval"]["probes"].get("pca") for r in runs if r["eval"].get("probes")), None)
-    lines = ["## Velocity from one embedding", "",
-             "A single frame holds no velocity, so a per-frame embedding (cnn, and patch1, the same Transformer "
+    lines = ["A single frame holds no velocity, so a per-frame embedding (cnn, and patch1, the same Transformer "
              "with one-frame tubelets) can carry joint velocities only through what position and context imply; "
              "a tubelet of k >= 2 frames sees the motion. Held-out R² of qvel from the embedding alone (mean ± sd "
              "over seeds; the embeddings' sizes differ, see the encoder table), and in brackets from its first "
@@ -602,33 +599,46 @@ def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
                  f" (first principal components: {_stat([_probe(r, 'embed_pca', 'qvel') for r in group])})"
                  for label, group in encoders.items()]
         lines.append(f"- {task_dirname(task or '?')}: " + ", ".join(parts))
-    return [*lines, ""]
+    return "\n".join(lines)
+
+
+def readme_section(payload: dict[str, Any], source: str) -> str:
+    """The results of a results file at ``source`` (what ``benchmarks.readme`` puts in README.md, and the body
+    of ``write_report``): what was run, the results table, the velocity test, the grid's cost and the plots."""
+    runs = payload["runs"]
+    if not runs:
+        return f"No finished runs in `{source}`."
+    tasks = ", ".join(dict.fromkeys(task_dirname(r["task"] or "?") for r in runs))
+    encoders = ", ".join(dict.fromkeys(r["encoder"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    done = (f"Runs: {tasks}; encoders {encoders}; seeds {', '.join(map(str, seeds))}; preset `{payload['preset']}`"
+            f"{' with `' + ' '.join(payload['set']) + '`' if payload['set'] else ''}, {payload['updates']:,} updates "
+            f"of {payload['batch'][0]} x {payload['batch'][1]} per run, equal encoder FLOPs per frame: "
+            f"{'yes' if payload['equal_flops'] else 'no'}. Held-out episodes; MSE per pixel x1000 (copying the last "
+            "observed frame in brackets); probe R² of ridge probes fitted on training episodes.")
+    grid = grid_estimate(payload)
+    cost = (f"At these runs' CPU seconds per update, the whole grid ({grid['runs']} runs of {grid['updates']:,} "
+            f"updates: 3 tasks, 3 seeds, these encoders) takes about {grid['hours_one_core']:,.0f} hours on one core.")
+    stem = Path(source).stem
+    plots = f"![horizon]({Path(source).with_name(stem + '_horizon.png')}) ![probes]" \
+            f"({Path(source).with_name(stem + '_probes.png')})"
+    return "\n\n".join([done, results_table(runs), tubelet_test(runs), cost,
+                        f"Source `{source}` (commit {payload['machine']['git_commit']}).", plots])
 
 
 def write_report(payload: dict[str, Any], out: Path) -> None:
-    """``<out>.md`` (FLOPs table, results table, the tubelet test, time estimate) and the plots beside it."""
+    """``<out>.md`` (the encoders' FLOPs table, then ``readme_section``) and the plots beside it."""
     runs = payload["runs"]
-    context = runs[0]["eval"]["openloop"]["context"] if runs else "?"
-    lines = ["# World models trained alone on fixed datasets: encoders at equal FLOPs per frame", "",
-             f"Preset `{payload['preset']}`{' with ' + ' '.join(payload['set']) if payload['set'] else ''}, "
-             f"{payload['updates']} updates of batch {payload['batch'][0]} x {payload['batch'][1]} per run; "
-             f"equal FLOPs: {payload['equal_flops']}. Held-out episodes only.", "",
-             "## Encoders", "", flops_markdown(payload["encoders"]), "", "## Results", "",
-             f"Mean ± sd over seeds. MSE per pixel in [0, 1] units, x1000; open loop after {context} observed steps, "
-             "with the error of copying the last observed frame. Probe R²: ridge probes fitted on training episodes, "
-             "scored on held-out ones; qpos is the mean over position quantities (winding angles as cos and sin; "
-             "without the horizontal position rootx, which tracking cameras hide), qvel over joint velocities.", "",
-             results_table(runs) if runs else "(no finished runs)", ""]
-    lines += tubelet_test(runs)
-    estimate = grid_estimate(payload)
-    if estimate:
-        lines += [f"Time: the full grid ({estimate['runs']} runs of {estimate['updates']} updates) takes about "
-                  f"{estimate['hours_one_core']:.0f} hours on one core at the measured speeds ("
-                  + ", ".join(f"{k} {v:.1f} h/run" for k, v in estimate["hours_per_run"].items()) + ").", ""]
     if runs:
         plot_horizons(runs, out.with_name(out.stem + "_horizon.png"))
         plot_probes(runs, out.with_name(out.stem + "_probes.png"))
-        lines += [f"![horizon]({out.stem}_horizon.png)", "", f"![probes]({out.stem}_probes.png)", ""]
+    context = runs[0]["eval"]["openloop"]["context"] if runs else "?"
+    lines = ["# World models trained alone on fixed datasets: encoders at equal FLOPs per frame", "",
+             "## Encoders", "", flops_markdown(payload["encoders"]), "", "## Results", "",
+             f"Mean ± sd over seeds; pixel values in [0, 1]; open loop after {context} observed steps; qpos is the "
+             "mean over position quantities (winding angles as cos and sin; without the horizontal position rootx, "
+             "which tracking cameras hide), qvel over joint velocities.",
+             "", readme_section(payload, out.name), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {out.with_suffix('.md')}")
 
