@@ -165,17 +165,9 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
 
 def settings_key(sequence: dict[str, Any], config: dict[str, Any]) -> str:
     """A hash of what makes runs comparable across strategies and seeds: the sequence and the run config
-    without what the strategy sets (the replay section and ``plasticity.method``) and the seed. The other
-    plasticity settings count only when they differ from the defaults, so that runs made before the config
-    had a plasticity section hash as they did."""
-    from agent.config import PlasticityConfig, config_to_dict
-
+    without what the strategy sets (the replay section and ``plasticity.method``) and the seed."""
     plasticity = {k: v for k, v in config.get("plasticity", {}).items() if k != "method"}
-    defaults = {k: v for k, v in config_to_dict(PlasticityConfig()).items() if k != "method"}
-    config = {k: v for k, v in config.items() if k != "plasticity"}
-    if plasticity and json.loads(json.dumps(plasticity)) != json.loads(json.dumps(defaults)):
-        config["plasticity"] = plasticity
-    config = {**config, "replay": None, "agent": {**config["agent"], "seed": None}}
+    config = {**config, "replay": None, "plasticity": plasticity, "agent": {**config["agent"], "seed": None}}
     return hashlib.sha1(json.dumps([sequence, config], sort_keys=True).encode()).hexdigest()[:10]
 
 
