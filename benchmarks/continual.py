@@ -139,9 +139,6 @@ def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "
     every task's score range. It does not build envs; see ``check_spaces`` for the observation/action-space
     check.
     """
-    if isinstance(d, dict) and "max_return" in d:
-        raise ValueError(f"{where}.max_return: sequences now store a score range per task instead (random_return "
-                         f"and best_return in each task): {RANGE_HELP}.")
     seq = config_from_dict(d, Sequence, where)
     if not seq.tasks:
         raise ValueError(f"{where}.tasks: need a non-empty list of tasks such as "
