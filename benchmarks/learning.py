@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import os
 import sys
@@ -395,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished run of suite {args.suite!r} under {root}; nothing written", flush=True)
         return 1
     header = {"benchmark": "learning", "suite": args.suite, "added_overrides": args.set, "machine": machine_info()}
-    write = write_dreamerv3_results if args.suite in DREAMERV3_SUITES else write_threshold_results
-    data = write(out, header, runs, suite)
+    data = write_results(out, header, runs, suite, dreamerv3=args.suite in DREAMERV3_SUITES)
     print(f"{data['table']}\nwrote {out} and {out.with_suffix('.png')}", flush=True)
     return 0 if all(t["passed"] for t in data["tasks"]) else 1
 
@@ -464,16 +464,23 @@ def summarize(runs: list[dict]) -> list[dict]:
     return out
 
 
-def write_threshold_results(out: Path, header: dict, runs: list[dict], suite: list[Task]) -> dict:
-    """Results judged by the final eval against each task's threshold; returns them with their README table."""
-    from .readme import learning
+def write_results(out: Path, header: dict, runs: list[dict], suite: list[Task], dreamerv3: bool) -> dict:
+    """Write the results to ``out`` and their plot beside it; returns them with their README table. Judged by
+    the final eval against each task's threshold, or with ``dreamerv3`` by DreamerV3's metric
+    (``dreamerv3_results``)."""
+    from .readme import learning, learning_dmc_proprio
 
-    data = {**header, "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
-            "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
-            "tasks": summarize(runs), "runs": runs}
+    if dreamerv3:
+        data = dreamerv3_results(header, runs, suite)
+        draw, render = functools.partial(plot_against_dreamerv3, runs, data["tasks"]), learning_dmc_proprio
+    else:
+        data = {**header, "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
+                "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
+                "tasks": summarize(runs), "runs": runs}
+        draw, render = functools.partial(plot, runs), learning
     write_json(out, data)
-    plot(runs, out.with_suffix(".png"))
-    return {**data, "table": learning(data, f"results/{out.stem}.json")}
+    draw(out.with_suffix(".png"))
+    return {**data, "table": render(data, f"results/{out.stem}.json")}
 
 
 def compare_with_dreamerv3(runs: list[dict]) -> list[dict]:
@@ -520,14 +527,12 @@ def suite_summary(tasks: list[dict], suite: list[Task]) -> dict:
     return summary
 
 
-def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: list[Task]) -> dict:
+def dreamerv3_results(header: dict, runs: list[dict], suite: list[Task]) -> dict:
     """Results judged by DreamerV3's metric against its published proprio curves (a task passes when it
-    reaches DreamerV3's seed mean at 100K env steps); returns them with their README table."""
-    from .readme import learning_dmc_proprio
-
+    reaches DreamerV3's seed mean at 100K env steps)."""
     tasks = compare_with_dreamerv3(runs)
     reference = (read_json(CURVES) or {}).get("source")
-    data = {**header,
+    return {**header,
             "metric": f"DreamerV3's: the mean return of the training episodes (exploring policy) that "
                       f"ended in the {BIN:,} env steps up to x, i.e. in (x - {BIN:,}, x]; null: none "
                       f"ended there. ours_<k>: the mean over seeds of the bin ending at k env steps; "
@@ -539,9 +544,6 @@ def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: li
                           "note": "only the proprio section is read: the file's vision entries are "
                                   "per-episode points, not 10K bins"},
             "bin": BIN, "summary": suite_summary(tasks, suite), "tasks": tasks, "runs": runs}
-    write_json(out, data)
-    plot_against_dreamerv3(runs, tasks, out.with_suffix(".png"))
-    return {**data, "table": learning_dmc_proprio(data, f"results/{out.stem}.json")}
 
 
 if __name__ == "__main__":
