@@ -865,20 +865,22 @@ def estimate(todo: list[tuple[Job, Path]], root: Path, parallel: int) -> str:
             f"then), about {took} with {min(parallel, len(todo))} at a time.")
 
 
-def run_jobs(jobs: list[tuple[Job, Path]], args: argparse.Namespace) -> list[Path]:
+def run_jobs(jobs: list[tuple[Job, Path]], args: argparse.Namespace) -> list[str]:
     """Run the jobs that still have work through the job runner (each ``python -m benchmarks.continual --worker
     <rundir>``, failed ones again from their checkpoints up to ``--retries``), holding the lock of every run
-    directory this may write, after printing how long they will take; returns the run directories that still
+    directory this may write, after printing how long they will take; returns the names of the jobs that still
     failed. Interrupting this process stops its jobs (their checkpoints stay; the same command resumes them)."""
-    runner = sweep.runner_from_args(args)
-    # Lock what this sweep may write (finished runs are only read), before --fresh empties anything.
-    with sweep.locked([rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]):
+
+    def plan() -> list[sweep.Job]:
         todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
         threads = max((job.config["train"]["threads"] for job, _ in todo), default=1) or (os.cpu_count() or 1)
         slots = args.parallel or max(1, (args.cpus or os.cpu_count() or 1) // threads)  # the runner's default
         print(estimate(todo, root=Path(args.root), parallel=slots), flush=True)
-        outcomes = runner.run([process_job(job, rundir) for job, rundir in todo])
-    return [rundir for (_, rundir), outcome in zip(todo, outcomes) if not outcome.ok]
+        return [process_job(job, rundir) for job, rundir in todo]
+
+    # Locks what this sweep may write (finished runs are only read), before --fresh empties anything.
+    return sweep.run_sweep(args, [rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()],
+                           plan)
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -963,10 +965,7 @@ def _main(args: argparse.Namespace) -> int:
     settings = report.settings_key(jobs[-1][0].sequence, jobs[-1][0].config)
     summary = report.summarise(Path(args.root) / seq.name, out=Path(args.out) if args.out else None, settings=settings)
     print(summary["markdown"])
-    if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(map(str, failed))}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed else 0
 
 
 def _plan(args: argparse.Namespace) -> tuple[Sequence, list[tuple[Job, Path]], dict[int, list[Path]]]:

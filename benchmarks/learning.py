@@ -385,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them", flush=True)
         return 1
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one
@@ -408,9 +407,9 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
     to more steps), every attempt of this call counted."""
     if not pending:
         return []
-    runner = jobs.runner_from_args(args)
     steps = {}
-    with jobs.locked([root / run_name(task, seed) for task, seed in pending]):
+
+    def plan() -> list[jobs.Job]:
         planned = []
         for task, seed in pending:
             job = run_task(task, seed, root / run_name(task, seed), args.fresh, args.gpus_per_job)
@@ -418,14 +417,14 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
                 planned.append(job)
                 steps[job.rundir] = task.steps
                 print(f"run {job.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
+        return planned
 
-        def finished(outcome: jobs.Outcome) -> None:
-            earlier = (done(Path(outcome.job.rundir)) or {}).get("wall_s", 0.0)
-            write_json(Path(outcome.job.rundir) / "done.json",
-                       {"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]})
+    def finished(outcome: jobs.Outcome) -> None:
+        earlier = (done(Path(outcome.job.rundir)) or {}).get("wall_s", 0.0)
+        write_json(Path(outcome.job.rundir) / "done.json",
+                   {"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]})
 
-        outcomes = runner.run(planned, on_success=finished)
-    return [o.job.name for o in outcomes if not o.ok]
+    return jobs.run_sweep(args, [root / run_name(task, seed) for task, seed in pending], plan, finished)
 
 
 def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:

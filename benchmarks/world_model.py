@@ -493,14 +493,8 @@ def run_grid(args: argparse.Namespace) -> int:
     planned = grid_jobs(args)
     print(f"{len(planned)} runs to train ({len(args.tasks)} tasks x {len(args.encoders)} encoders x "
           f"{len(args.seeds)} seeds, {args.updates} updates each)", flush=True)
-    failed = []
-    if planned:
-        runner = jobs.runner_from_args(args)
-        with jobs.locked([Path(j.rundir) for j in planned]):
-            failed = [o.job.name for o in runner.run(planned) if not o.ok]
+    failed = jobs.run_sweep(args, [Path(j.rundir) for j in planned], lambda: planned) if planned else []
     gather(args)
-    if failed:
-        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
