@@ -729,18 +729,14 @@ def continual_job(seq: Sequence, strategy: str, seed: int, overrides: tuple[str,
     return Job("continual", seq.to_dict(), strategy, seed, tuple(overrides), config_to_dict(cfg))
 
 
-def reference_sequence(seq: Sequence, index: int) -> Sequence:
-    """A one-stage sequence of task ``index`` with the same settings, for its run from scratch."""
-    return dataclasses.replace(seq, name=f"reference-{seq.tasks[index].name}", tasks=(seq.tasks[index],), cycles=1,
-                               order=())
-
-
 def reference_job(seq: Sequence, index: int, seed: int, overrides: tuple[str, ...]) -> Job:
-    """The single-task reference of task ``index``: the same agent config, the task's budget, the FIFO
-    replay of the sequence's capacity, no task id (shared by every strategy)."""
+    """The single-task reference of task ``index``: a one-stage sequence of the task with the same settings,
+    the same agent config, the task's budget, the FIFO replay of the sequence's capacity, no task id (shared
+    by every strategy)."""
     from agent.config import config_to_dict
 
-    ref = reference_sequence(seq, index)
+    ref = dataclasses.replace(seq, name=f"reference-{seq.tasks[index].name}", tasks=(seq.tasks[index],), cycles=1,
+                              order=())
     cfg = run_config(seq, parse_strategy("fifo"), seed, overrides, steps=seq.tasks[index].steps)
     return Job("reference", ref.to_dict(), "fifo", seed, tuple(overrides), config_to_dict(cfg))
 

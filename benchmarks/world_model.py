@@ -334,11 +334,6 @@ def evaluate(wm: Any, heldout: list[dict[str, np.ndarray]], fit: list[dict[str, 
 # --------------------------------------------------------------------------------------------- one run
 
 
-def data_split(data: Path, split: str) -> Path:
-    """A dataset's split directory, or ``data`` itself when it is a plain replay directory."""
-    return data / split if (data / "dataset.json").exists() else data
-
-
 def obs_keys(obs: str) -> list[str]:
     return {"pixels": ["image"], "state": ["state"], "both": ["image", "state"]}[obs]
 
@@ -356,7 +351,8 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = obs_keys(args.obs)
     step_keys = [*keys, "action", "reward", "is_first", "is_terminal"]
-    segments = wm_data.load_segments(data_split(data, "train"), step_keys, args.train_episodes)
+    train = data / "train" if (data / "dataset.json").exists() else data  # a dataset, or a replay directory
+    segments = wm_data.load_segments(train, step_keys, args.train_episodes)
     wm = build_model(cfg, segments[0]["action"].shape[-1], keys,
                      segments[0]["state"].shape[-1] if "state" in keys else 0)
     sampler = wm_data.WindowSampler(segments, args.batch_length, args.seed)
