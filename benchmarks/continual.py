@@ -750,7 +750,7 @@ def reference_key(job: Job) -> str:
     seq["tasks"] = [{k: v for k, v in t.items() if k not in ("name", "random_return", "best_return")}
                     for t in seq["tasks"]]
     config = job.config
-    if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings (and keys from before them)
+    if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings
         config = {k: v for k, v in config.items() if k != "plasticity"}
     blob = json.dumps({"sequence": seq, "config": config}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]

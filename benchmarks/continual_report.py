@@ -69,9 +69,9 @@ def from_scratch(metric: Any, reference: dict[str, Any] | None, ranges: tuple[np
 def boundary_plasticity(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Dormant fraction and effective rank per module around each task boundary but the last: ``before``
     (the evaluation at the boundary, before any plasticity method), ``after_reset`` (right after the
-    method, on the same probe batch; the same as ``before`` without a method; absent for runs recorded
-    before it was measured) and ``next`` (the first evaluation after the boundary, once the new task has
-    trained for an evaluation interval)."""
+    method, on the same probe batch; the same as ``before`` without a method; absent where it was not
+    measured) and ``next`` (the first evaluation after the boundary, once the new task has trained for an
+    evaluation interval)."""
     measured = sorted(record.get("plasticity", []), key=lambda p: p["env_steps"])
     resets = {r["stage"]: r for r in record.get("plasticity_resets", [])}
     method = record["strategy"].get("plasticity", "none")

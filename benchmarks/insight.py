@@ -43,18 +43,12 @@ Episode = dict[str, np.ndarray]
 
 def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed: int, policy: str = "sample",
                      max_steps: int = 0) -> list[Episode]:
-    """Run ``episodes`` episodes (env seeds seed, seed+1, ...) and record every step.
-
-    policy: ``sample`` (the exploring policy the model was trained on), ``mode`` (the deterministic
-    policy) or ``random`` (uniform actions; the same for every checkpoint with the same seed and action
-    space, for comparing world models on the same data). max_steps > 0 cuts episodes there.
-
-    Each episode: the observation keys (T, ...), action (T, A) (one-hot for Discrete), reward (T,),
-    is_first (T,), is_last (T,), is_terminal (T,) in the replay's convention (row t: obs_t, the reward arriving at it,
-    the action chosen at it; the last row's action is never executed), and for MuJoCo tasks qpos (T, nq)
-    and qvel (T, nv), the simulator's state at obs_t. An episode whose simulation diverges ends at the
-    last step before that.
-    """
+    """``episodes`` episodes (env seeds seed, seed+1, ...) of ``policy``: ``sample`` (the exploring policy),
+    ``mode`` (the deterministic one) or ``random`` (uniform actions, the same for every checkpoint); cut at
+    ``max_steps`` when > 0. Each is (T, ...) arrays in the replay's convention (row t: obs_t, the reward
+    arriving at it, the action chosen at it): the observation keys, action (one-hot for Discrete), reward,
+    is_first, is_last, is_terminal and, for MuJoCo tasks, qpos and qvel at obs_t; it ends before a step
+    whose simulation diverged."""
     if policy not in ("sample", "mode", "random"):
         raise ValueError(f"policy must be sample, mode or random, got {policy!r}.")
     rng, space = np.random.default_rng(seed), env.action_space
