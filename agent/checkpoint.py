@@ -51,7 +51,8 @@ def load_agent(agent: Agent, state: dict[str, Any], path: str | Path) -> None:
 
 def agent_for_env(path: str | Path, make_env: Callable[[RunConfig], Any], spec: str | None = None,
                   device: str | None = None) -> tuple[Agent, RunConfig, Any, list[str]]:
-    """A checkpoint's agent and an env it can act in: (agent, run config, env, the agent's observation keys).
+    """A checkpoint's agent, in eval mode, and an env it can act in: (agent, run config, env, the agent's
+    observation keys).
 
     ``make_env`` builds a single or a vector env from the run config; its observation space may hold more
     keys than the agent reads (e.g. images for a video), the agent's keys and the action space must match
@@ -82,4 +83,4 @@ def agent_for_env(path: str | Path, make_env: Callable[[RunConfig], Any], spec: 
     except BaseException:
         env.close()
         raise
-    return agent, cfg, env, keys
+    return agent.eval(), cfg, env, keys

@@ -69,9 +69,12 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    """The parsed JSON file at ``path``, or None when there is none."""
+    """The parsed JSON file at ``path``, or None when there is none; ValueError when it is not JSON."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

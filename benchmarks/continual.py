@@ -139,9 +139,6 @@ def sequence_from_dict(d: dict[str, Any], default_name: str = "", where: str = "
     every task's score range. It does not build envs; see ``check_spaces`` for the observation/action-space
     check.
     """
-    if isinstance(d, dict) and "max_return" in d:
-        raise ValueError(f"{where}.max_return: sequences now store a score range per task instead (random_return "
-                         f"and best_return in each task): {RANGE_HELP}.")
     seq = config_from_dict(d, Sequence, where)
     if not seq.tasks:
         raise ValueError(f"{where}.tasks: need a non-empty list of tasks such as "
@@ -226,13 +223,6 @@ def sequence_path(source: str | Path) -> Path:
     return path
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"sequence file {path} is not valid JSON: {error}") from error
-
-
 def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | None = None,
                   ranges: bool = True) -> Sequence:
     """A sequence by shipped name (``cartpole-shift``) or from a JSON file path.
@@ -242,7 +232,7 @@ def load_sequence(source: str | Path, check: bool = True, steps_per_task: int | 
     accepts tasks without a score range (to measure one).
     """
     path = sequence_path(source)
-    raw = _read(path)
+    raw = read_json(path)
     if steps_per_task is not None:
         raw = {**raw, "steps_per_task": steps_per_task,
                "tasks": [{k: v for k, v in t.items() if k != "steps"} if isinstance(t, dict) else t
@@ -260,17 +250,16 @@ def random_returns(seq: Sequence, index: int, episodes: int, seed: int = 0) -> n
     import envs
 
     task = seq.tasks[index]
-    env = envs.make(task.spec, obs="state", action_repeat=seq.action_repeat, variant=task.variant or None,
-                    seed=seed)  # the seed also seeds the action space's sampling
     returns = []
-    for episode in range(episodes):
-        env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    env.close()
+    with contextlib.closing(envs.make(task.spec, obs="state", action_repeat=seq.action_repeat,
+                                      variant=task.variant or None, seed=seed)) as env:  # also seeds the sampling
+        for episode in range(episodes):
+            env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total, done = total + float(reward), terminated or truncated
+            returns.append(total)
     return np.array(returns)
 
 
@@ -290,7 +279,7 @@ def measure_random(source: str | Path, episodes: int, write: bool) -> str:
     means (rounded to 0.1) as the tasks' ``random_return`` in the sequence file. Returns a report."""
     path = sequence_path(source)
     seq = load_sequence(path, ranges=False)
-    raw = _read(path)
+    raw = read_json(path)
     rows = []
     for i, task in enumerate(seq.tasks):
         returns = random_returns(seq, i, episodes)
@@ -626,12 +615,9 @@ class ContinualRun:
         scalars: dict[str, float] = {}
         if self.measure_model and seq.heldout_episodes > 0:
             task = seq.tasks[seq.stages[stage]]
-            env = task_env(seq, seq.stages[stage], 1, seed=30_000 + 1000 * self.seed + stage,
-                           task_id=self.strategy.task_id)
-            try:
+            with contextlib.closing(task_env(seq, seq.stages[stage], 1, seed=30_000 + 1000 * self.seed + stage,
+                                             task_id=self.strategy.task_id)) as env:
                 data = record_episodes(t, env, seq.heldout_episodes, seed=30_000 + 1000 * self.seed + stage)
-            finally:
-                env.close()
             path = self.rundir / "heldout" / f"stage{stage}_{task.name}.npz"
             path.parent.mkdir(exist_ok=True)
             np.savez_compressed(path, **data)
@@ -689,12 +675,9 @@ class ContinualRun:
             for stage, index in enumerate(seq.stages):
                 if stage in self.extra["stages_done"]:
                     continue
-                env = task_env(seq, index, self.cfg.env.num_envs, seed=1000 * self.seed,
-                               task_id=self.strategy.task_id)
-                try:
+                with contextlib.closing(task_env(seq, index, self.cfg.env.num_envs, seed=1000 * self.seed,
+                                                 task_id=self.strategy.task_id)) as env:
                     t.collect(env, seq.boundaries[stage + 1], seed=self.seed + t.counters["episodes"])
-                finally:
-                    env.close()
                 self.end_stage(stage)
             if t.counters["last_log"] != t.env_steps:
                 t.log_now()
@@ -746,18 +729,14 @@ def continual_job(seq: Sequence, strategy: str, seed: int, overrides: tuple[str,
     return Job("continual", seq.to_dict(), strategy, seed, tuple(overrides), config_to_dict(cfg))
 
 
-def reference_sequence(seq: Sequence, index: int) -> Sequence:
-    """A one-stage sequence of task ``index`` with the same settings, for its run from scratch."""
-    return dataclasses.replace(seq, name=f"reference-{seq.tasks[index].name}", tasks=(seq.tasks[index],), cycles=1,
-                               order=())
-
-
 def reference_job(seq: Sequence, index: int, seed: int, overrides: tuple[str, ...]) -> Job:
-    """The single-task reference of task ``index``: the same agent config, the task's budget, the FIFO
-    replay of the sequence's capacity, no task id (shared by every strategy)."""
+    """The single-task reference of task ``index``: a one-stage sequence of the task with the same settings,
+    the same agent config, the task's budget, the FIFO replay of the sequence's capacity, no task id (shared
+    by every strategy)."""
     from agent.config import config_to_dict
 
-    ref = reference_sequence(seq, index)
+    ref = dataclasses.replace(seq, name=f"reference-{seq.tasks[index].name}", tasks=(seq.tasks[index],), cycles=1,
+                              order=())
     cfg = run_config(seq, parse_strategy("fifo"), seed, overrides, steps=seq.tasks[index].steps)
     return Job("reference", ref.to_dict(), "fifo", seed, tuple(overrides), config_to_dict(cfg))
 
@@ -771,7 +750,7 @@ def reference_key(job: Job) -> str:
     seq["tasks"] = [{k: v for k, v in t.items() if k not in ("name", "random_return", "best_return")}
                     for t in seq["tasks"]]
     config = job.config
-    if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings (and keys from before them)
+    if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings
         config = {k: v for k, v in config.items() if k != "plasticity"}
     blob = json.dumps({"sequence": seq, "config": config}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -793,7 +772,7 @@ def run_job(job: Job, rundir: Path) -> dict[str, Any]:
     seq = sequence_from_dict(job.sequence, where=f"{rundir / 'job.json'}:sequence")
     cfg = config_from_dict(job.config, RunConfig)
     torch.set_num_threads(cfg.train.threads if cfg.train.threads > 0 else max(1, os.cpu_count() or 1))
-    (rundir / "config.json").write_text(json.dumps(job.config, indent=1) + "\n")
+    write_json(rundir / "config.json", job.config)
     run = ContinualRun(seq, parse_strategy(job.strategy), job.seed, rundir, cfg,
                        measure_model=job.kind == "continual")
     record = run.run()
@@ -812,7 +791,7 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
         write_json(path, job.to_dict())
         return True
     wanted = json.loads(json.dumps(job.to_dict()))  # tuples as lists, as read back
-    if _with_defaults(saved) != _with_defaults(wanted) and not _same_reference(saved, job):
+    if saved != wanted and not _same_reference(saved, job):
         raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
                          "or --root to put runs elsewhere.")
     return not (rundir / "done.json").exists()
@@ -824,18 +803,7 @@ def _same_reference(saved: dict[str, Any], job: Job) -> bool:
     description, labels and score ranges its ``job.json`` was written with."""
     if job.kind != "reference" or saved.get("kind") != "reference":
         return False
-    full = _with_defaults(saved)
-    return reference_key(Job(**{**full, "overrides": tuple(full.get("overrides", ()))})) == reference_key(job)
-
-
-def _with_defaults(job: dict[str, Any]) -> dict[str, Any]:
-    """A job dict whose run config has every field, those added since it was written at their defaults."""
-    from agent.config import RunConfig, config_to_dict
-
-    try:
-        return {**job, "config": config_to_dict(config_from_dict(job.get("config", {}), RunConfig))}
-    except ValueError:
-        return job
+    return reference_key(Job(**{**saved, "overrides": tuple(saved["overrides"])})) == reference_key(job)
 
 
 def process_job(job: Job, rundir: Path) -> sweep.Job:
@@ -868,7 +836,7 @@ def seconds_per_update(root: Path) -> tuple[float, int] | None:
     measurements included), and how many runs that is; None when none has finished."""
     rates = []
     for path in root.glob("**/run.json"):
-        record = json.loads(path.read_text())
+        record = read_json(path)
         if record.get("counters", {}).get("updates", 0) > 0:
             rates.append(record["wall_s"] / record["counters"]["updates"])
     return (float(np.median(rates)), len(rates)) if rates else None
@@ -893,20 +861,22 @@ def estimate(todo: list[tuple[Job, Path]], root: Path, parallel: int) -> str:
             f"then), about {took} with {min(parallel, len(todo))} at a time.")
 
 
-def run_jobs(jobs: list[tuple[Job, Path]], args: argparse.Namespace) -> list[Path]:
+def run_jobs(jobs: list[tuple[Job, Path]], args: argparse.Namespace) -> list[str]:
     """Run the jobs that still have work through the job runner (each ``python -m benchmarks.continual --worker
     <rundir>``, failed ones again from their checkpoints up to ``--retries``), holding the lock of every run
-    directory this may write, after printing how long they will take; returns the run directories that still
+    directory this may write, after printing how long they will take; returns the names of the jobs that still
     failed. Interrupting this process stops its jobs (their checkpoints stay; the same command resumes them)."""
-    runner = sweep.runner_from_args(args)
-    # Lock what this sweep may write (finished runs are only read), before --fresh empties anything.
-    with sweep.locked([rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()]):
+
+    def plan() -> list[sweep.Job]:
         todo = [(job, rundir) for job, rundir in jobs if prepare(job, rundir, args.fresh)]
         threads = max((job.config["train"]["threads"] for job, _ in todo), default=1) or (os.cpu_count() or 1)
         slots = args.parallel or max(1, (args.cpus or os.cpu_count() or 1) // threads)  # the runner's default
         print(estimate(todo, root=Path(args.root), parallel=slots), flush=True)
-        outcomes = runner.run([process_job(job, rundir) for job, rundir in todo])
-    return [rundir for (_, rundir), outcome in zip(todo, outcomes) if not outcome.ok]
+        return [process_job(job, rundir) for job, rundir in todo]
+
+    # Locks what this sweep may write (finished runs are only read), before --fresh empties anything.
+    return sweep.run_sweep(args, [rundir for _, rundir in jobs if args.fresh or not (rundir / "done.json").exists()],
+                           plan)
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -948,8 +918,6 @@ def _inspect(args: argparse.Namespace) -> str:
         return "\n".join(f"{name}: {seq.description} ({len(seq.tasks)} tasks, {len(seq.stages)} stages, "
                          f"{seq.boundaries[-1]:,} env steps, {seq.obs})"
                          for name, seq in ((n, load_sequence(n, check=False)) for n in shipped_sequences()))
-    if not args.sequence:
-        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.measure_random is not None:
         if args.measure_random < 1:
             raise ValueError("--measure-random needs a number of episodes >= 1.")
@@ -973,6 +941,8 @@ def _main(args: argparse.Namespace) -> int:
         raw = read_json(rundir / "job.json")
         run_job(Job(**{**raw, "overrides": tuple(raw["overrides"])}), rundir)
         return 0
+    if not args.sequence and not args.list:
+        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.list or args.measure_random is not None or args.dreamerv3_budget or args.write:
         print(_inspect(args))
         return 0
@@ -991,17 +961,12 @@ def _main(args: argparse.Namespace) -> int:
     settings = report.settings_key(jobs[-1][0].sequence, jobs[-1][0].config)
     summary = report.summarise(Path(args.root) / seq.name, out=Path(args.out) if args.out else None, settings=settings)
     print(summary["markdown"])
-    if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(map(str, failed))}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed else 0
 
 
 def _plan(args: argparse.Namespace) -> tuple[Sequence, list[tuple[Job, Path]], dict[int, list[Path]]]:
     """The sequence, this command's jobs with their run directories (references first), and the reference run
     directories of each task index, one per seed."""
-    if not args.sequence:
-        raise ValueError("--sequence is required (a shipped name, see --list, or a .json file).")
     if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
         raise ValueError("--seeds and --parallel must be >= 1.")
     if args.references_only and args.no_references:

@@ -69,9 +69,9 @@ def from_scratch(metric: Any, reference: dict[str, Any] | None, ranges: tuple[np
 def boundary_plasticity(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Dormant fraction and effective rank per module around each task boundary but the last: ``before``
     (the evaluation at the boundary, before any plasticity method), ``after_reset`` (right after the
-    method, on the same probe batch; the same as ``before`` without a method; absent for runs recorded
-    before it was measured) and ``next`` (the first evaluation after the boundary, once the new task has
-    trained for an evaluation interval)."""
+    method, on the same probe batch; the same as ``before`` without a method; absent where it was not
+    measured) and ``next`` (the first evaluation after the boundary, once the new task has trained for an
+    evaluation interval)."""
     measured = sorted(record.get("plasticity", []), key=lambda p: p["env_steps"])
     resets = {r["stage"]: r for r in record.get("plasticity_resets", [])}
     method = record["strategy"].get("plasticity", "none")
@@ -165,24 +165,16 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
 
 def settings_key(sequence: dict[str, Any], config: dict[str, Any]) -> str:
     """A hash of what makes runs comparable across strategies and seeds: the sequence and the run config
-    without what the strategy sets (the replay section and ``plasticity.method``) and the seed. The other
-    plasticity settings count only when they differ from the defaults, so that runs made before the config
-    had a plasticity section hash as they did."""
-    from agent.config import PlasticityConfig, config_to_dict
-
+    without what the strategy sets (the replay section and ``plasticity.method``) and the seed."""
     plasticity = {k: v for k, v in config.get("plasticity", {}).items() if k != "method"}
-    defaults = {k: v for k, v in config_to_dict(PlasticityConfig()).items() if k != "method"}
-    config = {k: v for k, v in config.items() if k != "plasticity"}
-    if plasticity and json.loads(json.dumps(plasticity)) != json.loads(json.dumps(defaults)):
-        config["plasticity"] = plasticity
-    config = {**config, "replay": None, "agent": {**config["agent"], "seed": None}}
+    config = {**config, "replay": None, "plasticity": plasticity, "agent": {**config["agent"], "seed": None}}
     return hashlib.sha1(json.dumps([sequence, config], sort_keys=True).encode()).hexdigest()[:10]
 
 
 def finalise_run(rundir: Path, reference_dirs: dict[int, Path]) -> dict[str, Any]:
     """Compute a run's metrics (with the references that exist), write ``results.json``, its plots, and
     the forward-transfer scalars into its TensorBoard events (once, when all references are there)."""
-    record = json.loads((rundir / "run.json").read_text())
+    record = read_json(rundir / "run.json")
     references = {i: read_json(d / "run.json") for i, d in reference_dirs.items()}
     metrics = run_metrics(record, references)
     steps, perf = curves(record)
@@ -524,7 +516,7 @@ def summarise(seq_dir: Path, out: Path | None = None, settings: str | None = Non
     by_strategy: dict[str, list[dict[str, Any]]] = {}
     skipped = []
     for path in sorted(seq_dir.glob("*/seed_*/results.json")):
-        results = json.loads(path.read_text())
+        results = read_json(path)
         if settings is not None and results.get("settings") != settings:
             skipped.append(str(path.parent))
             continue

@@ -8,6 +8,7 @@ steps). Results are printed as a table and written as JSON with the machine they
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -22,8 +23,8 @@ DEFAULT_SPECS = ["dmc:cartpole-swingup", "dmc:walker-walk", "gym:HalfCheetah-v5"
 
 def measure(spec: str, obs: str, num_envs: int, quality: str, steps: int, action_repeat: int) -> dict:
     """Time ``steps`` vector steps after a reset and a short warm-up; returns one results row."""
-    vec = envs.make_vec(spec, num_envs, seed=0, obs=obs, render_quality=quality, action_repeat=action_repeat)
-    try:
+    with contextlib.closing(envs.make_vec(spec, num_envs, seed=0, obs=obs, render_quality=quality,
+                                          action_repeat=action_repeat)) as vec:
         vec.reset(seed=0)
         vec.action_space.seed(0)
         for _ in range(5):
@@ -32,8 +33,6 @@ def measure(spec: str, obs: str, num_envs: int, quality: str, steps: int, action
         for _ in range(steps):
             vec.step(vec.action_space.sample())
         seconds = time.perf_counter() - start
-    finally:
-        vec.close()
     env_steps = steps * num_envs
     return {"spec": spec, "obs": obs, "num_envs": num_envs, "render_quality": quality if obs != "state" else None,
             "action_repeat": action_repeat, "env_steps": env_steps, "seconds": round(seconds, 3),

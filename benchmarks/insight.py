@@ -20,6 +20,7 @@ with imageio-ffmpeg) and TensorBoard runs (``--tensorboard``; scalars ``openloop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -37,45 +38,17 @@ METRICS = ("image_mse", "state_mse", "state_mse_symlog", "reward_abs", "kl")  # 
 Episode = dict[str, np.ndarray]
 
 
-# --------------------------------------------------------------------------------------------- loading
-
-
-def load_for_env(path: str | Path, spec: str | None = None, seed: int = 0, device: str | None = None
-                 ) -> tuple[Any, Any, Any, list[str]]:
-    """A checkpoint's agent and a single env it can act in: (agent, run config, env, observation keys).
-
-    ``spec`` replaces the checkpoint's env spec (the spaces must agree); ``device`` the torch device it
-    was trained on (None: keep it, or use the CPU when it names CUDA and there is none). The env is
-    ``envs.make`` itself (not a vector env), so the simulator's state can be read after every step.
-    """
-    import envs
-    from agent.checkpoint import agent_for_env
-
-    def make_env(cfg: Any) -> Any:
-        return envs.make(cfg.env.spec, seed=seed, **cfg.env.make_kwargs())
-
-    agent, cfg, env, keys = agent_for_env(path, make_env, spec, device)
-    agent.eval()
-    return agent, cfg, env, keys
-
-
 # --------------------------------------------------------------------------------------------- episodes
 
 
 def collect_episodes(agent: Any, env: Any, keys: list[str], episodes: int, seed: int, policy: str = "sample",
                      max_steps: int = 0) -> list[Episode]:
-    """Run ``episodes`` episodes (env seeds seed, seed+1, ...) and record every step.
-
-    policy: ``sample`` (the exploring policy the model was trained on), ``mode`` (the deterministic
-    policy) or ``random`` (uniform actions; the same for every checkpoint with the same seed and action
-    space, for comparing world models on the same data). max_steps > 0 cuts episodes there.
-
-    Each episode: the observation keys (T, ...), action (T, A) (one-hot for Discrete), reward (T,),
-    is_first (T,), is_last (T,), is_terminal (T,) in the replay's convention (row t: obs_t, the reward arriving at it,
-    the action chosen at it; the last row's action is never executed), and for MuJoCo tasks qpos (T, nq)
-    and qvel (T, nv), the simulator's state at obs_t. An episode whose simulation diverges ends at the
-    last step before that.
-    """
+    """``episodes`` episodes (env seeds seed, seed+1, ...) of ``policy``: ``sample`` (the exploring policy),
+    ``mode`` (the deterministic one) or ``random`` (uniform actions, the same for every checkpoint); cut at
+    ``max_steps`` when > 0. Each is (T, ...) arrays in the replay's convention (row t: obs_t, the reward
+    arriving at it, the action chosen at it): the observation keys, action (one-hot for Discrete), reward,
+    is_first, is_last, is_terminal and, for MuJoCo tasks, qpos and qvel at obs_t; it ends before a step
+    whose simulation diverged."""
     if policy not in ("sample", "mode", "random"):
         raise ValueError(f"policy must be sample, mode or random, got {policy!r}.")
     rng, space = np.random.default_rng(seed), env.action_space
@@ -151,27 +124,23 @@ def _prediction_errors(pred: dict, recon: dict, data: dict, context: int, frames
 
     from agent.math_utils import symlog
 
-    out = {}
-    reward = data["reward"]
-    out["reward_abs"] = (pred["reward"] - reward[:, context:]).abs()
-    out["reward_abs_copy"] = (reward[:, context - 1 : context] - reward[:, context:]).abs()
-    out["reward_abs_posterior"] = (recon["reward"][:, context:] - reward[:, context:]).abs()
-    if "image" in pred:
-        truth = data["image"].float() / 255.0  # (N, T, h, w, 3)
+    def errors(key: str, truth: Any, **metrics: Any) -> dict:
+        """``<metric>``, ``<metric>_copy`` and ``<metric>_posterior``: ``metric(guess, truth)`` after ``context``."""
         future = truth[:, context:]
-        out["image_mse"] = (pred["image"] - future).square().mean((-3, -2, -1))
-        out["image_mse_copy"] = (truth[:, context - 1 : context] - future).square().mean((-3, -2, -1))
-        out["image_mse_posterior"] = (recon["image"][:, context:] - future).square().mean((-3, -2, -1))
+        guesses = {"": pred[key], "_copy": truth[:, context - 1 : context], "_posterior": recon[key][:, context:]}
+        return {f"{name}{suffix}": metric(guess, future) for suffix, guess in guesses.items()
+                for name, metric in metrics.items()}
+
+    out = errors("reward", data["reward"], reward_abs=lambda p, y: (p - y).abs())
+    if "image" in pred:
+        out.update(errors("image", data["image"].float() / 255.0,  # (N, T, h, w, 3)
+                          image_mse=lambda p, y: (p - y).square().mean((-3, -2, -1))))
         if frames:
             video = torch.cat([recon["image"][:, :context], pred["image"]], 1)  # (N, T, h, w, 3)
             out["model_frames"] = (video * 255).round().clamp(0, 255).to(torch.uint8)
     if "state" in pred:
-        state = data["state"]
-        future = state[:, context:]
-        for name, p in [("", pred["state"]), ("_copy", state[:, context - 1 : context].expand_as(future)),
-                        ("_posterior", recon["state"][:, context:])]:
-            out[f"state_mse{name}"] = (p - future).square().mean(-1)
-            out[f"state_mse_symlog{name}"] = (symlog(p) - symlog(future)).square().mean(-1)
+        out.update(errors("state", data["state"], state_mse=lambda p, y: (p - y).square().mean(-1),
+                          state_mse_symlog=lambda p, y: (symlog(p) - symlog(y)).square().mean(-1)))
     return out
 
 
@@ -445,18 +414,19 @@ def analyse(path: str, label: str, args: argparse.Namespace) -> tuple[dict[str, 
     import torch
 
     import envs
+    from agent.checkpoint import agent_for_env
 
-    agent, cfg, env, keys = load_for_env(path, args.env, args.seed, args.device)
+    # envs.make itself, not a vector env, so that the simulator's state can be read after every step
+    agent, cfg, env, keys = agent_for_env(
+        path, lambda cfg: envs.make(cfg.env.spec, seed=args.seed, **cfg.env.make_kwargs()), args.env, args.device)
     torch.manual_seed(args.seed)
     agent.wm.generator.manual_seed(args.seed)
     t0 = time.perf_counter()
-    try:
+    with contextlib.closing(env):
         episodes = collect_episodes(agent, env, keys, args.episodes, args.seed, args.policy, args.max_steps)
         sim = envs.has_sim_state(env)
         names = envs.sim_state_names(env) if sim else None
         winding = envs.unlimited_hinges(env) if sim else []
-    finally:
-        env.close()
     collect_s = time.perf_counter() - t0
     sample = args.latent == "sample"
     batch, index = make_windows(episodes, args.context, args.horizon, args.starts)

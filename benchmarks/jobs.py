@@ -241,6 +241,22 @@ def runner_from_args(args: argparse.Namespace) -> Runner:
                   parallel=args.parallel)
 
 
+def run_sweep(args: argparse.Namespace, rundirs: list[Path], plan: Callable[[], list[Job]],
+              on_success: Callable[[Outcome], None] | None = None) -> list[str]:
+    """A benchmark's sweep: the ``Runner`` of ``add_arguments``' options (built first, so that a bad option
+    fails before anything is locked or emptied), then the lock of every directory in ``rundirs`` held while
+    ``plan()`` makes the jobs (it may empty run directories) and while they run. Returns the names of the jobs
+    that still failed, after a line on stderr that names them."""
+    runner = runner_from_args(args)
+    with locked(rundirs):
+        outcomes = runner.run(plan(), on_success)
+    failed = [o.job.name for o in outcomes if not o.ok]
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; the same command resumes them", file=sys.stderr,
+              flush=True)
+    return failed
+
+
 def cpus_for_threads(threads: int) -> float:
     """The CPUs a job declares for ``threads`` torch threads (0: all of this machine's)."""
     return float(threads if threads > 0 else os.cpu_count() or 1)

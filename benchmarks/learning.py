@@ -14,8 +14,9 @@ DreamerV3's metric at 100K env steps (training episodes, 10K bin) reaches Dreame
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -49,9 +50,8 @@ class Task:
 def dreamerv3_curve(task: str, section: str = "proprio") -> dict | None:
     """DreamerV3's curve of a DMC ``task`` (``x``, seed ``mean``, ``seeds``), or None where the reference has
     none. ``proprio`` curves are 10K bins; the file's ``vision`` entries are raw per-episode points (with nulls)."""
-    if not CURVES.exists():
-        return None
-    return json.loads(CURVES.read_text())[section].get(task.replace("-", "_"))
+    curves = read_json(CURVES)
+    return curves[section].get(task.replace("-", "_")) if curves else None
 
 
 def dreamerv3_at(curve: dict | None, steps: int) -> dict[str, float | None]:
@@ -136,10 +136,10 @@ def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
     config yet."""
     from agent.config import RunConfig, config_diff, config_from_dict, config_to_dict
 
-    path = rundir / "config.json"
-    if not path.exists():
+    saved = read_json(rundir / "config.json")
+    if saved is None:
         return []
-    run = config_to_dict(config_from_dict(json.loads(path.read_text()), RunConfig))  # JSON lists as tuples
+    run = config_to_dict(config_from_dict(saved, RunConfig))  # JSON lists as tuples
     skip = ["train.steps", *(IMAGE_ONLY if task.obs == "state" else [])]
     return [f"{k}: run {u!r}, task {v!r}" for k, u, v in config_diff(run, task_config(task, seed), skip=skip)]
 
@@ -231,24 +231,20 @@ def trivial_returns(task: Task) -> dict[str, float]:
     cfg = apply_overrides(RunConfig(), task.overrides)
     out = {}
     for policy in ("random", "zero"):
-        env = envs.make_vec(task.spec, 1, obs="state", action_repeat=cfg.env.action_repeat)
-        space = env.action_space  # one env's actions, with the batch axis
-        space.seed(0)
-        action = None if policy == "random" else np.zeros(space.shape, space.dtype)
-        try:
+        with contextlib.closing(envs.make_vec(task.spec, 1, obs="state", action_repeat=cfg.env.action_repeat)) as env:
+            space = env.action_space  # one env's actions, with the batch axis
+            space.seed(0)
+            action = None if policy == "random" else np.zeros(space.shape, space.dtype)
             returns = episode_returns(env, lambda obs, first, a=action, s=space: s.sample() if a is None else a,
                                       cfg.train.eval_episodes, seed=EVAL_SEED)
-        finally:
-            env.close()
         out[policy] = sum(returns) / len(returns)
     return out
 
 
 def reference_score(task: Task) -> dict | None:
     """DreamerV3's published final scores of a DMC task (``proprio_500k``, ``vision_500k``, ...), if any."""
-    if not task.spec.startswith("dmc:") or not REFERENCE.exists():
-        return None
-    return json.loads(REFERENCE.read_text())["tasks"].get(task.spec[4:].replace("-", "_"))
+    reference = read_json(REFERENCE) if task.spec.startswith("dmc:") else None
+    return reference["tasks"].get(task.spec[4:].replace("-", "_")) if reference else None
 
 
 def by_task(runs: list[dict]) -> dict[str, list[dict]]:
@@ -389,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them", flush=True)
         return 1
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one
@@ -400,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished run of suite {args.suite!r} under {root}; nothing written", flush=True)
         return 1
     header = {"benchmark": "learning", "suite": args.suite, "added_overrides": args.set, "machine": machine_info()}
-    write = write_dreamerv3_results if args.suite in DREAMERV3_SUITES else write_threshold_results
-    data = write(out, header, runs, suite)
+    data = write_results(out, header, runs, suite, dreamerv3=args.suite in DREAMERV3_SUITES)
     print(f"{data['table']}\nwrote {out} and {out.with_suffix('.png')}", flush=True)
     return 0 if all(t["passed"] for t in data["tasks"]) else 1
 
@@ -413,9 +407,9 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
     to more steps), every attempt of this call counted."""
     if not pending:
         return []
-    runner = jobs.runner_from_args(args)
     steps = {}
-    with jobs.locked([root / run_name(task, seed) for task, seed in pending]):
+
+    def plan() -> list[jobs.Job]:
         planned = []
         for task, seed in pending:
             job = run_task(task, seed, root / run_name(task, seed), args.fresh, args.gpus_per_job)
@@ -423,14 +417,14 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
                 planned.append(job)
                 steps[job.rundir] = task.steps
                 print(f"run {job.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
+        return planned
 
-        def finished(outcome: jobs.Outcome) -> None:
-            earlier = (done(Path(outcome.job.rundir)) or {}).get("wall_s", 0.0)
-            write_json(Path(outcome.job.rundir) / "done.json",
-                       {"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]})
+    def finished(outcome: jobs.Outcome) -> None:
+        earlier = (done(Path(outcome.job.rundir)) or {}).get("wall_s", 0.0)
+        write_json(Path(outcome.job.rundir) / "done.json",
+                   {"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]})
 
-        outcomes = runner.run(planned, on_success=finished)
-    return [o.job.name for o in outcomes if not o.ok]
+    return jobs.run_sweep(args, [root / run_name(task, seed) for task, seed in pending], plan, finished)
 
 
 def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
@@ -469,16 +463,23 @@ def summarize(runs: list[dict]) -> list[dict]:
     return out
 
 
-def write_threshold_results(out: Path, header: dict, runs: list[dict], suite: list[Task]) -> dict:
-    """Results judged by the final eval against each task's threshold; returns them with their README table."""
-    from .readme import learning
+def write_results(out: Path, header: dict, runs: list[dict], suite: list[Task], dreamerv3: bool) -> dict:
+    """Write the results to ``out`` and their plot beside it; returns them with their README table. Judged by
+    the final eval against each task's threshold, or with ``dreamerv3`` by DreamerV3's metric
+    (``dreamerv3_results``)."""
+    from .readme import learning, learning_dmc_proprio
 
-    data = {**header, "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
-            "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
-            "tasks": summarize(runs), "runs": runs}
+    if dreamerv3:
+        data = dreamerv3_results(header, runs, suite)
+        draw, render = functools.partial(plot_against_dreamerv3, runs, data["tasks"]), learning_dmc_proprio
+    else:
+        data = {**header, "final_return": "mean of the last two evaluations; a task's is the mean over its seeds",
+                "trivial": "mean return of uniform-random and zero actions on the evaluation episodes",
+                "tasks": summarize(runs), "runs": runs}
+        draw, render = functools.partial(plot, runs), learning
     write_json(out, data)
-    plot(runs, out.with_suffix(".png"))
-    return {**data, "table": learning(data, f"results/{out.stem}.json")}
+    draw(out.with_suffix(".png"))
+    return {**data, "table": render(data, f"results/{out.stem}.json")}
 
 
 def compare_with_dreamerv3(runs: list[dict]) -> list[dict]:
@@ -525,14 +526,12 @@ def suite_summary(tasks: list[dict], suite: list[Task]) -> dict:
     return summary
 
 
-def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: list[Task]) -> dict:
+def dreamerv3_results(header: dict, runs: list[dict], suite: list[Task]) -> dict:
     """Results judged by DreamerV3's metric against its published proprio curves (a task passes when it
-    reaches DreamerV3's seed mean at 100K env steps); returns them with their README table."""
-    from .readme import learning_dmc_proprio
-
+    reaches DreamerV3's seed mean at 100K env steps)."""
     tasks = compare_with_dreamerv3(runs)
     reference = (read_json(CURVES) or {}).get("source")
-    data = {**header,
+    return {**header,
             "metric": f"DreamerV3's: the mean return of the training episodes (exploring policy) that "
                       f"ended in the {BIN:,} env steps up to x, i.e. in (x - {BIN:,}, x]; null: none "
                       f"ended there. ours_<k>: the mean over seeds of the bin ending at k env steps; "
@@ -544,9 +543,6 @@ def write_dreamerv3_results(out: Path, header: dict, runs: list[dict], suite: li
                           "note": "only the proprio section is read: the file's vision entries are "
                                   "per-episode points, not 10K bins"},
             "bin": BIN, "summary": suite_summary(tasks, suite), "tasks": tasks, "runs": runs}
-    write_json(out, data)
-    plot_against_dreamerv3(runs, tasks, out.with_suffix(".png"))
-    return {**data, "table": learning_dmc_proprio(data, f"results/{out.stem}.json")}
 
 
 if __name__ == "__main__":

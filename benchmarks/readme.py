@@ -8,16 +8,15 @@ A table lives between ``<!-- table:NAME -->`` and ``<!-- end -->``; NAME picks t
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
 
-from .common import fmt, markdown_table, parser
+from .common import fmt, markdown_table, parser, read_json
 from .continual_report import readme_section, references_section
 from .insight import probe_table
 from .learning import by_task
-from .world_model import grid_estimate, results_table, task_dirname, tubelet_test
+from .world_model import readme_section as world_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -71,7 +70,9 @@ def agent_update(data: dict, source: str) -> str:
 def speed(data: dict, source: str) -> str:
     """The whole update against the baseline revision (same settings, interleaved rounds), and where the time
     of today's update goes."""
-    rows, notes = [], []
+    phase_names = {"world_model": "world model", "imagine": "imagination", "actor_critic_losses": "actor-critic losses",
+                   "replay_value_loss": "replay value loss", "actor_critic_update": "actor-critic backward and step"}
+    rows, notes, phase_notes, wm_phase = [], [], [], {}
     for r in data["results"]:
         if r.get("speedup") is None:
             continue
@@ -88,17 +89,12 @@ def speed(data: dict, source: str) -> str:
                          f"update; {prof['op_calls']:,} op calls, the top ones by self time: "
                          + ", ".join(f"{o['name'].replace('aten::', '')} {o['pct']:.0f}%"
                                      for o in prof["top_ops_by_self_cpu"][:4]) + ".")
-    phase_names = {"world_model": "world model", "imagine": "imagination", "actor_critic_losses": "actor-critic losses",
-                   "replay_value_loss": "replay value loss", "actor_critic_update": "actor-critic backward and step"}
-    wm_phase = {}
-    for r in data["results"]:
         phases = r.get("phases_s")
-        if r.get("speedup") is None or not phases:
-            continue
-        name = f"{r['obs']}/{r['encoder']}" if r["obs"] == "pixels" else r["obs"]
-        wm_phase[name] = phases.get("world_model")
-        split = [f"{label} {phases[k] * 1e3:,.0f} ms" for k, label in phase_names.items() if k in phases]
-        notes.append(f"Where {name}'s update goes now (median of the timed phases): " + ", ".join(split) + ".")
+        if phases:
+            wm_phase[name] = phases.get("world_model")
+            split = ", ".join(f"{label} {phases[k] * 1e3:,.0f} ms" for k, label in phase_names.items() if k in phases)
+            phase_notes.append(f"Where {name}'s update goes now (median of the timed phases): {split}.")
+    notes += phase_notes  # every profile first, then every phase split
     if wm_phase.get("pixels/patch") and wm_phase.get("pixels/cnn"):
         ratio = wm_phase["pixels/patch"] / wm_phase["pixels/cnn"]
         notes.append(f"The patch encoder's world-model phase takes {ratio:.2f}x the CNN encoder's (same CNN decoder).")
@@ -236,29 +232,6 @@ def insight(data: dict, source: str) -> str:
                         "\n".join(plots)])
 
 
-def world_model(data: dict, source: str) -> str:
-    """The encoder trial on fixed datasets: what was run, the results table, the velocity test and the plots."""
-    runs = data["runs"]
-    if not runs:
-        return f"No finished runs in `{source}`."
-    tasks = ", ".join(dict.fromkeys(task_dirname(r["task"] or "?") for r in runs))
-    encoders = ", ".join(dict.fromkeys(r["encoder"] for r in runs))
-    seeds = sorted({r["seed"] for r in runs})
-    done = (f"Runs: {tasks}; encoders {encoders}; seeds {', '.join(map(str, seeds))}; preset `{data['preset']}`, "
-            f"{data['updates']:,} updates of {data['batch'][0]} x {data['batch'][1]} per run, equal encoder FLOPs "
-            f"per frame: {'yes' if data['equal_flops'] else 'no'}. Held-out episodes; MSE per pixel x1000 (copying "
-            "the last observed frame in brackets); probe R² of ridge probes fitted on training episodes.")
-    velocity = tubelet_test(runs)[2:]  # without its heading
-    grid = grid_estimate(data, updates=5000)
-    cost = (f"At these runs' CPU seconds per update, the whole grid ({grid['runs']} runs of {grid['updates']:,} "
-            f"updates: 3 tasks, 3 seeds, these encoders) takes about {grid['hours_one_core']:,.0f} hours on one core.")
-    stem = Path(source).stem
-    plots = f"![horizon]({Path(source).with_name(stem + '_horizon.png')}) ![probes]" \
-            f"({Path(source).with_name(stem + '_probes.png')})"
-    return "\n\n".join([done, results_table(runs), "\n".join(velocity).strip(), cost,
-                        f"Source `{source}` (commit {data['machine']['git_commit']}).", plots])
-
-
 TABLES = {  # README table name: its results file under results/, and the renderer of that file's data
     "env_throughput": ("env_throughput.json", env_throughput), "param_counts": ("param_counts.json", param_counts),
     "wm_throughput": ("wm_throughput_cpu.json", wm_throughput), "learning": ("learning_cpu.json", learning),
@@ -277,9 +250,9 @@ TABLES = {  # README table name: its results file under results/, and the render
 def table(name: str) -> str:
     """README table ``name`` rendered from its results file, or a line saying that it has not been run yet."""
     source, renderer = TABLES[name]
-    path = RESULTS / source
-    return renderer(json.loads(path.read_text()), f"results/{source}") if path.exists() else \
-        f"Not run yet: its command writes `results/{source}`."
+    data = read_json(RESULTS / source)
+    return f"Not run yet: its command writes `results/{source}`." if data is None else \
+        renderer(data, f"results/{source}")
 
 
 def render(text: str) -> str:

@@ -99,12 +99,6 @@ def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: i
             "times_s": times}
 
 
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """The peak resident set of this process (MB) and, on CUDA, the peak of allocated device memory."""
-    cuda = {"peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
-    return {**cuda, "peak_rss_mb": rss_mb()}
-
-
 # Methods timed as phases of one update, wrapped on the instance from outside (no agent code edited):
 # (phase name, owner attribute path under the agent ("" = the agent itself), method name).
 PHASES = (("world_model", "wm", "train_step"), ("imagine", "", "imagine"),
@@ -281,7 +275,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:
-    """Set the torch threads and the clock, run ``spec``'s mode, and add the clock, threads and peak memory."""
+    """Set the torch threads and the clock, run ``spec``'s mode, and add the clock, threads and peak memory (this
+    process's resident set and, on CUDA, allocated device memory)."""
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -291,7 +286,9 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
         from benchmarks import wm_throughput
 
         result = getattr(wm_throughput, f"run_{spec['mode']}")(spec)
-    return {**result, "clock": clock(device)[0], "torch_threads": torch.get_num_threads(), **peak_memory(device)}
+    cuda = {"peak_cuda_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
+    return {**result, "clock": clock(device)[0], "torch_threads": torch.get_num_threads(), **cuda,
+            "peak_rss_mb": rss_mb()}
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def summarize_side(children: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-LOSS_RTOL = 1e-3  # `same_losses`: every train/loss/* at the first check update within rtol ...
+LOSS_RTOL = 1e-3  # `same_losses`: every train/loss/* within rtol ...
 LOSS_ATOL = 1e-8  # ... or within this absolute floor (numpy's), for losses at or next to zero
 LOSS_PREFIX = "train/loss/"
 
@@ -227,8 +227,7 @@ def _diff(a: float, b: float) -> tuple[float, float]:
 def equivalence(current: list[dict[str, float]], baseline: list[dict[str, float]],
                 rtol: float = LOSS_RTOL, atol: float = LOSS_ATOL) -> dict[str, Any]:
     """Compare two sides' `check_metrics` (one metric dict per update, same seed and batches) on the keys
-    both have, over the updates both ran. ``same_losses`` judges the first update only: later ones start from
-    parameters that float reordering has already nudged apart, so they are reported, not judged."""
+    both have, over the updates both ran; ``same_losses`` as the module docstring says."""
     K = min(len(current), len(baseline))
     cur_keys = set().union(*current[:K]) if K else set()
     base_keys = set().union(*baseline[:K]) if K else set()

@@ -1,8 +1,8 @@
 """The patch encoder on trial: world models trained alone on a fixed dataset, encoders at equal FLOPs.
 
     python -m benchmarks.world_model --record --task dmc:cartpole-swingup --out data/world_model/cartpole_swingup
-    python -m benchmarks.world_model --data data/world_model/cartpole_swingup --encoder patch --tubelet-frames 2 \\
-        --updates 5000 --seed 0 --out results/world_model/cartpole_swingup/patch2-s0.json
+    python -m benchmarks.world_model --data data/world_model/cartpole_swingup --encoder patch2 --updates 5000 \\
+        --seed 0 --out results/world_model/cartpole_swingup/patch2-s0.json
     python -m benchmarks.world_model --flops --out results/world_model_encoders.json   # encoders' FLOPs, params
     python -m benchmarks.world_model --grid --updates 5000   # 3 tasks x 4 encoders x 3 seeds, then the report
     python -m benchmarks.world_model --report-only           # the report again from results/world_model.json
@@ -19,6 +19,7 @@ forward FLOPs per frame (FlopCounterMode over a ``--batch-length`` window) come 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import sys
@@ -161,7 +162,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
     if bad or ("agent" in policies and not args.checkpoint):
         raise ValueError(f"--policies must be among {wm_data.POLICIES} (agent needs --checkpoint), got {policies}.")
     env, agent = _recording_env(args, kwargs)
-    try:
+    with contextlib.closing(env):
         meta = {"benchmark": "world_model/dataset", "task": args.task, "env": kwargs, "policies": policies,
                 "smooth": {"rho": args.smooth_rho, "sigma": args.smooth_sigma}, "seed": args.seed,
                 "checkpoint": args.checkpoint, "max_steps": args.max_steps,
@@ -171,8 +172,6 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
             meta["splits"][split] = wm_data.record_split(
                 env, out / split, split, count, policies, args.seed, agent, args.smooth_rho, args.smooth_sigma,
                 args.max_steps, progress=lambda line: print(line, flush=True))
-    finally:
-        env.close()
     meta["machine"] = machine_info()
     write_json(out / "dataset.json", meta)
     print(f"wrote {out / 'dataset.json'}")
@@ -195,7 +194,6 @@ def _recording_env(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[An
         return envs.make(args.task, seed=args.seed, **kwargs)
 
     agent, _, env, keys = agent_for_env(args.checkpoint, make_env, args.task, "cpu")
-    agent.eval()
     return env, (agent, keys)
 
 
@@ -336,11 +334,6 @@ def evaluate(wm: Any, heldout: list[dict[str, np.ndarray]], fit: list[dict[str, 
 # --------------------------------------------------------------------------------------------- one run
 
 
-def data_split(data: Path, split: str) -> Path:
-    """A dataset's split directory, or ``data`` itself when it is a plain replay directory."""
-    return data / split if (data / "dataset.json").exists() else data
-
-
 def obs_keys(obs: str) -> list[str]:
     return {"pixels": ["image"], "state": ["state"], "both": ["image", "state"]}[obs]
 
@@ -352,14 +345,14 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     from agent.config import config_to_dict
 
     data, out = Path(args.data), Path(args.out)
+    torch.set_num_threads(max(1, args.threads))
+    cfg = trial_config(args.preset, args.encoder, args.seed, args.set, args.equal_flops, args.batch_length)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_suffix("")
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, args.threads))
-    label = args.encoder if args.encoder == "cnn" else f"patch{args.tubelet_frames}"
-    cfg = trial_config(args.preset, label, args.seed, args.set, args.equal_flops, args.batch_length)
     keys = obs_keys(args.obs)
     step_keys = [*keys, "action", "reward", "is_first", "is_terminal"]
-    segments = wm_data.load_segments(data_split(data, "train"), step_keys, args.train_episodes)
+    train = data / "train" if (data / "dataset.json").exists() else data  # a dataset, or a replay directory
+    segments = wm_data.load_segments(train, step_keys, args.train_episodes)
     wm = build_model(cfg, segments[0]["action"].shape[-1], keys,
                      segments[0]["state"].shape[-1] if "state" in keys else 0)
     sampler = wm_data.WindowSampler(segments, args.batch_length, args.seed)
@@ -369,7 +362,7 @@ def run_trial(args: argparse.Namespace) -> dict[str, Any]:
     progress = _load_or_start(run_dir, cfg_dict, wm, sampler, args.fresh)
     _train_with_progress(wm, sampler, progress, run_dir, cfg_dict, args)
     del segments, sampler  # the training data is not needed for evaluation
-    shown = label if "image" in keys else "mlp"  # without images the image encoder is not used
+    shown = args.encoder if "image" in keys else "mlp"  # without images the image encoder is not used
     result = {"benchmark": "world_model", "task": _task_of(data), "encoder": shown, "seed": args.seed,
               "preset": args.preset, "set": args.set, "updates": progress["updates"],
               "batch": [args.batch_size, args.batch_length], "config": cfg_dict,
@@ -461,6 +454,8 @@ def summary_lines(result: dict[str, Any]) -> None:
 def grid_jobs(args: argparse.Namespace) -> list[Any]:
     """One job per (task, encoder, seed) without a finished result of ``--updates`` updates; records a
     task's dataset first when ``--data-root`` lacks it."""
+    for label in args.encoders:
+        encoder_overrides(label)  # a bad label is an error before any recording or training
     planned = []
     for task in args.tasks:
         data = Path(args.data_root) / task_dirname(task)
@@ -473,25 +468,19 @@ def grid_jobs(args: argparse.Namespace) -> list[Any]:
                 if (read_json(result) or {}).get("updates") == args.updates:
                     continue
                 argv = ("-m", "benchmarks.world_model", "--data", str(data.resolve()), "--seed", str(seed),
-                        "--out", str(result), "--run-dir", str(rundir), *_encoder_argv(label), *_shared_argv(args))
+                        "--out", str(result), "--run-dir", str(rundir), "--encoder", label, *_shared_argv(args))
                 planned.append(jobs.Job(f"{task_dirname(task)}/{label}-s{seed}", str(rundir), argv))
     return planned
 
 
-def _encoder_argv(label: str) -> tuple[str, ...]:
-    encoder_overrides(label)  # checks the label
-    return ("--encoder", "cnn") if label == "cnn" else ("--encoder", "patch", "--tubelet-frames", label[5:])
+SHARED_OPTIONS = ("preset", "updates", "batch_size", "batch_length", "obs", "checkpoint_every", "log_every", "context",
+                  "horizon", "starts", "probe_episodes", "probe_pca", "latent", "train_episodes", "eval_episodes")
 
 
 def _shared_argv(args: argparse.Namespace) -> tuple[str, ...]:
-    """The settings every run of the grid shares, as command-line arguments."""
-    out = ["--preset", args.preset, "--updates", str(args.updates), "--batch-size", str(args.batch_size),
-           "--batch-length", str(args.batch_length), "--obs", args.obs, "--threads", "1", "--no-progress",
-           "--checkpoint-every", str(args.checkpoint_every), "--log-every", str(args.log_every),
-           "--context", str(args.context), "--horizon", str(args.horizon), "--starts", str(args.starts),
-           "--probe-episodes", str(args.probe_episodes), "--probe-pca", str(args.probe_pca), "--latent", args.latent]
-    out += ["--train-episodes", str(args.train_episodes), "--eval-episodes", str(args.eval_episodes)]
-    out += [] if args.equal_flops else ["--no-equal-flops"]
+    """The settings every run of the grid shares, as command-line arguments (one torch thread a run)."""
+    out = [arg for name in SHARED_OPTIONS for arg in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+    out += ["--threads", "1", "--no-progress", *([] if args.equal_flops else ["--no-equal-flops"])]
     return tuple(out + (["--set", *args.set] if args.set else []))
 
 
@@ -500,14 +489,8 @@ def run_grid(args: argparse.Namespace) -> int:
     planned = grid_jobs(args)
     print(f"{len(planned)} runs to train ({len(args.tasks)} tasks x {len(args.encoders)} encoders x "
           f"{len(args.seeds)} seeds, {args.updates} updates each)", flush=True)
-    failed = []
-    if planned:
-        runner = jobs.runner_from_args(args)
-        with jobs.locked([Path(j.rundir) for j in planned]):
-            failed = [o.job.name for o in runner.run(planned) if not o.ok]
+    failed = jobs.run_sweep(args, [Path(j.rundir) for j in planned], lambda: planned) if planned else []
     gather(args)
-    if failed:
-        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -575,31 +558,28 @@ def results_table(runs: list[dict[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
-def grid_estimate(payload: dict[str, Any], tasks: int = len(TASKS), seeds: int = 3, updates: int | None = None
+def grid_estimate(payload: dict[str, Any], updates: int = 5000, tasks: int = len(TASKS), seeds: int = 3
                   ) -> dict[str, Any] | None:
-    """Hours the whole grid takes on one core at the measured CPU seconds per update (and per evaluation) of
-    each encoder, at ``updates`` (default: the results file's update count)."""
+    """Hours the whole grid of ``updates`` updates a run takes on one core at the measured CPU seconds per
+    update (and per evaluation) of each encoder."""
     measured: dict[str, list[tuple[float, float]]] = {}
     for run in payload["runs"]:
         train, evaluation = run["train"], run["eval"]
         measured.setdefault(run["encoder"], []).append((train["cpu_s_per_update"], evaluation["cpu_seconds"]))
     if not measured:
         return None
-    updates = updates or payload["updates"]
     per_run = {k: updates * np.mean([m[0] for m in v]) + np.mean([m[1] for m in v]) for k, v in measured.items()}
     hours = sum(per_run.values()) * tasks * seeds / 3600
-    return {"updates": updates, "hours_one_core": float(hours), "runs": tasks * seeds * len(per_run),
-            "hours_per_run": {k: float(v / 3600) for k, v in per_run.items()}}
+    return {"updates": updates, "hours_one_core": float(hours), "runs": tasks * seeds * len(per_run)}
 
 
-def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
-    """Report lines on the direct test of the tubelet idea: joint velocities read linearly from the encoder's
-    embedding alone, per task and encoder (patch1 is the single-frame control of the same architecture)."""
+def tubelet_test(runs: list[dict[str, Any]]) -> str:
+    """The direct test of the tubelet idea: joint velocities read linearly from the encoder's embedding alone,
+    per task and encoder (patch1 is the single-frame control of the same architecture); "" without probes."""
     if not any(_probe(r, "embed", "qvel") is not None for r in runs):
-        return []
+        return ""
     pcs = next((r["eval"]["probes"].get("pca") for r in runs if r["eval"].get("probes")), None)
-    lines = ["## Velocity from one embedding", "",
-             "A single frame holds no velocity, so a per-frame embedding (cnn, and patch1, the same Transformer "
+    lines = ["A single frame holds no velocity, so a per-frame embedding (cnn, and patch1, the same Transformer "
              "with one-frame tubelets) can carry joint velocities only through what position and context imply; "
              "a tubelet of k >= 2 frames sees the motion. Held-out R² of qvel from the embedding alone (mean ± sd "
              "over seeds; the embeddings' sizes differ, see the encoder table), and in brackets from its first "
@@ -609,33 +589,46 @@ def tubelet_test(runs: list[dict[str, Any]]) -> list[str]:
                  f" (first principal components: {_stat([_probe(r, 'embed_pca', 'qvel') for r in group])})"
                  for label, group in encoders.items()]
         lines.append(f"- {task_dirname(task or '?')}: " + ", ".join(parts))
-    return [*lines, ""]
+    return "\n".join(lines)
+
+
+def readme_section(payload: dict[str, Any], source: str) -> str:
+    """The results of a results file at ``source`` (what ``benchmarks.readme`` puts in README.md, and the body
+    of ``write_report``): what was run, the results table, the velocity test, the grid's cost and the plots."""
+    runs = payload["runs"]
+    if not runs:
+        return f"No finished runs in `{source}`."
+    tasks = ", ".join(dict.fromkeys(task_dirname(r["task"] or "?") for r in runs))
+    encoders = ", ".join(dict.fromkeys(r["encoder"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    done = (f"Runs: {tasks}; encoders {encoders}; seeds {', '.join(map(str, seeds))}; preset `{payload['preset']}`"
+            f"{' with `' + ' '.join(payload['set']) + '`' if payload['set'] else ''}, {payload['updates']:,} updates "
+            f"of {payload['batch'][0]} x {payload['batch'][1]} per run, equal encoder FLOPs per frame: "
+            f"{'yes' if payload['equal_flops'] else 'no'}. Held-out episodes; MSE per pixel x1000 (copying the last "
+            "observed frame in brackets); probe R² of ridge probes fitted on training episodes.")
+    grid = grid_estimate(payload)
+    cost = (f"At these runs' CPU seconds per update, the whole grid ({grid['runs']} runs of {grid['updates']:,} "
+            f"updates: 3 tasks, 3 seeds, these encoders) takes about {grid['hours_one_core']:,.0f} hours on one core.")
+    stem = Path(source).stem
+    plots = f"![horizon]({Path(source).with_name(stem + '_horizon.png')}) ![probes]" \
+            f"({Path(source).with_name(stem + '_probes.png')})"
+    return "\n\n".join([done, results_table(runs), tubelet_test(runs), cost,
+                        f"Source `{source}` (commit {payload['machine']['git_commit']}).", plots])
 
 
 def write_report(payload: dict[str, Any], out: Path) -> None:
-    """``<out>.md`` (FLOPs table, results table, the tubelet test, time estimate) and the plots beside it."""
+    """``<out>.md`` (the encoders' FLOPs table, then ``readme_section``) and the plots beside it."""
     runs = payload["runs"]
-    context = runs[0]["eval"]["openloop"]["context"] if runs else "?"
-    lines = ["# World models trained alone on fixed datasets: encoders at equal FLOPs per frame", "",
-             f"Preset `{payload['preset']}`{' with ' + ' '.join(payload['set']) if payload['set'] else ''}, "
-             f"{payload['updates']} updates of batch {payload['batch'][0]} x {payload['batch'][1]} per run; "
-             f"equal FLOPs: {payload['equal_flops']}. Held-out episodes only.", "",
-             "## Encoders", "", flops_markdown(payload["encoders"]), "", "## Results", "",
-             f"Mean ± sd over seeds. MSE per pixel in [0, 1] units, x1000; open loop after {context} observed steps, "
-             "with the error of copying the last observed frame. Probe R²: ridge probes fitted on training episodes, "
-             "scored on held-out ones; qpos is the mean over position quantities (winding angles as cos and sin; "
-             "without the horizontal position rootx, which tracking cameras hide), qvel over joint velocities.", "",
-             results_table(runs) if runs else "(no finished runs)", ""]
-    lines += tubelet_test(runs)
-    estimate = grid_estimate(payload)
-    if estimate:
-        lines += [f"Time: the full grid ({estimate['runs']} runs of {estimate['updates']} updates) takes about "
-                  f"{estimate['hours_one_core']:.0f} hours on one core at the measured speeds ("
-                  + ", ".join(f"{k} {v:.1f} h/run" for k, v in estimate["hours_per_run"].items()) + ").", ""]
     if runs:
         plot_horizons(runs, out.with_name(out.stem + "_horizon.png"))
         plot_probes(runs, out.with_name(out.stem + "_probes.png"))
-        lines += [f"![horizon]({out.stem}_horizon.png)", "", f"![probes]({out.stem}_probes.png)", ""]
+    context = runs[0]["eval"]["openloop"]["context"] if runs else "?"
+    lines = ["# World models trained alone on fixed datasets: encoders at equal FLOPs per frame", "",
+             "## Encoders", "", flops_markdown(payload["encoders"]), "", "## Results", "",
+             f"Mean ± sd over seeds; pixel values in [0, 1]; open loop after {context} observed steps; qpos is the "
+             "mean over position quantities (winding angles as cos and sin; without the horizontal position rootx, "
+             "which tracking cameras hide), qvel over joint velocities.",
+             "", readme_section(payload, out.name), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {out.with_suffix('.md')}")
 
@@ -725,8 +718,8 @@ def _recording_arguments(g: argparse._ArgumentGroup) -> None:
 def _training_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", help="a recorded dataset (or any replay directory) to train on")
     g.add_argument("--heldout-data", help="held-out episodes (default: <data>/heldout)")
-    g.add_argument("--encoder", choices=["patch", "cnn"], default="patch", help="image encoder")
-    g.add_argument("--tubelet-frames", type=int, default=2, help="k_t of the patch encoder")
+    g.add_argument("--encoder", default="patch2", metavar="LABEL",
+                   help="image encoder: cnn, or patch<k> for the patch encoder with tubelets of k frames")
     g.add_argument("--equal-flops", action=argparse.BooleanOptionalAction, default=True,
                    help="set a patch encoder's width so its FLOPs per frame match the CNN's")
     g.add_argument("--preset", default="cpu", help="agent config preset")

@@ -145,6 +145,9 @@ class FakeAgent:
     def act(self, obs, is_first, carry, explore=True):
         return self.policy(obs, is_first), carry
 
+    def eval(self):
+        return self
+
 
 @pytest.mark.parametrize("num_envs", [1, 2])
 def test_evaluate_starts_the_agent_afresh_on_each_first_observation(num_envs):
