@@ -206,7 +206,7 @@ def unit_layers(agent: nn.Module) -> list[UnitLayer]:
 
 
 @contextlib.contextmanager
-def _eager_cell(rssm: nn.Module) -> Iterator[None]:
+def eager_cell(rssm: nn.Module) -> Iterator[None]:
     """Run the RSSM's observe cell uncompiled (``rssm.compile``), so forward hooks inside it fire."""
     cell = getattr(rssm, "_cell", None)
     if cell is None or not hasattr(rssm, "_observe_cell"):
@@ -245,7 +245,7 @@ def mean_activations(agent: nn.Module, layers: list[UnitLayer], batch: dict[str,
     for layer in layers:
         handles.append(layer.source.register_forward_hook(hook(layer.name, layer.silu, layer.blocks)))
     try:
-        with _eager_cell(agent.wm.rssm):
+        with eager_cell(agent.wm.rssm):
             posterior, _, _ = agent.wm.observe(agent.to_torch(batch), None, sample=False)
             feat = agent.wm.rssm.features(posterior)  # (B, T, F)
             agent.ac.actor(feat)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.plasticity import unit_scores
+from agent.plasticity import eager_cell, unit_scores
 
 MODULES = ("encoder", "rssm", "actor", "critic")
 
@@ -124,7 +124,7 @@ def measure(agent: nn.Module, batch: dict[str, np.ndarray], tau: float = 0.025) 
              ac.actor.body.register_forward_hook(keep("actor")),
              ac.critic.body.register_forward_hook(keep("critic"))]
     try:
-        with record_activations(modules, norms) as records:
+        with record_activations(modules, norms) as records, eager_cell(rssm):  # hooks fire in the cell
             data = agent.to_torch(batch)
             posterior, _, _ = wm.observe(data, None, sample=False)
             feat = rssm.features(posterior)  # (B, T, F)

@@ -197,6 +197,7 @@ def test_scores_see_inside_a_compiled_rssm_cell():
     assert means[0].keys() == means[1].keys()
     for name in means[0]:
         assert torch.equal(means[0][name], means[1][name]), name
+    assert measure(plain, batch, tau=0.3) == measure(compiled, batch, tau=0.3)  # the benchmark's measurement too
     assert compiled.wm.rssm._cell is not compiled.wm.rssm._observe_cell  # put back afterwards
 
 
