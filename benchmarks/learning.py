@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import statistics
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -188,12 +189,44 @@ def training_episodes(rundir: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["episode/return"]) for row in metrics(rundir) if "episode/return" in row]
 
 
+def _periodic_logs(rundir: Path) -> list[dict]:
+    """The loop's periodic logs (evaluation rows carry ``time/wall_s`` too, but never ``time/cpu_s``)."""
+    return [row for row in metrics(rundir) if "time/wall_s" in row and "eval/return" not in row]
+
+
 def cpu_seconds(rundir: Path) -> float | None:
     """The training process's CPU seconds over the whole run (its last ``time/cpu_s``), or None where the run
-    did not log it from its first log on (runs begun before it was logged). Evaluation rows carry
-    ``time/wall_s`` but never ``time/cpu_s``, so only the periodic logs count."""
-    timed = [row for row in metrics(rundir) if "time/wall_s" in row and "eval/return" not in row]
+    did not log it from its first log on (runs begun before it was logged)."""
+    timed = _periodic_logs(rundir)
     return timed[-1]["time/cpu_s"] if timed and all("time/cpu_s" in row for row in timed) else None
+
+
+def logged_steps(rundir: Path) -> int:
+    """The env steps of a run's last periodic log (0 for a run that has none): where an unfinished run stands."""
+    timed = _periodic_logs(rundir) if (rundir / "metrics.jsonl").exists() else []
+    return int(timed[-1]["step"]) if timed else 0
+
+
+def cpu_pace(root: Path) -> tuple[float, int] | None:
+    """The median CPU seconds per env step of the finished runs under ``root`` that logged their CPU time, and
+    how many there are (None: no such run)."""
+    rates = []
+    for rundir in sorted(root.iterdir()) if root.is_dir() else []:
+        finished, cpu = done(rundir), cpu_seconds(rundir) if (rundir / "metrics.jsonl").exists() else None
+        if finished and cpu and finished.get("steps"):
+            rates.append(cpu / finished["steps"])
+    return (statistics.median(rates), len(rates)) if rates else None
+
+
+def time_left(steps_left: int, root: Path) -> str:
+    """A line on the env steps a sweep has left and the CPU hours they take at ``cpu_pace(root)``."""
+    text = f"{steps_left:,} env steps left"
+    pace = cpu_pace(root)
+    if pace is None:
+        return text + "; no finished run under the root yet that logged its CPU time to estimate by"
+    seconds, runs = pace
+    return (text + f", about {steps_left * seconds / 3600:.1f} CPU hours at {seconds * 1000:.0f} CPU s per 1,000 env "
+            f"steps (median of {runs} finished run(s) here)")
 
 
 def run_commits(rundir: Path) -> list[str]:
@@ -410,13 +443,18 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
     steps = {}
 
     def plan() -> list[jobs.Job]:
-        planned = []
+        planned, left = [], 0
         for task, seed in pending:
             job = run_task(task, seed, root / run_name(task, seed), args.fresh, args.gpus_per_job)
             if job is not None:
                 planned.append(job)
                 steps[job.rundir] = task.steps
-                print(f"run {job.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps)", flush=True)
+                at = logged_steps(Path(job.rundir))
+                left += max(task.steps - at, 0)
+                print(f"run {job.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps"
+                      f"{f'; logged up to {at:,}' if at else ''})", flush=True)
+        if planned:
+            print(time_left(left, root), flush=True)
         return planned
 
     def finished(outcome: jobs.Outcome) -> None:

@@ -85,6 +85,29 @@ def _write_run(rundir, episodes, evals, steps, wall_s=60.0, commit="abc1234", cp
     (rundir / "starts.jsonl").write_text(json.dumps({"git_commit": commit, "git_dirty": False}) + "\n")
 
 
+def test_a_sweep_tells_where_unfinished_runs_stand_and_the_cpu_hours_left(tmp_path):
+    """The pace is the median CPU seconds per env step of the finished runs that logged CPU time from the
+    start; an unfinished run stands at its last periodic log (a later evaluation row does not count)."""
+    import json
+
+    import benchmarks.learning as learning
+
+    assert "no finished run" in learning.time_left(1000, tmp_path)
+    _write_run(tmp_path / "a", [], [], steps=100, cpu_s=50.0)
+    _write_run(tmp_path / "b", [], [], steps=100, cpu_s=90.0)
+    _write_run(tmp_path / "c", [], [], steps=100, cpu_s=5000.0, cpu_from_start=False)  # not timed whole: left out
+    assert learning.cpu_pace(tmp_path) == (0.7, 2)
+    assert learning.time_left(3600, tmp_path) == ("3,600 env steps left, about 0.7 CPU hours at 700 CPU s per "
+                                                   "1,000 env steps (median of 2 finished run(s) here)")
+    running = tmp_path / "a-seed1"
+    running.mkdir()
+    rows = [{"step": 20, "time/wall_s": 1.0, "time/cpu_s": 1.0}, {"step": 40, "time/wall_s": 2.0, "time/cpu_s": 2.0},
+            {"step": 50, "eval/return": 3.0, "time/wall_s": 2.5}]
+    (running / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert learning.logged_steps(running) == 40 and learning.logged_steps(tmp_path / "none") == 0
+    assert learning.cpu_pace(tmp_path) == (0.7, 2)  # an unfinished run sets no pace
+
+
 def test_training_episodes_are_binned_by_the_env_step_they_ended_at(tmp_path):
     """DreamerV3's bins are (x - 10,000, x]: an episode ending exactly at 10,000 counts for 10K, one ending at
     10,001 for 20K; an empty bin is None; evals and other scalars are not training episodes."""
