@@ -200,7 +200,7 @@ def learning_dmc_proprio(data: dict, source: str) -> str:
             "metric. Wall min: each run's, with the runs in parallel on a shared "
             f"{data['machine']['cpu_count']}-core machine; CPU h: the training process's CPU time (one torch "
             "thread; '-' for a run that began before it was logged), what a run costs on one idle core. "
-            + (f"Not run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
+            + (f"No finished run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
             + f"Trained at {'commits' if len(commits) > 1 else 'commit'} {', '.join(commits) or 'unknown'}. "
             f"Source `{source}`."
             + f"\n\n![DMC proprio against DreamerV3]({Path(source).with_suffix('.png')})")
