@@ -155,7 +155,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
     import envs
 
     out = Path(args.out)
-    kwargs = {"obs": "both", "size": args.size, "action_repeat": args.action_repeat,
+    kwargs = {"obs": "both", "size": IMAGE_SHAPE[0], "action_repeat": args.action_repeat,
               "render_quality": "fast"}
     policies = args.policies or ["random", "smooth", *(["agent"] if args.checkpoint else [])]
     bad = [p for p in policies if p not in wm_data.POLICIES]
@@ -711,7 +711,6 @@ def _recording_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--smooth-sigma", type=float, default=0.8,
                    help="stationary std of the smooth policy (before clipping)")
     g.add_argument("--action-repeat", type=int, default=2, help="simulator steps per recorded step")
-    g.add_argument("--size", type=int, default=64, help="image size (the world model expects 64)")
     g.add_argument("--max-steps", type=int, default=0, help="cut episodes at this many steps (0: the task's limit)")
 
 
