@@ -293,8 +293,8 @@ class Runner:
             except (ConnectionError, RuntimeError) as error:
                 raise ValueError(
                     f"could not connect to the Ray cluster at {self.address} ({str(error).splitlines()[0]}). Is it "
-                    "running (`ray start --head` prints its address)? A cluster with token authentication (Ray's "
-                    "default) also needs RAY_AUTH_MODE=token here and its token (`ray get-auth-token` on the head, "
+                    "running (`ray start --head` prints its address)? A cluster with token authentication "
+                    "also needs RAY_AUTH_MODE=token here and its token (`ray get-auth-token` on the head, "
                     "in ~/.ray/auth_token or $RAY_AUTH_TOKEN).") from error
         else:
             ray.init(address="local", num_cpus=self.cpus or os.cpu_count() or 1, include_dashboard=False,

@@ -16,6 +16,7 @@ from .common import fmt, markdown_table, parser, read_json
 from .continual_report import readme_section, references_section
 from .insight import probe_table
 from .learning import by_task
+from .world_model import flops_markdown
 from .world_model import readme_section as world_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,6 +233,11 @@ def insight(data: dict, source: str) -> str:
                         "\n".join(plots)])
 
 
+def world_model_encoders(data: dict, source: str) -> str:
+    return (flops_markdown(data["encoders"]) + f"\n\nPreset `{data['preset']}`, equal FLOPs: {data['equal_flops']}. "
+            f"Source `{source}` (`python -m benchmarks.world_model --flops --out {source}`).")
+
+
 TABLES = {  # README table name: its results file under results/, and the renderer of that file's data
     "env_throughput": ("env_throughput.json", env_throughput), "param_counts": ("param_counts.json", param_counts),
     "wm_throughput": ("wm_throughput_cpu.json", wm_throughput), "learning": ("learning_cpu.json", learning),
@@ -244,7 +250,8 @@ TABLES = {  # README table name: its results file under results/, and the render
     "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", references_section),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed),
     "world_model": ("world_model.json", world_model), "default_job": ("default_job_cpu.json", default_job),
-    "memory": ("memory_pixels_cpu.json", memory)}
+    "memory": ("memory_pixels_cpu.json", memory),
+    "world_model_encoders": ("world_model_encoders.json", world_model_encoders)}
 
 
 def table(name: str) -> str:
