@@ -208,7 +208,7 @@ def test_the_dmc_proprio_command_writes_results_plot_and_readme_section(tmp_path
     assert "| cartpole_balance | 0, 1 | 300 (200, 400) | 80 (40-120) | 800 (900, 700) | 790 (90-270) | yes " \
            "| 28 | 100, 120 |" in section
     assert "| suite mean, 1 of 6 tasks | 2 runs | 300 | 80 | 800 | 790 | 1 of 1 |  |  |" in section
-    assert "aaa1111, bbb2222" in section and "Not run yet: cartpole_swingup" in section
+    assert "aaa1111, bbb2222" in section and "No finished run yet: cartpole_swingup" in section
     # Without its results file, the section says so instead of showing numbers.
     out.unlink()
     text = "<!-- table:learning_dmc_proprio -->\nold numbers\n<!-- end -->"
