@@ -87,11 +87,11 @@ bench-dmc-proprio: $(STAMP)
 
 # The continual benchmark on the CPU sequences (Pendulum: conflicting, then related tasks): three replay
 # strategies, each without and with the plasticity method CONTINUAL_PLASTICITY (redo or shrink_perturb, at
-# task boundaries), x CONTINUAL_SEEDS seeds, plus one single-task reference run per task and seed (cached).
+# task boundaries), for each of the CONTINUAL_SEEDS, plus one single-task reference run per task and seed (cached).
 # About an hour a run on one idle core: 18 runs and 3-4 hours of references per sequence. Rerun to resume.
 # cartpole-shift, walker-reward and cheetah-dynamics are for bigger machines: CONTINUAL_SEQUENCES=... to run them.
 CONTINUAL_SEQUENCES ?= pendulum-conflict pendulum-physics
-CONTINUAL_SEEDS ?= 3
+CONTINUAL_SEEDS ?= 0 1 2
 CONTINUAL_PARALLEL ?= 2
 CONTINUAL_PLASTICITY ?= redo
 bench-continual: $(STAMP)

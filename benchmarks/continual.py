@@ -1,11 +1,11 @@
 """The continual task-sequence benchmark: one agent learns task after task; what does it forget, what
 carries over, and does it stay able to learn?
 
-    python -m benchmarks.continual --sequence pendulum-conflict --strategy reservoir --seeds 3
-    python -m benchmarks.continual --sequence pendulum-conflict --strategy fifo reservoir mix --seeds 3 \\
+    python -m benchmarks.continual --sequence pendulum-conflict --strategy reservoir --seeds 0 1 2
+    python -m benchmarks.continual --sequence pendulum-conflict --strategy fifo reservoir mix --seeds 0 1 2 \\
         --out results/continual_pendulum-conflict.json         # what `make bench-continual` runs (and physics)
-    python -m benchmarks.continual --sequence my_sequence.json --strategy mix --seeds 1
-    python -m benchmarks.continual --sequence pendulum-physics --references-only --seeds 1 \\
+    python -m benchmarks.continual --sequence my_sequence.json --strategy mix
+    python -m benchmarks.continual --sequence pendulum-physics --references-only \\
         --out results/continual_references_pendulum-physics.json   # the references alone, their README table
     python -m benchmarks.continual --list                       # shipped sequences
     python -m benchmarks.continual --sequence pendulum-conflict --measure-random 100 --write  # score ranges
@@ -888,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy", nargs="+", default=["reservoir"],
                    help="one or more of fifo, reservoir, mix (each optionally +shrink_perturb or +redo, "
                         "and +taskid)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a run of its own")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, each a run of its own (e.g. 0 1 2)")
     p.add_argument("--root", default="runs/continual", help="where runs, references and summaries go")
     p.add_argument("--steps-per-task", type=int, help="replace every task's budget (quick runs)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -950,7 +950,7 @@ def _main(args: argparse.Namespace) -> int:
     failed = [] if args.report_only else run_jobs(jobs, args)
     if args.references_only:
         print("\n".join(f"{rundir}: {'done' if (rundir / 'done.json').exists() else 'not finished'}"
-                        for dirs in refs.values() for rundir in dirs))
+                        for dirs in refs.values() for rundir in dirs.values()))
         if args.out:
             report.summarise_references(seq.to_dict(), refs, Path(args.out))
             print(f"wrote {args.out}")
@@ -964,18 +964,20 @@ def _main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _plan(args: argparse.Namespace) -> tuple[Sequence, list[tuple[Job, Path]], dict[int, list[Path]]]:
+def _plan(args: argparse.Namespace) -> tuple[Sequence, list[tuple[Job, Path]], dict[int, dict[int, Path]]]:
     """The sequence, this command's jobs with their run directories (references first), and the reference run
-    directories of each task index, one per seed."""
-    if args.seeds < 1 or (args.parallel is not None and args.parallel < 1):
-        raise ValueError("--seeds and --parallel must be >= 1.")
+    directories of each task index by seed."""
+    if min(args.seeds) < 0 or len(set(args.seeds)) < len(args.seeds):
+        raise ValueError(f"--seeds must be distinct and >= 0, got {args.seeds}.")
+    if args.parallel is not None and args.parallel < 1:
+        raise ValueError("--parallel must be >= 1.")
     if args.references_only and args.no_references:
         raise ValueError("--references-only and --no-references exclude each other.")
     seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)
-    overrides, root, seeds = tuple(args.set), Path(args.root), range(args.seeds)
+    overrides, root, seeds = tuple(args.set), Path(args.root), args.seeds
     strategies = [parse_strategy(s).name for s in args.strategy]
     refs = {} if args.no_references else {
-        index: [job_dir(root, reference_job(seq, index, seed, overrides)) for seed in seeds]
+        index: {seed: job_dir(root, reference_job(seq, index, seed, overrides)) for seed in seeds}
         for index in range(len(seq.tasks))}
     jobs = [(reference_job(seq, index, seed, overrides), refs[index][seed]) for seed in seeds for index in refs]
     for strategy in [] if args.references_only else strategies:

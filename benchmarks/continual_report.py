@@ -562,7 +562,7 @@ def readme_section(summary: dict[str, Any], source: str) -> str:
 BAR = 0.7  # the issue's bar: a task's run from scratch reaches p >= 0.7 within its stage budget
 
 
-def reference_rows(seq: dict[str, Any], reference_dirs: dict[int, list[Path]]) -> list[dict[str, Any]]:
+def reference_rows(seq: dict[str, Any], reference_dirs: dict[int, dict[int, Path]]) -> list[dict[str, Any]]:
     """One row per task and seed: its single-task reference curve (mean eval return and p at every
     evaluation, normalised by the sequence's range of the task), p at the end of the stage as the benchmark
     counts it (mean of the last ``end_evaluations`` evaluations), p at the last evaluation, env steps to
@@ -571,7 +571,7 @@ def reference_rows(seq: dict[str, Any], reference_dirs: dict[int, list[Path]]) -
     for index, dirs in reference_dirs.items():
         task = seq["tasks"][index]
         ranges = (np.array([task["random_return"]]), np.array([task["best_return"]]))
-        for seed, rundir in enumerate(dirs):
+        for seed, rundir in sorted(dirs.items()):
             row: dict[str, Any] = {"task": task["name"], "seed": seed, "rundir": str(rundir), "budget": task["steps"]}
             record = read_json(rundir / "run.json")
             row["finished"] = record is not None
@@ -589,7 +589,7 @@ def reference_rows(seq: dict[str, Any], reference_dirs: dict[int, list[Path]]) -
     return rows
 
 
-def summarise_references(seq: dict[str, Any], reference_dirs: dict[int, list[Path]], out: Path) -> dict[str, Any]:
+def summarise_references(seq: dict[str, Any], reference_dirs: dict[int, dict[int, Path]], out: Path) -> dict[str, Any]:
     """Write the single-task references of a sequence to ``out`` (JSON, the README's source) and their
     curves beside it (``<out stem>.png``); returns the summary."""
     rows = reference_rows(seq, reference_dirs)

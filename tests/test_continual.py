@@ -448,7 +448,7 @@ def test_reference_table_reads_the_curves_and_judges_the_bar(tmp_path):
         return {"boundaries": [0, 400], "wall_s": 60.0, "tasks": ["x"],
                 "evaluations": [{"env_steps": 200 * k, "returns": {"x": [r]}} for k, r in enumerate(returns)]}
 
-    dirs = {0: [tmp_path / "a"], 1: [tmp_path / "b", tmp_path / "c"]}
+    dirs = {0: {0: tmp_path / "a"}, 1: {0: tmp_path / "b", 1: tmp_path / "c"}}
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     # range [25, 1000]: p 0, 0.6, 1.0 -> end of stage (last 2) 0.8: reaches 0.7
     (tmp_path / "a" / "run.json").write_text(json.dumps(reference([25.0, 610.0, 1000.0])))
@@ -511,12 +511,24 @@ def test_task_id_is_appended_to_the_state():
 # --------------------------------------------------------------------------------------------- end to end
 
 
+def test_seeds_are_a_list_of_seed_ids(tmp_path, capsys):
+    """--seeds names the seeds (as the learning and world-model benchmarks do): references of exactly those."""
+    argv = ["--sequence", str(write_sequence(tmp_path)), "--root", str(tmp_path / "runs"), "--references-only",
+            "--report-only", "--seeds", "2", "5"]
+    assert continual.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.endswith(": not finished") for line in lines)  # 2 tasks x 2 seeds
+    assert sorted(line.split("/")[-1].split("-")[1] for line in lines) == ["seed2", "seed2", "seed5", "seed5"]
+    assert continual.main([*argv[:-3], "--seeds", "1", "1"]) != 0
+    assert "--seeds must be distinct" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_runs_a_tiny_sequence_end_to_end(tmp_path, capsys):
     from agent.logger import read_scalars
 
     root, out = tmp_path / "runs", tmp_path / "results" / "continual_tiny.json"
-    argv = ["--sequence", str(write_sequence(tmp_path)), "--strategy", "fifo", "--seeds", "1", "--parallel", "2",
+    argv = ["--sequence", str(write_sequence(tmp_path)), "--strategy", "fifo", "--seeds", "0", "--parallel", "2",
             "--root", str(root), "--out", str(out)]
     assert continual.main(argv) == 0
     printed = capsys.readouterr().out
