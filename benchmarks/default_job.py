@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import machine_info, parser, write_json
+from .common import exit_status, machine_info, parser, write_json
 from .learning import SUITES, Task
 
 # Other processes using more than this many cores on average while the job ran: its times are inflated.
@@ -209,14 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="end the run (SIGINT) after this many minutes of wall time (e.g. a memory run)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between reads of metrics.jsonl")
     args = p.parse_args(argv)
+    return exit_status(lambda: _measure(args))  # a bad override or a used --logdir: one line, exit status 2
+
+
+def _measure(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir or f"runs/default_job-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if (logdir / "metrics.jsonl").exists():
-        p.error(f"{logdir} already holds a run; the measurement needs a fresh --logdir")
-    try:
-        cfg = resolve(args.set, logdir)
-        suite, task = threshold_task(cfg.env.spec, cfg.env.obs)
-    except ValueError as error:
-        p.error(str(error))
+        raise ValueError(f"{logdir} already holds a run; the measurement needs a fresh --logdir")
+    cfg = resolve(args.set, logdir)
+    suite, task = threshold_task(cfg.env.spec, cfg.env.obs)
     import torch
 
     device = "cuda" if cfg.agent.device.startswith("cuda") else "cpu"

@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from . import jobs
-from .common import machine_info, mean_or_none, panels, parser, read_json, read_jsonl, save_figure, write_json
+from .common import (
+    exit_status,
+    machine_info,
+    mean_or_none,
+    panels,
+    parser,
+    read_json,
+    read_jsonl,
+    save_figure,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "dreamerv3_dmc.json"
@@ -406,18 +416,20 @@ def main(argv: list[str] | None = None) -> int:
                         "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
     jobs.add_arguments(p)
     args = p.parse_args(argv)
+    # A bad task or override, a run unlike its task, a directory another sweep writes, a bad runner option:
+    # one line on stderr, exit status 2.
+    return exit_status(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     if any(o.startswith("agent.seed=") for o in args.set):
-        p.error("give seeds with --seeds, not --set agent.seed=...")
-    try:  # a bad task or override, a run unlike its task, a directory another sweep writes, a bad runner option
-        tasks, variant = select_tasks(args.suite, args.tasks, args.set)
-        suite = select_tasks(args.suite, None, args.set)[0]
-        root = Path((args.rundir or ("runs/dmc_proprio" if args.suite == "dmc-proprio" else "runs/learning")) + variant)
-        pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
-        check_runs_before_start(pending, suite, root, args.fresh)
-        failed = run_pending(pending, root, args)
-    except ValueError as err:
-        p.error(str(err))
-    if failed:
+        raise ValueError("give seeds with --seeds, not --set agent.seed=...")
+    tasks, variant = select_tasks(args.suite, args.tasks, args.set)
+    suite = select_tasks(args.suite, None, args.set)[0]
+    root = Path((args.rundir or ("runs/dmc_proprio" if args.suite == "dmc-proprio" else "runs/learning")) + variant)
+    pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
+    check_runs_before_start(pending, suite, root, args.fresh)
+    if run_pending(pending, root, args):
         return 1
 
     # Every finished run of the suite under root goes in, not only this call's: running one task or one

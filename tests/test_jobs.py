@@ -112,8 +112,7 @@ def test_learning_refuses_a_run_directory_another_sweep_is_writing(tmp_path, mon
         run = tmp_path / "runs" / "pendulum"
         run.mkdir(parents=True)
         (run / jobs.LOCK).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": sleeper.pid}))
-        with pytest.raises(SystemExit):
-            learning.main(["--rundir", str(tmp_path / "runs"), "--out", str(tmp_path / "o.json"), "--no-ray"])
+        assert learning.main(["--rundir", str(tmp_path / "runs"), "--out", str(tmp_path / "o.json"), "--no-ray"]) == 2
     finally:
         sleeper.kill()
         sleeper.wait()

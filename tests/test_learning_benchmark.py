@@ -306,8 +306,6 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
     import json
     from pathlib import Path
 
-    import pytest
-
     import benchmarks.learning as learning
 
     old = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=1e-4"])
@@ -332,8 +330,7 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
     (run / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval/return": 1.0}) + "\n")
     (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 50}))
     args = ["--rundir", str(tmp_path / "runs"), "--out", str(tmp_path / "out.json"), "--no-ray"]
-    with pytest.raises(SystemExit):
-        learning.main(args)
+    assert learning.main(args) == 2
     assert not started and not (tmp_path / "out.json").exists()
     # --fresh retrains seed 0 only; a stale seed 1 would still be gathered into the results: refused too.
     import shutil
@@ -341,11 +338,24 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
     shutil.copytree(run, tmp_path / "runs" / "p-seed1")
     config = learning.task_config(old, 1)
     (tmp_path / "runs" / "p-seed1" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit):
-        learning.main([*args, "--fresh"])
+    assert learning.main([*args, "--fresh"]) == 2
     assert not started
     shutil.rmtree(tmp_path / "runs" / "p-seed1")
     assert learning.main([*args, "--fresh"]) == 0
     assert len(started) == 1 and "--resume" not in started[0]
     assert json.loads((run / "done.json").read_text()) == {"wall_s": 3.0, "steps": 50}
     assert [r["final_return"] for r in json.loads((tmp_path / "out.json").read_text())["runs"]] == [2.0]
+
+
+def test_bad_input_is_one_line_on_stderr_and_exit_status_2(tmp_path, capsys):
+    """As in the other benchmarks: no usage dump, no traceback, status 2."""
+    import benchmarks.default_job as default_job
+    import benchmarks.learning as learning
+
+    assert learning.main(["--set", "agent.seed=1", "--rundir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip() == "error: give seeds with --seeds, not --set agent.seed=..."
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "metrics.jsonl").write_text("")
+    assert default_job.main(["--logdir", str(tmp_path / "used")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
