@@ -971,6 +971,9 @@ def _plan(args: argparse.Namespace) -> tuple[Sequence, list[tuple[Job, Path]], d
         raise ValueError(f"--seeds must be distinct and >= 0, got {args.seeds}.")
     if args.parallel is not None and args.parallel < 1:
         raise ValueError("--parallel must be >= 1.")
+    if args.seeds != [0] and len(args.seeds) == 1:  # --seeds names seeds; a count of N is --seeds 0 ... N-1
+        print(f"note: --seeds {args.seeds[0]} runs seed {args.seeds[0]} alone (seeds 0 to {args.seeds[0] - 1} "
+              f"are --seeds {' '.join(map(str, range(args.seeds[0])))})", file=sys.stderr, flush=True)
     if args.references_only and args.no_references:
         raise ValueError("--references-only and --no-references exclude each other.")
     seq = load_sequence(args.sequence, steps_per_task=args.steps_per_task)

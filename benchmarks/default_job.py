@@ -209,15 +209,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="end the run (SIGINT) after this many minutes of wall time (e.g. a memory run)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between reads of metrics.jsonl")
     args = p.parse_args(argv)
-    return exit_status(lambda: _measure(args))  # a bad override or a used --logdir: one line, exit status 2
+    setup: dict[str, Any] = {}
+    status = exit_status(lambda: setup.update(_setup(args)))  # a bad override or a used --logdir: one line, status 2
+    return status or _measure(args, **setup)
 
 
-def _measure(args: argparse.Namespace) -> int:
+def _setup(args: argparse.Namespace) -> dict[str, Any]:
+    """The checked inputs of a measurement: its logdir, resolved config, and the learning task it is judged by."""
     logdir = Path(args.logdir or f"runs/default_job-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if (logdir / "metrics.jsonl").exists():
         raise ValueError(f"{logdir} already holds a run; the measurement needs a fresh --logdir")
     cfg = resolve(args.set, logdir)
     suite, task = threshold_task(cfg.env.spec, cfg.env.obs)
+    return {"logdir": logdir, "cfg": cfg, "suite": suite, "task": task}
+
+
+def _measure(args: argparse.Namespace, logdir: Path, cfg: Any, suite: str, task: Any) -> int:
     import torch
 
     device = "cuda" if cfg.agent.device.startswith("cuda") else "cpu"

@@ -217,26 +217,34 @@ def logged_steps(rundir: Path) -> int:
     return int(timed[-1]["step"]) if timed else 0
 
 
-def cpu_pace(root: Path) -> tuple[float, int] | None:
-    """The median CPU seconds per env step of the finished runs under ``root`` that logged their CPU time, and
-    how many there are (None: no such run)."""
+def cpu_pace(rundirs: list[Path]) -> float | None:
+    """The median CPU seconds per env step of the finished runs among ``rundirs`` that logged their CPU time
+    (None: no such run)."""
     rates = []
-    for rundir in sorted(root.iterdir()) if root.is_dir() else []:
+    for rundir in rundirs:
         finished, cpu = done(rundir), cpu_seconds(rundir) if (rundir / "metrics.jsonl").exists() else None
         if finished and cpu and finished.get("steps"):
             rates.append(cpu / finished["steps"])
-    return (statistics.median(rates), len(rates)) if rates else None
+    return statistics.median(rates) if rates else None
 
 
-def time_left(steps_left: int, root: Path) -> str:
-    """A line on the env steps a sweep has left and the CPU hours they take at ``cpu_pace(root)``."""
-    text = f"{steps_left:,} env steps left"
-    pace = cpu_pace(root)
-    if pace is None:
+def time_left(left: list[tuple[Task, int]], root: Path) -> str:
+    """A line on the env steps a sweep has ``left`` (per run: its task and steps) and the CPU hours they take,
+    each at the median pace of its task's finished runs (its seeds) under ``root``, or else of all there."""
+    everyone = cpu_pace(sorted(root.iterdir()) if root.is_dir() else [])
+    hours, untimed = 0.0, []
+    for task, steps in left:
+        pace = cpu_pace([rundir for _, rundir in seed_dirs(root, task)]) or everyone
+        if pace is None:
+            untimed.append(task.name)
+        else:
+            hours += steps * pace / 3600
+    text = f"{sum(steps for _, steps in left):,} env steps left"
+    if len(untimed) == len(left):
         return text + "; no finished run under the root yet that logged its CPU time to estimate by"
-    seconds, runs = pace
-    return (text + f", about {steps_left * seconds / 3600:.1f} CPU hours at {seconds * 1000:.0f} CPU s per 1,000 env "
-            f"steps (median of {runs} finished run(s) here)")
+    skipped = f"; not counting runs of {', '.join(sorted(set(untimed)))}" if untimed else ""
+    return (text + f", about {hours:.1f} CPU hours at the pace of each task's finished runs here (of all finished "
+            f"runs here for a task with none){skipped}")
 
 
 def run_commits(rundir: Path) -> list[str]:
@@ -416,12 +424,15 @@ def main(argv: list[str] | None = None) -> int:
                         "<rundir>-<hash> and its results to results/learning_<suite>-<hash>.json")
     jobs.add_arguments(p)
     args = p.parse_args(argv)
+    where: dict[str, Any] = {}
     # A bad task or override, a run unlike its task, a directory another sweep writes, a bad runner option:
-    # one line on stderr, exit status 2.
-    return exit_status(lambda: _main(args))
+    # one line on stderr, exit status 2. Errors while writing the results keep their traceback.
+    status = exit_status(lambda: _train(args, where))
+    return status or _report(args, **where)
 
 
-def _main(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, where: dict[str, Any]) -> int:
+    """Train what the command asks for; fills ``where`` (suite, variant, root) for `_report`; 1 if a run failed."""
     if any(o.startswith("agent.seed=") for o in args.set):
         raise ValueError("give seeds with --seeds, not --set agent.seed=...")
     tasks, variant = select_tasks(args.suite, args.tasks, args.set)
@@ -429,11 +440,13 @@ def _main(args: argparse.Namespace) -> int:
     root = Path((args.rundir or ("runs/dmc_proprio" if args.suite == "dmc-proprio" else "runs/learning")) + variant)
     pending = [] if args.report_only else [(t, seed) for t in tasks for seed in args.seeds]
     check_runs_before_start(pending, suite, root, args.fresh)
-    if run_pending(pending, root, args):
-        return 1
+    where.update(suite=suite, variant=variant, root=root)
+    return 1 if run_pending(pending, root, args) else 0
 
-    # Every finished run of the suite under root goes in, not only this call's: running one task or one
-    # more seed adds to the results file instead of replacing it.
+
+def _report(args: argparse.Namespace, suite: list[Task], variant: str, root: Path) -> int:
+    """Write the results of every finished run of the suite under ``root``, not only this call's: running one
+    task or one more seed adds to the results file instead of replacing it."""
     out = Path(args.out or f"results/learning_{args.suite.replace('-', '_')}{variant}.json")
     runs = finished_runs(root, suite)
     if not runs:
@@ -455,14 +468,14 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
     steps = {}
 
     def plan() -> list[jobs.Job]:
-        planned, left = [], 0
+        planned, left = [], []
         for task, seed in pending:
             job = run_task(task, seed, root / run_name(task, seed), args.fresh, args.gpus_per_job)
             if job is not None:
                 planned.append(job)
                 steps[job.rundir] = task.steps
                 at = logged_steps(Path(job.rundir))
-                left += max(task.steps - at, 0)
+                left.append((task, max(task.steps - at, 0)))
                 print(f"run {job.name}: {task.spec} ({task.obs}, {task.preset}, {task.steps:,} steps"
                       f"{f'; logged up to {at:,}' if at else ''})", flush=True)
         if planned:

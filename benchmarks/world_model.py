@@ -612,8 +612,9 @@ def readme_section(payload: dict[str, Any], source: str) -> str:
     stem = Path(source).stem
     plots = f"![horizon]({Path(source).with_name(stem + '_horizon.png')}) ![probes]" \
             f"({Path(source).with_name(stem + '_probes.png')})"
-    return "\n\n".join([done, results_table(runs), tubelet_test(runs), cost,
-                        f"Source `{source}` (commit {payload['machine']['git_commit']}).", plots])
+    parts = [done, results_table(runs), tubelet_test(runs), cost,
+             f"Source `{source}` (commit {payload['machine']['git_commit']}).", plots]
+    return "\n\n".join(part for part in parts if part)  # tubelet_test is "" without probes
 
 
 def write_report(payload: dict[str, Any], out: Path) -> None:

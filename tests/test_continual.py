@@ -521,6 +521,8 @@ def test_seeds_are_a_list_of_seed_ids(tmp_path, capsys):
     assert sorted(line.split("/")[-1].split("-")[1] for line in lines) == ["seed2", "seed2", "seed5", "seed5"]
     assert continual.main([*argv[:-3], "--seeds", "1", "1"]) != 0
     assert "--seeds must be distinct" in capsys.readouterr().err
+    assert continual.main([*argv[:-3], "--seeds", "3"]) == 0  # a count where seed ids are meant: said on stderr
+    assert "runs seed 3 alone (seeds 0 to 2 are --seeds 0 1 2)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

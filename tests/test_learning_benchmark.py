@@ -86,26 +86,31 @@ def _write_run(rundir, episodes, evals, steps, wall_s=60.0, commit="abc1234", cp
 
 
 def test_a_sweep_tells_where_unfinished_runs_stand_and_the_cpu_hours_left(tmp_path):
-    """The pace is the median CPU seconds per env step of the finished runs that logged CPU time from the
-    start; an unfinished run stands at its last periodic log (a later evaluation row does not count)."""
+    """A task's pace is the median CPU seconds per env step of its own finished seeds that logged CPU time
+    from the start, else of every such run under the root; an unfinished run stands at its last periodic log
+    (a later evaluation row does not count)."""
     import json
 
     import benchmarks.learning as learning
 
-    assert "no finished run" in learning.time_left(1000, tmp_path)
+    a, b, c = (Task(name, "gym:Pendulum-v1", "state", "cpu", 100, 0.0, "") for name in ("a", "b", "c"))
+    assert "no finished run" in learning.time_left([(a, 1000)], tmp_path)
     _write_run(tmp_path / "a", [], [], steps=100, cpu_s=50.0)
-    _write_run(tmp_path / "b", [], [], steps=100, cpu_s=90.0)
-    _write_run(tmp_path / "c", [], [], steps=100, cpu_s=5000.0, cpu_from_start=False)  # not timed whole: left out
-    assert learning.cpu_pace(tmp_path) == (0.7, 2)
-    assert learning.time_left(3600, tmp_path) == ("3,600 env steps left, about 0.7 CPU hours at 700 CPU s per "
-                                                   "1,000 env steps (median of 2 finished run(s) here)")
-    running = tmp_path / "a-seed1"
+    _write_run(tmp_path / "a-seed1", [], [], steps=100, cpu_s=90.0)
+    _write_run(tmp_path / "b", [], [], steps=100, cpu_s=5.0)
+    _write_run(tmp_path / "b-seed1", [], [], steps=100, cpu_s=5000.0, cpu_from_start=False)  # not timed whole
+    assert learning.cpu_pace([tmp_path / "a", tmp_path / "a-seed1"]) == 0.7
+    assert learning.cpu_pace([tmp_path / "b-seed1"]) is None
+    # a at its own 0.7 s a step, b at its 0.05, c (no run of its own) at the median of all: 0.5
+    line = learning.time_left([(a, 3600), (b, 36_000), (c, 7200)], tmp_path)
+    assert line.startswith("46,800 env steps left, about 2.2 CPU hours at the pace of each task's")
+    running = tmp_path / "c-seed1"
     running.mkdir()
     rows = [{"step": 20, "time/wall_s": 1.0, "time/cpu_s": 1.0}, {"step": 40, "time/wall_s": 2.0, "time/cpu_s": 2.0},
             {"step": 50, "eval/return": 3.0, "time/wall_s": 2.5}]
     (running / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert learning.logged_steps(running) == 40 and learning.logged_steps(tmp_path / "none") == 0
-    assert learning.cpu_pace(tmp_path) == (0.7, 2)  # an unfinished run sets no pace
+    assert learning.cpu_pace([running]) is None  # an unfinished run sets no pace
 
 
 def test_training_episodes_are_binned_by_the_env_step_they_ended_at(tmp_path):
@@ -359,3 +364,15 @@ def test_bad_input_is_one_line_on_stderr_and_exit_status_2(tmp_path, capsys):
     assert default_job.main(["--logdir", str(tmp_path / "used")]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_with_a_failed_run_says_which_returns_1_and_writes_no_results(tmp_path, monkeypatch, capsys):
+    import benchmarks.learning as learning
+
+    monkeypatch.setitem(learning.SUITES, "cpu", [Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "")])
+    monkeypatch.setattr(learning.jobs, "run_attempt",
+                        lambda job, cwd: {"returncode": 1, "wall_s": 1.0, "error": "exit 1", "log_tail": "boom"})
+    out = tmp_path / "out.json"
+    assert learning.main(["--rundir", str(tmp_path / "runs"), "--out", str(out), "--no-ray", "--retries", "0"]) == 1
+    assert "1 run(s) failed: p; the same command resumes them" in capsys.readouterr().err
+    assert not out.exists()
