@@ -73,7 +73,7 @@ def speed(data: dict, source: str) -> str:
     of today's update goes."""
     phase_names = {"world_model": "world model", "imagine": "imagination", "actor_critic_losses": "actor-critic losses",
                    "replay_value_loss": "replay value loss", "actor_critic_update": "actor-critic backward and step"}
-    rows, notes, phase_notes, wm_phase = [], [], [], {}
+    rows, notes, phase_notes = [], [], []
     for r in data["results"]:
         if r.get("speedup") is None:
             continue
@@ -92,13 +92,15 @@ def speed(data: dict, source: str) -> str:
                                      for o in prof["top_ops_by_self_cpu"][:4]) + ".")
         phases = r.get("phases_s")
         if phases:
-            wm_phase[name] = phases.get("world_model")
             split = ", ".join(f"{label} {phases[k] * 1e3:,.0f} ms" for k, label in phase_names.items() if k in phases)
             phase_notes.append(f"Where {name}'s update goes now (median of the timed phases): {split}.")
     notes += phase_notes  # every profile first, then every phase split
-    if wm_phase.get("pixels/patch") and wm_phase.get("pixels/cnn"):
-        ratio = wm_phase["pixels/patch"] / wm_phase["pixels/cnn"]
-        notes.append(f"The patch encoder's world-model phase takes {ratio:.2f}x the CNN encoder's (same CNN decoder).")
+    ratio = data.get("encoder_ratio")
+    if ratio:
+        notes.append(f"The patch encoder's world-model phase takes {ratio['world_model_phase']:.2f}x the CNN "
+                     f"encoder's (same CNN decoder; median of the rounds' ratios, "
+                     + ", ".join(f"{x:.2f}" for x in ratio["world_model_phase_per_round"])
+                     + f", the two timed in the same rounds), its whole update {ratio['agent_update']:.2f}x.")
     first, machine = data["results"][0], data["machine"]["cpu"]
     return (markdown_table(["obs", "encoder", "B x T", f"{data['code']['baseline']['revision']} ms", "now ms",
                             "speedup", "same losses"], rows)

@@ -164,22 +164,52 @@ def run_in_child(spec: dict[str, Any], root: Path) -> dict[str, Any]:
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": wall}
 
 
-def interleave(spec: dict[str, Any], sides: dict[str, Path], rounds: int,
+def interleave(specs: list[dict[str, Any]], sides: dict[str, Path], rounds: int,
                run_child: Callable[[dict[str, Any], Path], dict[str, Any]] = run_in_child,
-               report: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
-    """``rounds`` rounds of one child per side; the side that goes first alternates from round to round.
-    Only the first round's children run the equivalence check (its updates are the same in every round)."""
+               report: Callable[[str], None] = lambda line: None,
+               after_round: Callable[[list[list[dict[str, Any]]]], None] = lambda per_spec: None,
+               ) -> list[list[dict[str, Any]]]:
+    """``rounds`` rounds, each one child per spec and side; the order of the specs and of the sides reverses
+    from round to round, so that drift in the machine's speed hits every spec and side alike (and two specs,
+    e.g. two encoders, are compared round by round). Returns each spec's rounds. Only the first round's
+    children run the equivalence check (its updates are the same in every round). ``after_round`` sees the
+    rounds so far (to save partial results)."""
     names = list(sides)
-    out = []
+    out: list[list[dict[str, Any]]] = [[] for _ in specs]
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
-        entry: dict[str, Any] = {"round": r, "order": order}
-        round_spec = spec if r == 0 else {**spec, "check_updates": 0}
-        for name in order:
-            entry[name] = child = run_child(round_spec, sides[name])
-            report(f"    round {r + 1}/{rounds} {name:8} {_child_line(child)}")
-        out.append(entry)
+        for i in (range(len(specs)) if r % 2 == 0 else reversed(range(len(specs)))):
+            entry: dict[str, Any] = {"round": r, "order": order}
+            round_spec = specs[i] if r == 0 else {**specs[i], "check_updates": 0}
+            for name in order:
+                entry[name] = child = run_child(round_spec, sides[name])
+                report(f"    round {r + 1}/{rounds} {_label(specs[i])} {name:8} {_child_line(child)}")
+            out[i].append(entry)
+        after_round(out)
     return out
+
+
+def _label(spec: dict[str, Any]) -> str:
+    return "/".join(str(spec[k]) for k in ("preset", "obs", "encoder") if spec.get(k))
+
+
+def encoder_ratio(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The patch encoder's cost over the CNN's from agent results of the same preset and shape (pixels, current
+    code): per round (the two ran in the same round, see `interleave`) the ratio of their world-model phases
+    and of their whole updates, and the medians of those. None without such a pair."""
+    pixels = {r["encoder"]: r for r in results if r.get("obs") == "pixels" and "rounds" in r}
+    if not {"patch", "cnn"} <= set(pixels):
+        return None
+    pairs = [(p["current"], c["current"]) for p, c in zip(pixels["patch"]["rounds"], pixels["cnn"]["rounds"])
+             if "phases" in p["current"] and "phases" in c["current"]]
+    if not pairs:
+        return None
+    wm = [p["phases"]["median_s"]["world_model"] / c["phases"]["median_s"]["world_model"] for p, c in pairs]
+    update = [p["agent_update"]["median_s"] / c["agent_update"]["median_s"] for p, c in pairs]
+    return {"world_model_phase": statistics.median(wm), "world_model_phase_per_round": wm,
+            "agent_update": statistics.median(update), "agent_update_per_round": update,
+            "preset": pixels["patch"]["preset"], "batch": pixels["patch"]["batch"],
+            "length": pixels["patch"]["length"]}
 
 
 def summarize_side(children: list[dict[str, Any]]) -> dict[str, Any]:
@@ -338,18 +368,34 @@ def _summary(r: dict[str, Any]) -> str:
     return line
 
 
-def run_agent_config(spec: dict[str, Any], sides: dict[str, Path], rounds: int, profile: bool,
-                     baseline: dict[str, Any] | None) -> dict[str, Any]:
-    """Time one configuration on every side (interleaved), and profile the current code when asked."""
-    report = lambda line: print(line, flush=True)  # noqa: E731
-    per_round = interleave(spec, sides, rounds, report=report)
-    result: dict[str, Any] = {**spec, **compare(per_round, spec["check_updates"] > 0)}
+def agent_result(spec: dict[str, Any], rounds: list[dict[str, Any]], baseline: dict[str, Any] | None
+                 ) -> dict[str, Any]:
+    """One configuration's result from its rounds (see `compare`), with the baseline's revision."""
+    result: dict[str, Any] = {**spec, **compare(rounds, spec["check_updates"] > 0)}
     if baseline is not None:
         result["baseline"] = {**baseline, **result["baseline"]}
-    if profile:
-        child = run_in_child({**spec, "profile": True, "check_updates": 0}, sides["current"])
-        result["profile"] = child.get("profile", {"error": child.get("error")})
     return result
+
+
+def run_agent_specs(specs: list[dict[str, Any]], sides: dict[str, Path], rounds: int, profile: bool,
+                    baseline: dict[str, Any] | None, save: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Time every configuration on every side, interleaved round by round (`interleave`), then profile the
+    current code of each when asked; ``save`` gets the results after every round and at the end."""
+    report = lambda line: print(line, flush=True)  # noqa: E731
+
+    def results(per_spec: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [agent_result(spec, r, baseline) for spec, r in zip(specs, per_spec) if r]
+
+    per_spec = interleave(specs, sides, rounds, report=report, after_round=lambda done: save(results(done)))
+    final = results(per_spec)
+    if profile:
+        for spec, result in zip(specs, final):
+            child = run_in_child({**spec, "profile": True, "check_updates": 0}, sides["current"])
+            result["profile"] = child.get("profile", {"error": child.get("error")})
+    for result, rounds_done in zip(final, per_spec):  # wall_s: its children's, profile aside
+        result["wall_s"] = sum(entry[side].get("wall_s", 0.0) for entry in rounds_done for side in sides)
+        print(f"{_label(result)}: {_summary(result)}", flush=True)
+    save(final)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -423,7 +469,28 @@ def _new_report(args: argparse.Namespace, devices: list[str]) -> dict[str, Any]:
 
 
 def _run_specs(args: argparse.Namespace, specs: list[dict[str, Any]], report: dict[str, Any]) -> None:
-    """Time every spec (against the baseline's worktree too, with --baseline), writing after each one."""
+    """Time every spec (with --agent interleaved, against the baseline's worktree too with --baseline), writing
+    the results file as they come."""
+    kept = list(report["results"])  # with --append, the results already in the file
+
+    def save(results: list[dict[str, Any]]) -> None:
+        report["results"] = kept + results
+        ratio = encoder_ratio(results)
+        if ratio is not None:
+            report["encoder_ratio"] = {**ratio, "commit": report["code"]["commit"]}
+        if args.out:
+            write_json(args.out, report)
+
+    if not args.agent:
+        done: list[dict[str, Any]] = []
+        for i, spec in enumerate(specs):
+            print(f"[{i + 1}/{len(specs)}] {_label(spec)} decoder={spec['decoder']} device={spec['device']}",
+                  flush=True)
+            start = time.perf_counter()
+            done.append({**spec, **run_in_child(spec, ROOT), "wall_s": time.perf_counter() - start})
+            print(f"    {_summary(done[-1])}  ({done[-1]['wall_s']:.0f} s)", flush=True)
+            save(done)
+        return
     if args.baseline:  # so that a killed run still removes its worktree (the context manager's finally)
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with ExitStack() as stack:
@@ -432,19 +499,9 @@ def _run_specs(args: argparse.Namespace, specs: list[dict[str, Any]], report: di
             tree, commit = stack.enter_context(baseline_worktree(args.baseline))
             sides["baseline"], baseline = tree, {"revision": args.baseline, "commit": commit}
             report["code"]["baseline"] = baseline
-        for i, spec in enumerate(specs):
-            keys = ("device", "preset", "obs", "encoder", "decoder", "batch", "length", "threads", "overrides")
-            print(f"[{i + 1}/{len(specs)}] " + " ".join(f"{k}={spec[k]}" for k in keys if spec.get(k)), flush=True)
-            start = time.perf_counter()
-            if args.agent:
-                result = {**run_agent_config(spec, sides, args.rounds, args.profile, baseline), "code": report["code"]}
-            else:
-                result = {**spec, **run_in_child(spec, ROOT)}
-            result["wall_s"] = time.perf_counter() - start
-            print(f"    {_summary(result)}  ({result['wall_s']:.0f} s)", flush=True)
-            report["results"].append(result)
-            if args.out:
-                write_json(args.out, report)
+        print(f"{len(specs)} configuration(s) x {len(sides)} side(s) x {args.rounds} round(s), interleaved", flush=True)
+        run_agent_specs(specs, sides, args.rounds, args.profile, baseline,
+                        lambda results: save([{**r, "code": report["code"]} for r in results]))
 
 
 def main(argv: list[str] | None = None) -> None:

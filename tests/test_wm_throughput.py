@@ -19,6 +19,7 @@ from benchmarks.wm_throughput import (
     ROOT,
     baseline_worktree,
     compare,
+    encoder_ratio,
     equivalence,
     interleave,
     run_in_child,
@@ -48,7 +49,7 @@ def fake_children(medians: dict[str, list[float | None]]):
 
 def test_rounds_alternate_sides_and_speedup_is_baseline_over_current():
     run, calls = fake_children({"current": [2.0, 4.0, 3.0], "baseline": [3.0, 6.0, 6.0]})
-    rounds = interleave(SMALL, {"current": Path("current"), "baseline": Path("baseline")}, 3, run_child=run)
+    rounds = interleave([SMALL], {"current": Path("current"), "baseline": Path("baseline")}, 3, run_child=run)[0]
     assert calls == ["current", "baseline", "baseline", "current", "current", "baseline"]
     assert [r["order"] for r in rounds] == [["current", "baseline"], ["baseline", "current"], ["current", "baseline"]]
     out = compare(rounds)
@@ -65,21 +66,50 @@ def test_rounds_alternate_sides_and_speedup_is_baseline_over_current():
 
 def test_failed_children_are_listed_and_left_out_of_the_medians():
     run, _ = fake_children({"current": [2.0, 4.0], "baseline": [None, 8.0]})
-    out = compare(interleave(SMALL, {"current": Path("current"), "baseline": Path("baseline")}, 2, run_child=run))
+    out = compare(interleave([SMALL], {"current": Path("current"), "baseline": Path("baseline")}, 2, run_child=run)[0])
     assert out["baseline"]["errors"] == ["child exited with 1: boom"]
     assert out["baseline"]["agent_update"]["median_s"] == 8.0 and out["speedup"] == 8.0 / 3.0
     assert out["speedup_per_round"] == [None, 2.0]
 
     run, _ = fake_children({"current": [2.0], "baseline": [None]})
-    out = compare(interleave(SMALL, {"current": Path("current"), "baseline": Path("baseline")}, 1, run_child=run))
+    out = compare(interleave([SMALL], {"current": Path("current"), "baseline": Path("baseline")}, 1, run_child=run)[0])
     assert out["speedup"] is None and "agent_update" not in out["baseline"]
 
 
 def test_without_a_baseline_there_is_no_speedup():
     run, calls = fake_children({"current": [2.0, 5.0]})
-    out = compare(interleave(SMALL, {"current": Path("current")}, 2, run_child=run))
+    out = compare(interleave([SMALL], {"current": Path("current")}, 2, run_child=run)[0])
     assert calls == ["current", "current"] and out["agent_update"]["median_s"] == 3.5
     assert "baseline" not in out and "speedup" not in out
+
+
+def test_configurations_alternate_too_and_the_encoder_ratio_is_taken_round_by_round():
+    """Two encoders timed in one run: each round runs both (the order reverses every round), and the patch to
+    CNN ratio is the median of the per-round ratios, so a machine that slows between rounds does not bias it."""
+    calls = []
+    # round 2 is twice as slow for everyone: a ratio of the two encoders' overall medians would mix rounds
+    times = {"patch": [1.2, 2.4, 1.3], "cnn": [1.0, 2.0, 1.0]}
+
+    def run(spec, root):
+        r = sum(c[0] == spec["encoder"] and c[1] == str(root) for c in calls)
+        calls.append((spec["encoder"], str(root)))
+        t = times[spec["encoder"]][r] * (2.0 if str(root) == "baseline" else 1.0)
+        return {"agent_update": {"median_s": t, "min_s": t, "max_s": t, "n": 1}, "peak_rss_mb": 1.0,
+                "wall_s": 1.0, "phases": {"median_s": {"world_model": t / 2}}}
+
+    specs = [{**SMALL, "obs": "pixels", "encoder": e} for e in ("patch", "cnn")]
+    saved = []
+    per_spec = interleave(specs, {"current": Path("current"), "baseline": Path("baseline")}, 3, run_child=run,
+                          after_round=lambda done: saved.append([len(r) for r in done]))
+    assert calls == [("patch", "current"), ("patch", "baseline"), ("cnn", "current"), ("cnn", "baseline"),
+                     ("cnn", "baseline"), ("cnn", "current"), ("patch", "baseline"), ("patch", "current"),
+                     ("patch", "current"), ("patch", "baseline"), ("cnn", "current"), ("cnn", "baseline")]
+    assert saved == [[1, 1], [2, 2], [3, 3]]
+    results = [{**spec, **compare(rounds)} for spec, rounds in zip(specs, per_spec)]
+    ratio = encoder_ratio(results)
+    assert ratio["world_model_phase_per_round"] == pytest.approx([1.2, 1.2, 1.3])
+    assert ratio["world_model_phase"] == pytest.approx(1.2) and ratio["agent_update"] == pytest.approx(1.2)
+    assert encoder_ratio(results[:1]) is None
 
 
 CHECKED = [{"train/loss/reward": 2.0, "train/loss/actor": -3e-9, "imagine/return": 0.5, "train/kl": 1.0},
@@ -160,7 +190,7 @@ def checking_children(metrics: dict[str, list[dict[str, float]] | None]):
 def test_only_the_first_round_checks_and_the_result_carries_the_verdict():
     sides = {"current": Path("current"), "baseline": Path("baseline")}
     run, calls = checking_children({"current": CHECKED, "baseline": _with(CHECKED, 0, train__loss__reward=3.0)})
-    out = compare(interleave({**SMALL, "check_updates": 2}, sides, 3, run_child=run))
+    out = compare(interleave([{**SMALL, "check_updates": 2}], sides, 3, run_child=run)[0])
     assert calls == [("current", 2), ("baseline", 2), ("baseline", 0), ("current", 0), ("current", 0),
                      ("baseline", 0)]
     assert out["same_losses"] is False and out["equivalence"]["losses_differing"] == ["train/loss/reward"]
@@ -168,11 +198,11 @@ def test_only_the_first_round_checks_and_the_result_carries_the_verdict():
     assert all("check_metrics" not in r[side] for r in out["rounds"] for side in sides)
 
     run, _ = checking_children({"current": CHECKED, "baseline": None})  # the baseline's child failed
-    out = compare(interleave(SMALL, sides, 1, run_child=run))
+    out = compare(interleave([SMALL], sides, 1, run_child=run)[0])
     assert out["same_losses"] is None and out["equivalence"] == {"error": "no check_metrics from baseline"}
 
     run, _ = checking_children({"current": CHECKED, "baseline": CHECKED})
-    out = compare(interleave({**SMALL, "check_updates": 0}, sides, 1, run_child=run), check=False)
+    out = compare(interleave([{**SMALL, "check_updates": 0}], sides, 1, run_child=run)[0], check=False)
     assert "equivalence" not in out and "same_losses" not in out
 
 
@@ -304,4 +334,8 @@ def test_readme_speed_notes_give_the_phase_split_and_the_patch_to_cnn_ratio():
             "machine": {"cpu": {"processor": "x", "torch": "t"}}, "code": {"baseline": {"revision": "e8b2407"}}}
     text = readme.speed(data, "results/speed_cpu.json")
     assert "Where state's update goes now (median of the timed phases): world model 300 ms, imagination 100 ms." in text
-    assert "world-model phase takes 1.20x the CNN encoder's" in text
+    assert "the CNN encoder's" not in text  # no ratio measured in one run
+    data["encoder_ratio"] = {"world_model_phase": 1.15, "world_model_phase_per_round": [1.1, 1.15, 1.2],
+                             "agent_update": 1.1}
+    text = readme.speed(data, "results/speed_cpu.json")
+    assert "world-model phase takes 1.15x the CNN encoder's" in text and "1.10, 1.15, 1.20" in text
