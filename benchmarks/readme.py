@@ -95,12 +95,7 @@ def speed(data: dict, source: str) -> str:
             split = ", ".join(f"{label} {phases[k] * 1e3:,.0f} ms" for k, label in phase_names.items() if k in phases)
             phase_notes.append(f"Where {name}'s update goes now (median of the timed phases): {split}.")
     notes += phase_notes  # every profile first, then every phase split
-    ratio = data.get("encoder_ratio")
-    if ratio:
-        notes.append(f"The patch encoder's world-model phase takes {ratio['world_model_phase']:.2f}x the CNN "
-                     f"encoder's (same CNN decoder; median of the rounds' ratios, "
-                     + ", ".join(f"{x:.2f}" for x in ratio["world_model_phase_per_round"])
-                     + f", the two timed in the same rounds), its whole update {ratio['agent_update']:.2f}x.")
+    notes += [encoder_ratio_note(r) for r in data.get("encoder_ratio", [])]
     first, machine = data["results"][0], data["machine"]["cpu"]
     return (markdown_table(["obs", "encoder", "B x T", f"{data['code']['baseline']['revision']} ms", "now ms",
                             "speedup", "same losses"], rows)
@@ -109,6 +104,14 @@ def speed(data: dict, source: str) -> str:
               f"{machine['processor']}, torch {machine['torch']}); both sides with the same settings (`--set` in "
               "the Makefile); same losses: every `train/loss/*` of a seeded first update within rtol 1e-3. "
               + " ".join(notes) + f" Source `{source}` (`make bench-speed`).")
+
+
+def encoder_ratio_note(ratio: dict) -> str:
+    """A sentence on the patch encoder's cost over the CNN's (`wm_throughput.encoder_ratios`)."""
+    return (f"At `{ratio['preset']}` ({ratio['batch']}x{ratio['length']}) the patch encoder's world-model phase "
+            f"takes {ratio['world_model_phase']:.2f}x the CNN encoder's (same CNN decoder; median of the rounds' "
+            "ratios, " + ", ".join(f"{x:.2f}" for x in ratio["world_model_phase_per_round"])
+            + f", the two timed in the same rounds), its whole update {ratio['agent_update']:.2f}x.")
 
 
 def default_job(data: dict, source: str) -> str:

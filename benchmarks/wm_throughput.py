@@ -193,23 +193,29 @@ def _label(spec: dict[str, Any]) -> str:
     return "/".join(str(spec[k]) for k in ("preset", "obs", "encoder") if spec.get(k))
 
 
-def encoder_ratio(results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The patch encoder's cost over the CNN's from agent results of the same preset and shape (pixels, current
-    code): per round (the two ran in the same round, see `interleave`) the ratio of their world-model phases
-    and of their whole updates, and the medians of those. None without such a pair."""
-    pixels = {r["encoder"]: r for r in results if r.get("obs") == "pixels" and "rounds" in r}
-    if not {"patch", "cnn"} <= set(pixels):
-        return None
-    pairs = [(p["current"], c["current"]) for p, c in zip(pixels["patch"]["rounds"], pixels["cnn"]["rounds"])
-             if "phases" in p["current"] and "phases" in c["current"]]
-    if not pairs:
-        return None
-    wm = [p["phases"]["median_s"]["world_model"] / c["phases"]["median_s"]["world_model"] for p, c in pairs]
-    update = [p["agent_update"]["median_s"] / c["agent_update"]["median_s"] for p, c in pairs]
-    return {"world_model_phase": statistics.median(wm), "world_model_phase_per_round": wm,
-            "agent_update": statistics.median(update), "agent_update_per_round": update,
-            "preset": pixels["patch"]["preset"], "batch": pixels["patch"]["batch"],
-            "length": pixels["patch"]["length"]}
+def encoder_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The patch encoder's cost over the CNN's, per preset and shape with agent results for both (pixels,
+    current code): per round (the two ran in the same round, see `interleave`) the ratio of their
+    world-model phases and of their whole updates, and the medians of those."""
+    pairs: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        if r.get("obs") == "pixels" and "rounds" in r:
+            pairs.setdefault((r["preset"], r["batch"], r["length"]), {})[r["encoder"]] = r
+    out = []
+    for (preset, batch, length), by_encoder in pairs.items():
+        if not {"patch", "cnn"} <= set(by_encoder):
+            continue
+        both = zip(by_encoder["patch"]["rounds"], by_encoder["cnn"]["rounds"])
+        rounds = [(p["current"], c["current"]) for p, c in both
+                  if "phases" in p["current"] and "phases" in c["current"]]
+        if not rounds:
+            continue
+        wm = [p["phases"]["median_s"]["world_model"] / c["phases"]["median_s"]["world_model"] for p, c in rounds]
+        update = [p["agent_update"]["median_s"] / c["agent_update"]["median_s"] for p, c in rounds]
+        out.append({"preset": preset, "batch": batch, "length": length,
+                    "world_model_phase": statistics.median(wm), "world_model_phase_per_round": wm,
+                    "agent_update": statistics.median(update), "agent_update_per_round": update})
+    return out
 
 
 def summarize_side(children: list[dict[str, Any]]) -> dict[str, Any]:
@@ -475,9 +481,9 @@ def _run_specs(args: argparse.Namespace, specs: list[dict[str, Any]], report: di
 
     def save(results: list[dict[str, Any]]) -> None:
         report["results"] = kept + results
-        ratio = encoder_ratio(results)
-        if ratio is not None:
-            report["encoder_ratio"] = {**ratio, "commit": report["code"]["commit"]}
+        ratios = encoder_ratios(results)
+        if ratios:
+            report["encoder_ratio"] = [{**r, "commit": report["code"]["commit"]} for r in ratios]
         if args.out:
             write_json(args.out, report)
 

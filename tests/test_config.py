@@ -40,6 +40,8 @@ def test_size_table_follows_dreamerv3():
         assert (wm.rssm.deter, wm.rssm.hidden, wm.rssm.classes, wm.encoder.cnn_depth, wm.heads.units) == (
             deter, hidden, classes, depth, units)
         assert wm.rssm.stoch == 32 and wm.decoder.cnn_depth == depth
+        # the patch encoder sized to the CNN's FLOPs (ours; DreamerV3 has no patch encoder)
+        assert (wm.encoder.width, wm.encoder.mlp_ratio) == (4 * depth, 2)
 
 
 def test_apply_overrides_parses_by_type_and_returns_a_new_config():

@@ -19,7 +19,7 @@ from benchmarks.wm_throughput import (
     ROOT,
     baseline_worktree,
     compare,
-    encoder_ratio,
+    encoder_ratios,
     equivalence,
     interleave,
     run_in_child,
@@ -106,10 +106,13 @@ def test_configurations_alternate_too_and_the_encoder_ratio_is_taken_round_by_ro
                      ("patch", "current"), ("patch", "baseline"), ("cnn", "current"), ("cnn", "baseline")]
     assert saved == [[1, 1], [2, 2], [3, 3]]
     results = [{**spec, **compare(rounds)} for spec, rounds in zip(specs, per_spec)]
-    ratio = encoder_ratio(results)
+    [ratio] = encoder_ratios(results)
     assert ratio["world_model_phase_per_round"] == pytest.approx([1.2, 1.2, 1.3])
     assert ratio["world_model_phase"] == pytest.approx(1.2) and ratio["agent_update"] == pytest.approx(1.2)
-    assert encoder_ratio(results[:1]) is None
+    assert ratio["preset"] == "debug" and encoder_ratios(results[:1]) == []
+    other = [{**r, "preset": "cpu"} for r in results]  # a second preset: one ratio each, never across presets
+    assert [r["preset"] for r in encoder_ratios(results + other[:1])] == ["debug"]
+    assert [r["preset"] for r in encoder_ratios(results + other)] == ["debug", "cpu"]
 
 
 CHECKED = [{"train/loss/reward": 2.0, "train/loss/actor": -3e-9, "imagine/return": 0.5, "train/kl": 1.0},
@@ -335,7 +338,7 @@ def test_readme_speed_notes_give_the_phase_split_and_the_patch_to_cnn_ratio():
     text = readme.speed(data, "results/speed_cpu.json")
     assert "Where state's update goes now (median of the timed phases): world model 300 ms, imagination 100 ms." in text
     assert "the CNN encoder's" not in text  # no ratio measured in one run
-    data["encoder_ratio"] = {"world_model_phase": 1.15, "world_model_phase_per_round": [1.1, 1.15, 1.2],
-                             "agent_update": 1.1}
+    data["encoder_ratio"] = [{"preset": "cpu", "batch": 16, "length": 64, "world_model_phase": 1.15,
+                              "world_model_phase_per_round": [1.1, 1.15, 1.2], "agent_update": 1.1}]
     text = readme.speed(data, "results/speed_cpu.json")
     assert "world-model phase takes 1.15x the CNN encoder's" in text and "1.10, 1.15, 1.20" in text
