@@ -51,7 +51,7 @@ bench-wm: $(STAMP)
 	$(BIN)/python -m benchmarks.wm_throughput --presets debug cpu small 12m --encoders patch cnn --threads 1 \
 		--warmup 1 --repeats 3 --out results/wm_throughput_cpu.json
 	$(BIN)/python -m benchmarks.wm_throughput --agent --presets cpu 12m --encoders patch cnn --threads 1 \
-		--warmup 1 --repeats 3 --out results/agent_update_cpu.json
+		--warmup 1 --repeats 3 --rounds 3 --out results/agent_update_cpu.json
 	$(BIN)/python -m benchmarks.param_counts --out results/param_counts.json
 
 # The whole agent update of the working tree against SPEED_BASELINE, timed in the same run: children alternate

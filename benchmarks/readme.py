@@ -64,8 +64,11 @@ def agent_update(data: dict, source: str) -> str:
     m = next(iter(data["machine"].values()))
     return (markdown_table(["preset", "B x T", "threads", "encoder", "params", "update ms", "peak RSS GB"], rows)
             + f"\n\nThe whole update (world model, then actor and critic on imagined rollouts), 64x64 pixels, "
-            f"{m['processor']}, torch {m['torch']}; measured at commit {m['git_commit']}, whose presets may "
-            f"differ from today's (`make bench-wm` remeasures); source `{source}`.")
+            f"{m['processor']}, torch {m['torch']}, median over each configuration's rounds (the configurations "
+            "take turns within every round). "
+            + "".join(encoder_ratio_note(r) + " " for r in data.get("encoder_ratio", []))
+            + f"Measured at commit {m['git_commit']}, whose presets may differ from today's (`make bench-wm` "
+            f"remeasures); source `{source}`.")
 
 
 def speed(data: dict, source: str) -> str:
