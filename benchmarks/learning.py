@@ -156,8 +156,8 @@ def config_mismatch(task: Task, seed: int, rundir: Path) -> list[str]:
 
 
 def done(rundir: Path) -> dict | None:
-    """A finished run's ``done.json`` (``steps``: the env steps it was trained for; ``wall_s``: the seconds
-    all its parts ran), or None while it is unfinished."""
+    """A finished run's ``done.json`` (``steps``: the env steps it was trained for), or None while it is
+    unfinished."""
     return read_json(rundir / "done.json")
 
 
@@ -209,6 +209,13 @@ def cpu_seconds(rundir: Path) -> float | None:
     did not log it from its first log on (runs begun before it was logged)."""
     timed = _periodic_logs(rundir)
     return timed[-1]["time/cpu_s"] if timed and all("time/cpu_s" in row for row in timed) else None
+
+
+def wall_seconds(rundir: Path) -> float | None:
+    """The run's wall seconds over all its parts (its last ``time/wall_s``: the loop adds each resumed part
+    to the time before it, as of the checkpoint it resumed from), or None without a periodic log."""
+    timed = _periodic_logs(rundir)
+    return timed[-1]["time/wall_s"] if timed else None
 
 
 def logged_steps(rundir: Path) -> int:
@@ -461,8 +468,7 @@ def _report(args: argparse.Namespace, suite: list[Task], variant: str, root: Pat
 def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Namespace) -> list[str]:
     """Train every (task, seed) of ``pending`` that still needs it, through the job runner, holding the
     sweep lock of their run directories; returns the names of the runs that failed. Each run that finishes
-    writes its ``done.json``: its steps, and its wall time added to that of the parts before (a run extended
-    to more steps), every attempt of this call counted."""
+    writes its ``done.json`` with the steps it was trained for."""
     if not pending:
         return []
     steps = {}
@@ -483,9 +489,7 @@ def run_pending(pending: list[tuple[Task, int]], root: Path, args: argparse.Name
         return planned
 
     def finished(outcome: jobs.Outcome) -> None:
-        earlier = (done(Path(outcome.job.rundir)) or {}).get("wall_s", 0.0)
-        write_json(Path(outcome.job.rundir) / "done.json",
-                   {"wall_s": earlier + outcome.wall_s, "steps": steps[outcome.job.rundir]})
+        write_json(Path(outcome.job.rundir) / "done.json", {"steps": steps[outcome.job.rundir]})
 
     return jobs.run_sweep(args, [root / run_name(task, seed) for task, seed in pending], plan, finished)
 
@@ -507,7 +511,7 @@ def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
             runs.append({"name": task.name, "seed": seed, "spec": task.spec, "obs": task.obs,
                          "preset": task.preset, "steps": finished["steps"], "overrides": task.overrides,
                          "threshold": task.threshold, "threshold_why": task.why,
-                         "final_return": sum(last) / len(last), "wall_s": finished["wall_s"],
+                         "final_return": sum(last) / len(last), "wall_s": wall_seconds(rundir),
                          "cpu_s": cpu_seconds(rundir), "curve": curve,
                          "train_curve": binned_returns(training_episodes(rundir), finished["steps"]),
                          "dreamerv3": reference_score(task), "trivial": trivial, "rundir": str(rundir),

@@ -206,7 +206,8 @@ def learning_dmc_proprio(data: dict, source: str) -> str:
             "steps up to 50K or 100K, averaged over seeds (each seed's in brackets). DreamerV3: its seed mean in the "
             f"same bin ({' or '.join(map(str, seeds))} seeds, the lowest and highest seed in brackets). Final eval: "
             "our deterministic policy, mean of the last two evaluations averaged over seeds; not DreamerV3's "
-            "metric. Wall min: each run's, with the runs in parallel on a shared "
+            "metric. Wall min: each run's over all its parts (a resumed run adds to the time before its "
+            "checkpoint), with the runs in parallel on a shared "
             f"{data['machine']['cpu_count']}-core machine; CPU h: the training process's CPU time (one torch "
             "thread; '-' for a run that began before it was logged), what a run costs on one idle core. "
             + (f"No finished run yet: {', '.join(s['tasks_not_run'])}. " if s["tasks_not_run"] else "")
