@@ -831,34 +831,40 @@ def _updates_done(rundir: Path) -> int:
     return int(logged[-1]) if logged else 0
 
 
-def seconds_per_update(root: Path) -> tuple[float, int] | None:
-    """The median wall seconds an update took in the finished runs under ``root`` (evaluations and
-    measurements included), and how many runs that is; None when none has finished."""
+def cpu_seconds_per_update(root: Path) -> tuple[float, int] | None:
+    """The median CPU seconds an update took in the finished runs under ``root`` (evaluations and measurements
+    included; the training process's CPU time, which other processes on the machine do not inflate), and how
+    many runs that is; None when none has finished."""
     rates = []
     for path in root.glob("**/run.json"):
-        record = read_json(path)
-        if record.get("counters", {}).get("updates", 0) > 0:
-            rates.append(record["wall_s"] / record["counters"]["updates"])
+        counters = read_json(path).get("counters", {})
+        if counters.get("updates", 0) > 0 and "cpu_s" in counters:
+            rates.append(counters["cpu_s"] / counters["updates"])
     return (float(np.median(rates)), len(rates)) if rates else None
 
 
 def estimate(todo: list[tuple[Job, Path]], root: Path, parallel: int) -> str:
-    """How long the jobs left will take: their updates left, at the median pace of the finished runs under
-    ``root``, ``parallel`` at a time (runs are spread evenly, so the longest queue sets the time)."""
+    """How long the jobs left will take: their updates left at the median CPU pace of the finished runs under
+    ``root``, in CPU hours, and in hours with ``parallel`` at a time, each on a core of its own (runs are spread
+    evenly, so the longest queue sets the time)."""
     if not todo:
         return "nothing to run: every run is finished."
     left = [planned_updates(job) - _updates_done(rundir) for job, rundir in todo]
     refs = sum(job.kind == "reference" for job, _ in todo)
     text = (f"{len(todo)} run(s) to do or finish ({refs} reference(s), {len(todo) - refs} continual), "
             f"{sum(left):,} updates left")
-    pace = seconds_per_update(root)
+    pace = cpu_seconds_per_update(root)
     if pace is None:
         return text + "; no finished run under the root yet to time an update by."
     seconds, runs = pace
-    hours = sum(left) * seconds / min(parallel, len(todo)) / 3600
-    took = f"{hours:.1f} hours" if hours >= 1 else f"{hours * 60:.0f} minutes"
-    return (text + f"; at {seconds:.2f} s an update (median of {runs} finished run(s) here, on this machine's load "
-            f"then), about {took} with {min(parallel, len(todo))} at a time.")
+    slots = min(parallel, len(todo))
+    hours = sum(left) * seconds / 3600
+    return (text + f"; at {seconds:.2f} CPU s an update (median of {runs} finished run(s) here), about "
+            f"{_hours(hours)} of CPU, {_hours(hours / slots)} with {slots} at a time on cores of their own.")
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.1f} hours" if hours >= 1 else f"{hours * 60:.0f} minutes"
 
 
 def run_jobs(jobs: list[tuple[Job, Path]], args: argparse.Namespace) -> list[str]:

@@ -429,13 +429,18 @@ def test_the_estimate_counts_updates_left_at_the_pace_of_finished_runs(tmp_path)
     todo = [(ref, tmp_path / "ref"), (run, tmp_path / "run")]
     assert "no finished run" in continual.estimate(todo, tmp_path, parallel=2)
     (tmp_path / "done").mkdir()
-    (tmp_path / "done" / "run.json").write_text(json.dumps({"wall_s": 360.0, "counters": {"updates": 10}}))
+    # wall time counts waiting for a shared core; the pace is the CPU time (a run without it is left out)
+    (tmp_path / "done" / "run.json").write_text(json.dumps({"wall_s": 900.0, "counters": {"updates": 10,
+                                                                                       "cpu_s": 360.0}}))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text(json.dumps({"wall_s": 90.0, "counters": {"updates": 10}}))
     (tmp_path / "run").mkdir()  # an interrupted run that had made 11 of its updates
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "train/updates": 11.0}\n')
     text = continual.estimate(todo, tmp_path, parallel=1)
-    # 9 + 10 updates left at 36 s each, one at a time: 684 s
-    assert "2 run(s)" in text and "19 updates left" in text and "36.00 s an update" in text
-    assert "about 11 minutes with 1 at a time" in text
+    # 9 + 10 updates left at 36 CPU s each: 684 s; one at a time as long, two at a time half
+    assert "2 run(s)" in text and "19 updates left" in text and "36.00 CPU s an update (median of 1 " in text
+    assert "about 11 minutes of CPU, 11 minutes with 1 at a time" in text
+    assert "11 minutes of CPU, 6 minutes with 2 at a time" in continual.estimate(todo, tmp_path, parallel=2)
     assert "nothing to run" in continual.estimate([], tmp_path, parallel=1)
 
 
