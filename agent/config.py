@@ -270,7 +270,7 @@ def _sized(deter: int, hidden: int, classes: int, cnn_depth: int, units: int, bl
     """An AgentConfig for one row of the size table.
 
     The patch encoder is sized to the CNN encoder's FLOPs, as in the `cpu` preset: tokens of width
-    4 x cnn_depth with an MLP of twice that. Its forward then costs 0.8-0.95x the CNN's FLOPs per frame
+    4 x cnn_depth with an MLP of twice that. Its forward then costs 0.79-0.90x the CNN's FLOPs per frame
     from 12m to 200m (`python -m benchmarks.world_model --flops --no-equal-flops --preset 12m`); at width
     8 x cnn_depth with an MLP of four times that it cost 4.3x at 12m (61.5 against 14.2 MFLOP)."""
     width = 4 * cnn_depth
@@ -278,7 +278,7 @@ def _sized(deter: int, hidden: int, classes: int, cnn_depth: int, units: int, bl
         world_model=WorldModelConfig(
             encoder=EncoderConfig(width=width, heads=max(1, width // 32), mlp_ratio=2, cnn_depth=cnn_depth,
                                   mlp_units=units),
-            decoder=DecoderConfig(cnn_depth=cnn_depth, mlp_units=units, patch_width=width // 2),
+            decoder=DecoderConfig(cnn_depth=cnn_depth, mlp_units=units, patch_width=4 * cnn_depth),
             rssm=RSSMConfig(deter=deter, hidden=hidden, classes=classes, blocks=blocks),
             heads=HeadsConfig(units=units),
         ),

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from .common import fmt, markdown_table, parser, read_json
+from .common import fmt, markdown_table, mean_or_none, parser, read_json
 from .continual_report import readme_section, references_section
 from .insight import probe_table
 from .learning import by_task
@@ -111,9 +111,11 @@ def speed(data: dict, source: str) -> str:
 
 def encoder_ratio_note(ratio: dict) -> str:
     """A sentence on the patch encoder's cost over the CNN's (`wm_throughput.encoder_ratios`)."""
-    return (f"At `{ratio['preset']}` ({ratio['batch']}x{ratio['length']}) the patch encoder's world-model phase "
-            f"takes {ratio['world_model_phase']:.2f}x the CNN encoder's (same CNN decoder; median of the rounds' "
-            "ratios, " + ", ".join(f"{x:.2f}" for x in ratio["world_model_phase_per_round"])
+    device = "" if ratio["device"] == "cpu" else f" on {ratio['device']}"
+    decoder = "CNN" if ratio["decoder"] == "cnn" else ratio["decoder"]
+    return (f"At `{ratio['preset']}` ({ratio['batch']}x{ratio['length']}{device}) the patch encoder's world-model "
+            f"phase takes {ratio['world_model_phase']:.2f}x the CNN encoder's (same {decoder} decoder; median of "
+            "the rounds' ratios, " + ", ".join(f"{x:.2f}" for x in ratio["world_model_phase_per_round"])
             + f", the two timed in the same rounds), its whole update {ratio['agent_update']:.2f}x.")
 
 
@@ -154,6 +156,11 @@ def _fmt(value: float | None) -> str:
     return fmt(value, 0)
 
 
+def _minutes(seconds: float | None) -> float | None:
+    """Seconds as minutes; None (a run that never logged its time) stays None, shown as '-'."""
+    return None if seconds is None else seconds / 60
+
+
 def _seeds(mean: float | None, seeds: list[float | None]) -> str:
     """A mean over seeds, with each seed's value after it in brackets when there are several."""
     return _fmt(mean) + (f" ({', '.join(map(_fmt, seeds))})" if len(seeds) > 1 else "")
@@ -170,7 +177,7 @@ def learning(data: dict, source: str) -> str:
                      f"{sum(x['curve'][0]['return'] for x in runs) / n:.0f}",
                      _seeds(t["final_return"], t["final_returns"]), f"{t['threshold']:g}",
                      "yes" if t["passed"] else "no", *(_fmt(r["trivial"].get(k)) for k in ("random", "zero")),
-                     f"{sum(x['wall_s'] for x in runs) / n / 60:.0f}"])
+                     _fmt(_minutes(mean_or_none([x["wall_s"] for x in runs])))])
     return (markdown_table(["run", "task", "obs", "preset", "env steps", "seeds", "first eval", "final eval",
                             "threshold", "passed", "random policy", "zero action", "wall min"], rows)
             + f"\n\nFinal eval: mean of the last two evaluations (deterministic policy), averaged over seeds (each "
@@ -189,7 +196,7 @@ def learning_dmc_proprio(data: dict, source: str) -> str:
 
     rows = [[t["name"], ", ".join(map(str, t["seeds"])), _seeds(t["ours_50k"], t["ours_50k_seeds"]),
              dreamerv3(t, "50k"), _seeds(t["ours_100k"], t["ours_100k_seeds"]), dreamerv3(t, "100k"),
-             "yes" if t["passed"] else "no", _fmt(t["final_eval"]), ", ".join(f"{w / 60:.0f}" for w in t["wall_s"]),
+             "yes" if t["passed"] else "no", _fmt(t["final_eval"]), ", ".join(_fmt(_minutes(w)) for w in t["wall_s"]),
              ", ".join("-" if c is None else f"{c / 3600:.1f}" for c in t["cpu_s"])]
             for t in data["tasks"]]
     s = data["summary"]

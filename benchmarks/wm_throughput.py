@@ -14,9 +14,12 @@ RSSM observe loop, image decoder). `--rssm-loop`: the RSSM observe loop alone, e
 step cell, with a check that both give the same numbers. `--agent`: the whole update (`Agent.train_step`),
 also phase by phase; `--obs state` gives it a 5-dim state and a 1-dim action.
 
-`--baseline REV` also times REV's agent, from a temporary `git worktree` (removed at the end, also on
-error or SIGTERM), in `--rounds` rounds of one child per side, alternating which goes first so that drift
-in the machine's speed hits both alike; `speedup` = baseline median / current median. The first round's
+`--agent` runs `--rounds` rounds, each with one child per configuration and side (the current tree, and
+with `--baseline REV` also REV's agent, from a temporary `git worktree` removed at the end, also on error
+or SIGTERM); the order of configurations and of sides reverses from round to round, so that drift in the
+machine's speed hits all alike. `speedup` = baseline median / current median; with both encoders,
+`encoder_ratio` holds the patch encoder's world-model phase and update over the CNN's, the median of the
+ratios of children that ran in the same round. The first round's
 children also run `--check-updates` seeded updates and return their metrics: `equivalence` compares them
 per key, and `same_losses` is true when every `train/loss/*` agrees at the first update within
 `tolerance` (later updates start from parameters that float rounding has already moved apart, so they
@@ -165,7 +168,7 @@ def run_in_child(spec: dict[str, Any], root: Path) -> dict[str, Any]:
 
 
 def interleave(specs: list[dict[str, Any]], sides: dict[str, Path], rounds: int,
-               run_child: Callable[[dict[str, Any], Path], dict[str, Any]] = run_in_child,
+               run_child: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None,
                report: Callable[[str], None] = lambda line: None,
                after_round: Callable[[list[list[dict[str, Any]]]], None] = lambda per_spec: None,
                ) -> list[list[dict[str, Any]]]:
@@ -173,7 +176,8 @@ def interleave(specs: list[dict[str, Any]], sides: dict[str, Path], rounds: int,
     from round to round, so that drift in the machine's speed hits every spec and side alike (and two specs,
     e.g. two encoders, are compared round by round). Returns each spec's rounds. Only the first round's
     children run the equivalence check (its updates are the same in every round). ``after_round`` sees the
-    rounds so far (to save partial results)."""
+    rounds so far (to save partial results). ``run_child`` defaults to `run_in_child`."""
+    run_child = run_child or run_in_child
     names = list(sides)
     out: list[list[dict[str, Any]]] = [[] for _ in specs]
     for r in range(rounds):
@@ -190,19 +194,24 @@ def interleave(specs: list[dict[str, Any]], sides: dict[str, Path], rounds: int,
 
 
 def _label(spec: dict[str, Any]) -> str:
-    return "/".join(str(spec[k]) for k in ("preset", "obs", "encoder") if spec.get(k))
+    """preset/obs/encoder (what a spec has of them), and its decoder and device when it names them."""
+    extra = "".join(f" {k}={spec[k]}" for k in ("decoder", "device") if spec.get(k))
+    return "/".join(str(spec[k]) for k in ("preset", "obs", "encoder") if spec.get(k)) + extra
+
+
+RATIO_KEYS = ("preset", "batch", "length", "decoder", "device")  # what an encoder ratio is measured at
 
 
 def encoder_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The patch encoder's cost over the CNN's, per preset and shape with agent results for both (pixels,
-    current code): per round (the two ran in the same round, see `interleave`) the ratio of their
+    """The patch encoder's cost over the CNN's, per preset, shape, decoder and device with agent results for
+    both (pixels, current code): per round (the two ran in the same round, see `interleave`) the ratio of their
     world-model phases and of their whole updates, and the medians of those."""
     pairs: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in results:
         if r.get("obs") == "pixels" and "rounds" in r:
-            pairs.setdefault((r["preset"], r["batch"], r["length"]), {})[r["encoder"]] = r
+            pairs.setdefault(tuple(r[k] for k in RATIO_KEYS), {})[r["encoder"]] = r
     out = []
-    for (preset, batch, length), by_encoder in pairs.items():
+    for key, by_encoder in pairs.items():
         if not {"patch", "cnn"} <= set(by_encoder):
             continue
         both = zip(by_encoder["patch"]["rounds"], by_encoder["cnn"]["rounds"])
@@ -212,7 +221,7 @@ def encoder_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         wm = [p["phases"]["median_s"]["world_model"] / c["phases"]["median_s"]["world_model"] for p, c in rounds]
         update = [p["agent_update"]["median_s"] / c["agent_update"]["median_s"] for p, c in rounds]
-        out.append({"preset": preset, "batch": batch, "length": length,
+        out.append({**dict(zip(RATIO_KEYS, key)),
                     "world_model_phase": statistics.median(wm), "world_model_phase_per_round": wm,
                     "agent_update": statistics.median(update), "agent_update_per_round": update})
     return out
@@ -429,7 +438,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="--agent: torch.profiler summary of one update")
     p.add_argument("--check-updates", type=int, default=speed_child.CHECK_UPDATES,
                    help="--agent: updates of a seeded agent whose metrics both sides compare (0: no check)")
-    p.add_argument("--out", default=None, help="JSON file to write (rewritten after every configuration)")
+    p.add_argument("--out", default=None,
+                   help="JSON file to write (rewritten after every configuration; with --agent every round)")
     p.add_argument("--append", action="store_true", help="add to the results already in --out")
     return p
 
@@ -468,7 +478,7 @@ def _new_report(args: argparse.Namespace, devices: list[str]) -> dict[str, Any]:
     old = read_json(args.out) if args.append and args.out else None
     if old is not None:
         report = {"machine": {**old["machine"], **report["machine"]}, "argv": old["argv"] + report["argv"],
-                  "results": old["results"]}
+                  "results": old["results"], **{k: old[k] for k in ("encoder_ratio",) if k in old}}
     if args.agent:
         report["code"] = current_code()
     return report
@@ -478,20 +488,23 @@ def _run_specs(args: argparse.Namespace, specs: list[dict[str, Any]], report: di
     """Time every spec (with --agent interleaved, against the baseline's worktree too with --baseline), writing
     the results file as they come."""
     kept = list(report["results"])  # with --append, the results already in the file
+    kept_ratios = list(report.get("encoder_ratio", []))
 
     def save(results: list[dict[str, Any]]) -> None:
         report["results"] = kept + results
-        ratios = encoder_ratios(results)
-        if ratios:
-            report["encoder_ratio"] = [{**r, "commit": report["code"]["commit"]} for r in ratios]
+        # ratios only within this run's rounds; an older one stays unless this run measured its group again
+        ratios = [{**r, "commit": report["code"]["commit"]} for r in encoder_ratios(results)]
+        measured = {tuple(r[k] for k in RATIO_KEYS) for r in ratios}
+        old = [r for r in kept_ratios if tuple(r.get(k) for k in RATIO_KEYS) not in measured]
+        if old or ratios:
+            report["encoder_ratio"] = old + ratios
         if args.out:
             write_json(args.out, report)
 
     if not args.agent:
         done: list[dict[str, Any]] = []
         for i, spec in enumerate(specs):
-            print(f"[{i + 1}/{len(specs)}] {_label(spec)} decoder={spec['decoder']} device={spec['device']}",
-                  flush=True)
+            print(f"[{i + 1}/{len(specs)}] {_label(spec)}", flush=True)
             start = time.perf_counter()
             done.append({**spec, **run_in_child(spec, ROOT), "wall_s": time.perf_counter() - start})
             print(f"    {_summary(done[-1])}  ({done[-1]['wall_s']:.0f} s)", flush=True)

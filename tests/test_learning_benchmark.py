@@ -214,6 +214,8 @@ def test_the_dmc_proprio_command_writes_results_plot_and_readme_section(tmp_path
            "| 28 | 100, 120 |" in section
     assert "| suite mean, 1 of 6 tasks | 2 runs | 300 | 80 | 800 | 790 | 1 of 1 |  |  |" in section
     assert "aaa1111, bbb2222" in section and "No finished run yet: cartpole_swingup" in section
+    data["tasks"][0]["wall_s"] = [6000.0, None]  # a run without a periodic log of its time: '-', not a crash
+    assert "| 28 | 100, - |" in readme.learning_dmc_proprio(data, "x")
     # Without its results file, the section says so instead of showing numbers.
     out.unlink()
     text = "<!-- table:learning_dmc_proprio -->\nold numbers\n<!-- end -->"

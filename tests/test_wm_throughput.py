@@ -115,6 +115,60 @@ def test_configurations_alternate_too_and_the_encoder_ratio_is_taken_round_by_ro
     assert [r["preset"] for r in encoder_ratios(results + other)] == ["debug", "cpu"]
 
 
+def _pixel_child(t, phases=True):
+    child = {"agent_update": {"median_s": t, "min_s": t, "max_s": t, "n": 1}, "peak_rss_mb": 1.0, "wall_s": 1.0,
+             "param_counts": {"total": 7}}
+    return {**child, "phases": {"median_s": {"world_model": t / 2}}} if phases else child
+
+
+def test_encoder_ratios_skip_failed_rounds_and_never_pair_other_devices_or_decoders():
+    def result(encoder, times, device="cpu", decoder="cnn"):
+        rounds = [{"round": r, "order": ["current"], "current": _pixel_child(t) if t else {"error": "boom"}}
+                  for r, t in enumerate(times)]
+        return {**SMALL, "obs": "pixels", "encoder": encoder, "device": device, "decoder": decoder,
+                "rounds": rounds}
+
+    # round 2's patch child failed: that round is left out, the others still pair by round
+    [ratio] = encoder_ratios([result("patch", [1.2, None, 1.5]), result("cnn", [1.0, 1.0, 1.0])])
+    assert ratio["world_model_phase_per_round"] == pytest.approx([1.2, 1.5])
+    assert (ratio["device"], ratio["decoder"]) == ("cpu", "cnn")
+    mixed = [result("patch", [1.2], device="cuda"), result("cnn", [1.0]), result("patch", [2.0], decoder="patch"),
+             result("cnn", [1.0], decoder="patch")]
+    assert [(r["device"], r["decoder"]) for r in encoder_ratios(mixed)] == [("cpu", "patch")]
+
+
+def test_run_specs_saves_per_round_keeps_older_ratios_and_runs_world_model_and_rssm_specs(tmp_path, monkeypatch):
+    """The command's driver with stand-in children: world-model and RSSM-loop specs (no encoder ratio, the
+    latter without a decoder) and, with --append, agent specs whose ratio replaces only its own group's."""
+    import argparse
+
+    from benchmarks import wm_throughput as wt
+
+    out = tmp_path / "speed.json"
+    monkeypatch.setattr(wt, "run_in_child", lambda spec, root: {"mode": spec["mode"], "error": "stand-in"})
+    args = argparse.Namespace(agent=False, out=str(out), baseline=None, rounds=1, profile=False, append=False)
+    specs = [{"mode": "update", "preset": "debug", "device": "cpu", "encoder": "patch", "decoder": "cnn"},
+             {"mode": "rssm_loop", "preset": "debug", "device": "cpu"}]
+    wt._run_specs(args, specs, {"results": []})
+    saved = json.loads(out.read_text())
+    assert [r["mode"] for r in saved["results"]] == ["update", "rssm_loop"] and "encoder_ratio" not in saved
+
+    times = {"patch": 1.2, "cnn": 1.0}
+    monkeypatch.setattr(wt, "run_in_child", lambda spec, root: _pixel_child(times[spec["encoder"]]))
+    old = [{"preset": "cpu", "batch": 2, "length": 4, "decoder": "cnn", "device": "cpu", "world_model_phase": 9.0},
+           {"preset": "12m", "batch": 2, "length": 4, "decoder": "cnn", "device": "cpu", "world_model_phase": 8.0}]
+    report = {"results": [{"kept": True}], "encoder_ratio": old, "code": {"commit": "abc"}}
+    args = argparse.Namespace(agent=True, out=str(out), baseline=None, rounds=2, profile=False, append=True)
+    specs = [{**SMALL, "mode": "agent_update", "preset": "cpu", "obs": "pixels", "encoder": e, "check_updates": 0}
+             for e in ("patch", "cnn")]
+    wt._run_specs(args, specs, report)
+    saved = json.loads(out.read_text())
+    assert saved["results"][0] == {"kept": True} and len(saved["results"]) == 3
+    ratios = {r["preset"]: r for r in saved["encoder_ratio"]}
+    assert ratios["12m"]["world_model_phase"] == 8.0  # not measured again: kept
+    assert ratios["cpu"]["world_model_phase"] == pytest.approx(1.2) and ratios["cpu"]["commit"] == "abc"
+
+
 CHECKED = [{"train/loss/reward": 2.0, "train/loss/actor": -3e-9, "imagine/return": 0.5, "train/kl": 1.0},
            {"train/loss/reward": 1.5, "train/loss/actor": -1e-9, "imagine/return": 0.25, "train/kl": 0.8}]
 
@@ -338,7 +392,8 @@ def test_readme_speed_notes_give_the_phase_split_and_the_patch_to_cnn_ratio():
     text = readme.speed(data, "results/speed_cpu.json")
     assert "Where state's update goes now (median of the timed phases): world model 300 ms, imagination 100 ms." in text
     assert "the CNN encoder's" not in text  # no ratio measured in one run
-    data["encoder_ratio"] = [{"preset": "cpu", "batch": 16, "length": 64, "world_model_phase": 1.15,
-                              "world_model_phase_per_round": [1.1, 1.15, 1.2], "agent_update": 1.1}]
+    data["encoder_ratio"] = [{"preset": "cpu", "batch": 16, "length": 64, "decoder": "cnn", "device": "cpu",
+                              "world_model_phase": 1.15, "world_model_phase_per_round": [1.1, 1.15, 1.2],
+                              "agent_update": 1.1}]
     text = readme.speed(data, "results/speed_cpu.json")
     assert "world-model phase takes 1.15x the CNN encoder's" in text and "1.10, 1.15, 1.20" in text
