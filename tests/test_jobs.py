@@ -40,13 +40,14 @@ def test_a_two_job_sweep_of_the_debug_preset_on_local_ray(tmp_path, monkeypatch,
     for name in ("pendulum", "pendulum-seed1"):
         run = root / name
         done = json.loads((run / "done.json").read_text())
-        assert done["steps"] == 400 and done["wall_s"] > 0
+        assert done == {"steps": 400}
         assert (run / "checkpoint.pt").exists() and (run / "replay").is_dir()
         assert "final eval return" in (run / "stdout.log").read_text()
         assert not (run / jobs.LOCK).exists()  # released at the end
     results = json.loads(out.read_text())
     assert [(r["name"], r["seed"], r["steps"]) for r in results["runs"]] == [("pendulum", 0, 400), ("pendulum", 1, 400)]
     assert [p["env_steps"] for p in results["runs"][1]["curve"]] == [200, 400]
+    assert all(r["wall_s"] > 0 for r in results["runs"])  # each run's own clock, from its logs
     (summary,) = results["tasks"]
     assert summary["seeds"] == [0, 1] and summary["passed"]
     # The same command again: both runs are finished, nothing starts.
