@@ -57,7 +57,7 @@ def test_results_gather_every_finished_seed_and_judge_the_mean(tmp_path, monkeyp
         rows = [{"step": 10 * i, "eval/return": r} for i, r in enumerate(returns)] + [{"step": 99, "fps/env": 1}]
         (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         if name != "p-seed1":  # seed 1 never finished
-            (run / "done.json").write_text(json.dumps({"wall_s": 60.0, "steps": 100}))
+            (run / "done.json").write_text(json.dumps({"steps": 100}))
     (tmp_path / "p-seedx").mkdir()
     runs = learning.finished_runs(tmp_path, [task])
     assert [(r["seed"], r["final_return"]) for r in runs] == [(0, 500.0), (2, 250.0)]  # last two evals
@@ -246,7 +246,7 @@ def test_a_finished_run_is_extended_when_the_task_asks_for_more_steps(tmp_path, 
 
     run = tmp_path / "p"
     run.mkdir()
-    (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 50}))
+    (run / "done.json").write_text(json.dumps({"steps": 50}))
     (run / "checkpoint.pt").write_bytes(b"")
     task = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "")
     assert learning.run_task(task, 0, run, fresh=False) is None
@@ -285,7 +285,7 @@ def test_a_run_configured_unlike_its_task_is_neither_reused_nor_resumed(tmp_path
     config["train"]["steps"] = 30  # a shorter budget is not a difference: the run gets extended
     (run / "config.json").write_text(json.dumps(config))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 30, "eval/return": 1.0}) + "\n")
-    (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 30}))
+    (run / "done.json").write_text(json.dumps({"steps": 30}))
     (run / "checkpoint.pt").write_bytes(b"")
     assert learning.config_mismatch(task, 0, run) == [] and len(learning.finished_runs(tmp_path, [task])) == 1
     changed = Task("p", "gym:Pendulum-v1", "state", "debug", 50, 0.0, "", ["agent.actor_critic.critic_lr=3e-4"])
@@ -336,7 +336,7 @@ def test_the_command_checks_every_run_before_it_starts_one(tmp_path, monkeypatch
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(learning.task_config(old, 0)))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval/return": 1.0}) + "\n")
-    (run / "done.json").write_text(json.dumps({"wall_s": 1.0, "steps": 50}))
+    (run / "done.json").write_text(json.dumps({"steps": 50}))
     args = ["--rundir", str(tmp_path / "runs"), "--out", str(tmp_path / "out.json"), "--no-ray"]
     assert learning.main(args) == 2
     assert not started and not (tmp_path / "out.json").exists()
