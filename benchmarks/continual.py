@@ -50,7 +50,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -545,7 +544,6 @@ class ContinualRun:
         self.trainer.eval_hook = self.evaluate
         for key in ("evaluations", "plasticity", "wm_loss", "heldout", "stages_done"):
             self.trainer.extra.setdefault(key, [] if key != "heldout" else {})
-        self._session = (time.time(), self.trainer.extra.get("wall_s", 0.0))  # wall time survives resumes
         if not resume:
             bounds = ", ".join(f"{seq.tasks[u].name} until {b:,}" for u, b in zip(seq.stages, seq.boundaries[1:]))
             self.trainer.logger.text("continual/boundaries", f"stages (env steps): {bounds}")
@@ -557,11 +555,6 @@ class ContinualRun:
     def log(self, scalars: dict[str, float]) -> None:
         """Log at the current env step (on resume the logger keeps what was logged up to the checkpoint)."""
         self.trainer.logger.scalars(scalars, self.trainer.env_steps)
-
-    def wall_s(self) -> float:
-        """Wall time of the run so far, sessions before a resume included (up to their last checkpoint)."""
-        start, before = self._session
-        return before + time.time() - start
 
     def probe(self, seed: int) -> dict[str, np.ndarray]:
         """A probe batch of training windows from the replay (``probe_batch``)."""
@@ -585,7 +578,6 @@ class ContinualRun:
         """Evaluate every task; measure plasticity; log ``eval/<task>/return`` and ``continual/*``."""
         t = self.trainer
         t.counters["last_eval"] = t.env_steps
-        self.extra["wall_s"] = self.wall_s()  # the Trainer checkpoints right after its eval hook
         stage = self.stage_at(max(t.env_steps - 1, 0))  # an evaluation at a boundary closes the stage before
         returns = {task.name: t.evaluate(env, self.seq.eval_episodes, seed=20_000 + 1000 * self.seed)
                    for task, env in zip(self.seq.tasks, self.eval_envs)}
@@ -636,7 +628,6 @@ class ContinualRun:
         self.log(scalars)
         self.keep_plastic(stage)
         self.extra["stages_done"].append(stage)
-        self.extra["wall_s"] = self.wall_s()
         t.save()
 
     def keep_plastic(self, stage: int) -> None:
@@ -682,7 +673,7 @@ class ContinualRun:
             if t.counters["last_log"] != t.env_steps:
                 t.log_now()
             t.logger.flush()
-            record = self.record(self.wall_s())
+            record = self.record(t.wall_s())  # the Trainer's clock: every part of a resumed run
             write_json(self.rundir / "run.json", record)
             return record
         finally:

@@ -597,6 +597,7 @@ def test_a_killed_run_resumes_at_its_checkpoint(tmp_path, monkeypatch):
         continual.run_job(job, rundir)
     state = torch.load(rundir / "checkpoint.pt", weights_only=False)
     assert state["counters"]["env_steps"] == 600 and state["extra"]["stages_done"] == [0]
+    first_part_s = state["counters"]["wall_s"]
     monkeypatch.setattr(Trainer, "train_once", original)
     with pytest.raises(ValueError, match="other settings"):
         continual.prepare(continual.continual_job(seq, "fifo", 0, ()), rundir, fresh=False)
@@ -605,5 +606,6 @@ def test_a_killed_run_resumes_at_its_checkpoint(tmp_path, monkeypatch):
     assert [e["stage"] for e in record["evaluations"]] == [0, 0, 0, 1, 1]
     assert [(e["after_stage"], e["stage"]) for e in record["wm_loss"]] == [(0, 0), (1, 0), (1, 1)]
     assert record["counters"]["env_steps"] == 800 and (rundir / "done.json").exists()
+    assert first_part_s > 0 and record["wall_s"] > first_part_s  # the parts before the resume count
     steps = [step for step, _ in read_scalars(rundir)["eval/inverted/return"]]
     assert steps == [0, 200, 400, 600, 800]  # nothing logged twice
