@@ -21,8 +21,8 @@ zeroed while the step count (one per parameter tensor) is kept, as ReDo's own co
 (google/dopamine, ``labs/redo/weight_recyclers.py``). Incoming entries are reset first, then outgoing ones,
 so an entry that is both (the next layer's row of a recycled unit reading a recycled unit) ends at zero.
 
-Units are the outputs of every SiLU inside a module (``unit_layers`` lists them), the same units the
-benchmark counts:
+Units are the outputs of every SiLU inside a module (``unit_layers`` lists them; the benchmark's dormant
+fraction counts the same ones):
 - Linear (no bias) -> norm -> SiLU (``nets.MLP``, the RSSM's input layers, the posterior's first layer; for
   convolutions channels, with ``ChannelNorm``): unit i's incoming entries are row i of the Linear (output
   channel i of the conv) AND the norm's scale and shift at i. The norm sits between the Linear and the
@@ -225,7 +225,8 @@ def mean_activations(agent: nn.Module, layers: list[UnitLayer], batch: dict[str,
     data-parallel ranks (so every rank recycles the same units).
 
     The world model filters the batch with the latent's mode and the actor and critic read its posterior
-    features, as ``benchmarks.plasticity.measure`` does; no random numbers are drawn.
+    features; no random numbers are drawn. ``benchmarks.plasticity.measure`` counts dormant units from these
+    means too.
     """
     sums: dict[str, list] = {layer.name: [0.0, 0] for layer in layers}
     handles = []

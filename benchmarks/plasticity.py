@@ -1,14 +1,15 @@
 """Plasticity of the agent's modules: the fraction of dormant units and the effective rank of features.
 
-Both are measured on a probe batch from the replay, with forward hooks, for four modules: the world
-model's encoder and RSSM, the actor and the critic.
+Both are measured on a probe batch from the replay for four modules: the world model's encoder and RSSM,
+the actor and the critic.
 
 - Dormant units (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning",
   ReDo, Definition 3.1): unit i of a layer with H units has score
-  s_i = E_x |h_i(x)| / ((1/H) sum_k E_x |h_k(x)|); it is tau-dormant when s_i <= tau. The units are the
-  outputs of every SiLU inside a module (channels for convolutions, averaged over positions too), and the
-  fraction is over all units of the module. The RSSM's GRU and posterior layers apply ``F.silu`` to a
-  norm's output; their hooks sit on those norms and apply the same SiLU, so those units count too.
+  s_i = E_x |h_i(x)| / ((1/H) sum_k E_x |h_k(x)|); it is tau-dormant when s_i <= tau. The units are those
+  ReDo recycles (`agent.plasticity.unit_layers`): the outputs of every SiLU inside a module (channels for
+  convolutions, averaged over positions too), the RSSM's ``F.silu`` of its GRU and posterior norms
+  included; the fraction is over all units of the module. Their mean |h| comes from the same code that
+  scores units for ReDo (`agent.plasticity.mean_activations`).
 - Effective rank (Roy and Vetterli 2007, "The effective rank: a measure of effective dimensionality";
   used for plasticity by Lyle et al. 2022 and Kumar et al. 2021): for a feature matrix (N, D) with
   singular values sigma, p_k = sigma_k / sum sigma, erank = exp(-sum p_k log p_k), between 1 and
@@ -18,33 +19,25 @@ model's encoder and RSSM, the actor and the critic.
 
 from __future__ import annotations
 
-import contextlib
-from collections import defaultdict
-from collections.abc import Iterator
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.plasticity import eager_cell, unit_scores
+from agent.plasticity import mean_activations, unit_layers, unit_scores
 
 MODULES = ("encoder", "rssm", "actor", "critic")
 
 
-def dormant_fraction(activations: list[Tensor], tau: float = 0.025) -> float:
-    """Fraction of tau-dormant units over all layers; each tensor is one layer's (N, H) activations.
+def dormant_fraction(mean_abs: list[Tensor], tau: float = 0.025) -> float:
+    """Fraction of tau-dormant units over all layers; each tensor is one layer's mean |activation| per unit
+    (H,) over a batch.
 
-    ReDo's score of unit i is its mean |activation| over the N inputs divided by the layer's average of
-    those means; tau = 0.025 is ReDo's threshold for its Atari experiments (tau = 0 counts exactly dead
-    units). A layer whose units are all zero has every unit dormant.
+    ReDo's score of unit i is its mean |activation| divided by the layer's average of those means; tau = 0.025
+    is ReDo's threshold for its Atari experiments (tau = 0 counts exactly dead units). A layer whose units
+    are all zero has every unit dormant.
     """
-    dormant, total = 0, 0
-    for h in activations:
-        mean_abs = h.detach().abs().float().mean(0)  # (H,)
-        score = unit_scores(mean_abs)  # the scores ReDo (agent.plasticity) recycles by
-        dormant += int((score <= tau).sum())
-        total += mean_abs.numel()
+    dormant = sum(int((unit_scores(m.float()) <= tau).sum()) for m in mean_abs)
+    total = sum(m.numel() for m in mean_abs)
     return dormant / total if total else float("nan")
 
 
@@ -61,46 +54,6 @@ def effective_rank(features: Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def _units(output: Tensor) -> Tensor:
-    """(N, H) units of an activation: channels for (N, C, H, W) conv maps, the last axis otherwise."""
-    if output.ndim == 4:
-        return output.permute(0, 2, 3, 1).reshape(-1, output.shape[1])  # (N*H*W, C)
-    return output.reshape(-1, output.shape[-1])  # (N..., H)
-
-
-@contextlib.contextmanager
-def record_activations(modules: dict[str, nn.Module], gru_norms: dict[str, list[nn.Module]] | None = None
-                       ) -> Iterator[dict[str, dict[str, list[Tensor]]]]:
-    """Forward hooks on every ``nn.SiLU`` inside each named module (and on the norms in ``gru_norms``,
-    whose outputs go through ``F.silu``); yields {module: {layer: [outputs (N, H), one per call]}}.
-
-    A layer called several times (the RSSM cell once per time step) contributes one tensor per call.
-    Hooks are removed on exit.
-    """
-    records: dict[str, dict[str, list[Tensor]]] = {name: defaultdict(list) for name in modules}
-    handles = []
-
-    def hook(store: list[Tensor], apply_silu: bool, flatten_blocks: bool):
-        def fn(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            out = F.silu(output) if apply_silu else output
-            if flatten_blocks:  # block-GRU hidden (B, G, D/G): every block position is its own unit
-                out = out.reshape(out.shape[0], -1)
-            store.append(_units(out.detach()))
-        return fn
-
-    for name, module in modules.items():
-        for layer_name, layer in module.named_modules():
-            if isinstance(layer, nn.SiLU):
-                handles.append(layer.register_forward_hook(hook(records[name][layer_name], False, False)))
-        for i, norm in enumerate((gru_norms or {}).get(name, [])):
-            handles.append(norm.register_forward_hook(hook(records[name][f"silu_of_norm{i}"], True, True)))
-    try:
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @torch.no_grad()
 def measure(agent: nn.Module, batch: dict[str, np.ndarray], tau: float = 0.025) -> dict[str, dict[str, float]]:
     """Dormant fraction and effective rank per module on one (B, T) replay batch.
@@ -110,33 +63,24 @@ def measure(agent: nn.Module, batch: dict[str, np.ndarray], tau: float = 0.025) 
     {module: {"dormant": fraction, "effective_rank": erank}} for ``MODULES``.
     """
     wm, ac = agent.wm, agent.ac
-    rssm = wm.rssm
-    modules = {"encoder": wm.encoder, "rssm": rssm, "actor": ac.actor, "critic": ac.critic}
-    norms = {"rssm": [*rssm.gru_norms, rssm.post_norm]}
     outputs: dict[str, Tensor] = {}
 
-    def keep(name: str):
-        def fn(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+    def keep(name: str, feat: str | None = None):
+        def fn(_module: nn.Module, inputs: tuple, output: Tensor) -> None:
             outputs[name] = output.detach()
+            if feat:  # the actor reads the model state: the RSSM's output representation
+                outputs[feat] = inputs[0].detach()
         return fn
 
-    heads = [wm.encoder.register_forward_hook(keep("encoder")),
-             ac.actor.body.register_forward_hook(keep("actor")),
+    hooks = [wm.encoder.register_forward_hook(keep("encoder")),
+             ac.actor.body.register_forward_hook(keep("actor", feat="rssm")),
              ac.critic.body.register_forward_hook(keep("critic"))]
+    layers = unit_layers(agent)
     try:
-        with record_activations(modules, norms) as records, eager_cell(rssm):  # hooks fire in the cell
-            data = agent.to_torch(batch)
-            posterior, _, _ = wm.observe(data, None, sample=False)
-            feat = rssm.features(posterior)  # (B, T, F)
-            ac.actor(feat)
-            ac.critic(feat)
+        means = mean_activations(agent, layers, batch)  # one forward: world model, actor and critic
     finally:
-        for handle in heads:
+        for handle in hooks:
             handle.remove()
-    outputs["rssm"] = feat
-    result = {}
-    for name in MODULES:
-        layers = [torch.cat(calls) for calls in records[name].values() if calls]
-        features = outputs[name].reshape(-1, outputs[name].shape[-1])  # (B*T, F)
-        result[name] = {"dormant": dormant_fraction(layers, tau), "effective_rank": effective_rank(features)}
-    return result
+    return {name: {"dormant": dormant_fraction([means[layer.name] for layer in layers if layer.module == name], tau),
+                   "effective_rank": effective_rank(outputs[name].reshape(-1, outputs[name].shape[-1]))}
+            for name in MODULES}

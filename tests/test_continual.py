@@ -175,10 +175,10 @@ def test_normalise_model_forgetting_and_spread():
 
 def test_dormant_fraction_uses_redo_scores():
     # Mean |h| per unit: 1, 1, 1, 0.01 -> scores 1.33, 1.33, 1.33, 0.013; only the last is <= 0.025.
-    h = torch.tensor([[1.0, -1.0, 1.0, 0.01], [-1.0, 1.0, -1.0, -0.01]])
+    h = torch.tensor([1.0, 1.0, 1.0, 0.01])
     assert dormant_fraction([h]) == pytest.approx(0.25)
     assert dormant_fraction([h], tau=0.0) == 0.0  # tau 0 counts only dead units
-    dead = torch.zeros(2, 4)
+    dead = torch.zeros(4)
     assert dormant_fraction([h, dead]) == pytest.approx(5 / 8)  # over all units of all layers
 
 

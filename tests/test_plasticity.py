@@ -16,7 +16,7 @@ from agent.agent import Agent
 from agent.config import PlasticityConfig, RunConfig, apply_overrides, config_to_dict, preset, validate_run
 from benchmarks import continual
 from benchmarks.continual_report import settings_key
-from benchmarks.plasticity import measure, record_activations
+from benchmarks.plasticity import measure
 
 STATE = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)})
 PIXELS_AND_STATE = gym.spaces.Dict({"state": STATE["state"], "image": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
@@ -111,12 +111,41 @@ def test_defaults_and_the_fresh_initialisation_are_the_agents_own():
 # --------------------------------------------------------------------------------------------- ReDo
 
 
+def silu_outputs(agent, batch, modules):
+    """Every SiLU output inside each named module on a batch, from the test's own forward hooks (independent
+    of agent.plasticity's unit layers), the RSSM's F.silu of its GRU and posterior norms included:
+    {module: {hooked layer: [(N, H) per call]}}, channels as units for conv maps and every block position of
+    the block GRU as a unit."""
+    records = {name: {} for name in modules}
+
+    def hook(store, apply_silu):
+        def fn(_module, _inputs, output):
+            out = torch.nn.functional.silu(output) if apply_silu else output
+            out = out.movedim(1, -1) if out.ndim == 4 else out.flatten(-2) if apply_silu and out.ndim == 3 else out
+            store.append(out.reshape(-1, out.shape[-1]))
+        return fn
+
+    handles = []
+    for name, module in modules.items():
+        norms = [*module.gru_norms, module.post_norm] if name == "rssm" else []
+        for layer in [m for m in module.modules() if isinstance(m, nn.SiLU)] + norms:
+            records[name][layer] = []
+            handles.append(layer.register_forward_hook(hook(records[name][layer], layer in norms)))
+    try:
+        with torch.no_grad(), plasticity.eager_cell(agent.wm.rssm):
+            posterior, _, _ = agent.wm.observe(agent.to_torch(batch), None, sample=False)
+            feat = agent.wm.rssm.features(posterior)
+            agent.ac.actor(feat)
+            agent.ac.critic(feat)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return records
+
+
 def actor_scores(agent, batch):
-    """The actor's unit scores computed by the benchmark's own hooks (independent of agent.plasticity)."""
-    with torch.no_grad(), record_activations({"actor": agent.ac.actor}) as records:
-        posterior, _, _ = agent.wm.observe(agent.to_torch(batch), None, sample=False)
-        agent.ac.actor(agent.wm.rssm.features(posterior))
-    (calls,) = records["actor"].values()
+    """The actor's unit scores at its last SiLU, from the test's own hooks."""
+    (calls,) = [list(silu_outputs(agent, batch, {"actor": agent.ac.actor})["actor"].values())[-1]]
     mean_abs = torch.cat(calls).abs().mean(0)
     return mean_abs / mean_abs.mean()
 
@@ -176,11 +205,20 @@ def test_redo_with_tau_zero_recycles_the_silent_units_only():
     assert torch.equal(agent.ac.slow_critic.body.net[0].weight[[0, 5]], agent.ac.critic.body.net[0].weight[[0, 5]])
 
 
-def test_redo_scores_are_the_benchmarks_dormant_fraction():
+def test_unit_layers_are_every_silu_unit_and_the_benchmark_counts_them():
+    """ReDo's unit layers are every SiLU of each module and nothing else, with the mean |h| of the test's own
+    hooks (per call of a layer: the RSSM's once per step), and the benchmark's dormant fraction is over
+    exactly those units."""
     agent = trained_agent(PIXELS_AND_STATE, ["world_model.encoder.kind=cnn", "world_model.encoder.cnn_min_res=4"])
     batch = make_batch(PIXELS_AND_STATE)
     layers = plasticity.unit_layers(agent)
     means = plasticity.mean_activations(agent, layers, batch)
+    records = silu_outputs(agent, batch, plasticity.modules_of(agent))
+    for module, found in records.items():
+        ours = {layer.source: layer.name for layer in layers if layer.module == module}
+        assert set(ours) == set(found) and found, module
+        for source, calls in found.items():
+            torch.testing.assert_close(means[ours[source]], torch.cat(calls).abs().mean(0))
     measured = measure(agent, batch, tau=0.3)
     for module in plasticity.modules_of(agent):
         masks = [plasticity.unit_scores(means[layer.name]) <= 0.3 for layer in layers if layer.module == module]
