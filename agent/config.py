@@ -85,6 +85,8 @@ class RSSMConfig:
     )
     compile: bool = _f(False, "torch.compile the observe step cell (the hot loop); no faster on the 2-core "
                               "AVX2 CPU measured so far (README, speed)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = _f(
+        "default", "torch.compile mode of that cell; reduce-overhead replays it as CUDA graphs on a GPU")
 
 
 @dataclass(frozen=True)

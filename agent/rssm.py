@@ -83,7 +83,8 @@ class RSSM(nn.Module):
         self.post_out = nn.Linear(h, S * K)
         if cfg.initial == "learned":
             self.initial_deter = nn.Parameter(torch.zeros(D))
-        self._cell = torch.compile(self._observe_cell, dynamic=False) if cfg.compile else self._observe_cell
+        self._cell = (torch.compile(self._observe_cell, dynamic=False, mode=cfg.compile_mode) if cfg.compile
+                      else self._observe_cell)
 
     # ----------------------------------------------------------------------------------------- pieces
 

@@ -2,10 +2,11 @@
 # One check of a CUDA machine, everything into results/gpu_check.json:
 #   - the GPU's name, memory and driver (nvidia-smi);
 #   - the whole agent update of the 12m preset at B16 x T64 on 64x64 pixels through the patch encoder
-#     (benchmarks/wm_throughput.py --agent), float32 and precision=bf16, each also with
-#     world_model.rssm.compile=true; the float32 run adds a torch.profiler summary;
+#     (benchmarks/wm_throughput.py --agent): float32 (with a torch.profiler summary), precision=bf16, each
+#     also with the RSSM's observe cell compiled, and float32 with that cell replayed as CUDA graphs;
 #   - a short pixel training run, `python -m agent train --logdir runs/gpu-check --set train.steps=20000`
-#     (on CUDA the default job: dmc:cartpole-swingup from pixels, small preset), with its wall-clock time.
+#     (on CUDA the default job: dmc:cartpole-swingup from pixels, small preset), with its wall-clock time,
+#     its training episodes (the start of the curve, kept from a run cut short too) and its fps/time scalars.
 # Without CUDA it prints one line saying so and exits 0. Each step's exit status, wall time and log tail
 # are recorded and a failed step does not stop the next one.
 #
@@ -14,10 +15,14 @@
 # .gpu/setup.sh itself (wheels, EGL) unless that was done already. Only $OUT comes back from the device
 # machine, so the results file and the logs are copied there when $OUT is set.
 #
-# Knobs (environment): GPU_CHECK_ONLY="bench train" (which steps; a second call with the other step
-# merges into the same results file, the parts stay under runs/gpu-check-parts/), GPU_CHECK_TRAIN_STEPS
+# Knobs (environment): GPU_CHECK_ONLY, the steps in the order to run them: "train" and the bench variants
+# float32 (with the profile), bf16, float32_compile, bf16_compile, float32_cudagraphs (the RSSM cell compiled
+# with mode reduce-overhead); "bench" stands for all five; default all five, then train (a second call with
+# other steps merges into the same results file, the parts stay under runs/gpu-check-parts/),
+# GPU_CHECK_DEVICE and GPU_CHECK_PRESET (cuda, 12m; others only to try the script out on a CPU), GPU_CHECK_TRAIN_STEPS
 # (20000), GPU_CHECK_BENCH_TIMEOUT and GPU_CHECK_TRAIN_TIMEOUT (seconds per step: 400, 1800),
-# GPU_CHECK_BASELINE (a git revision to time against too; needs the .git directory), PYTHON, and for tests
+# GPU_CHECK_BUDGET (seconds for the whole script: each step is cut to what is left, 20 s kept for the merge,
+# and skipped under 30 s; for a loan whose command is killed at a fixed limit), GPU_CHECK_BASELINE (a git revision to time against too; needs the .git directory), PYTHON, and for tests
 # GPU_CHECK_RESULT, GPU_CHECK_PARTS, GPU_CHECK_LOGDIR (where the results, the parts and the run go).
 set -u
 cd "$(dirname "$0")/.." || exit 0
@@ -45,10 +50,14 @@ fi
 RESULT=${GPU_CHECK_RESULT:-results/gpu_check.json}
 PARTS=${GPU_CHECK_PARTS:-runs/gpu-check-parts}
 LOGDIR=${GPU_CHECK_LOGDIR:-runs/gpu-check}
-ONLY=${GPU_CHECK_ONLY:-bench train}
+ONLY=${GPU_CHECK_ONLY:-float32 bf16 float32_compile bf16_compile float32_cudagraphs train}
+ONLY=${ONLY//bench/float32 bf16 float32_compile bf16_compile float32_cudagraphs}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+PRESET=${GPU_CHECK_PRESET:-12m}
 TRAIN_STEPS=${GPU_CHECK_TRAIN_STEPS:-20000}
 BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-400}
 TRAIN_TIMEOUT=${GPU_CHECK_TRAIN_TIMEOUT:-1800}
+BUDGET=${GPU_CHECK_BUDGET:-}  # seconds for the whole script (empty: no cap), counted from its start
 mkdir -p "$PARTS" "$(dirname "$RESULT")"
 
 # step NAME TIMEOUT CMD...: run CMD with a time limit, its output in $PARTS/NAME.log, and its exit status
@@ -56,6 +65,14 @@ mkdir -p "$PARTS" "$(dirname "$RESULT")"
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "$BUDGET" ]; then  # leave the merge its time: cap this step by what is left of the budget
+    local left=$((BUDGET - SECONDS - 20))
+    if [ "$left" -lt 30 ]; then
+      echo "gpu_check: $name skipped: ${left}s left of GPU_CHECK_BUDGET=${BUDGET}s"
+      return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   echo "gpu_check: $name: $*"
   local start end rc
   start=$(date +%s.%N)
@@ -69,30 +86,40 @@ step() {
 
 step nvidia_smi 60 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-if [[ " $ONLY " == *" bench "* ]]; then
-  baseline=()
-  [ -n "${GPU_CHECK_BASELINE:-}" ] && baseline=(--baseline "$GPU_CHECK_BASELINE")
-  bench=("$PY" -m benchmarks.wm_throughput --agent --devices cuda --presets 12m --obs pixels --encoders patch
-         --batch 16 --length 64 --warmup 3 --repeats 10 ${baseline[@]+"${baseline[@]}"})
-  step bench_float32 "$BENCH_TIMEOUT" "${bench[@]}" --profile --out "$PARTS/bench_float32.json"
-  step bench_bf16 "$BENCH_TIMEOUT" "${bench[@]}" --set precision=bf16 --out "$PARTS/bench_bf16.json"
-  step bench_float32_compile "$BENCH_TIMEOUT" "${bench[@]}" --set world_model.rssm.compile=true \
-    --out "$PARTS/bench_float32_compile.json"
-  step bench_bf16_compile "$BENCH_TIMEOUT" "${bench[@]}" --set precision=bf16 world_model.rssm.compile=true \
-    --out "$PARTS/bench_bf16_compile.json"
-fi
-
-if [[ " $ONLY " == *" train "* ]]; then
-  [ -e "$LOGDIR" ] && mv "$LOGDIR" "$LOGDIR.$(date +%Y%m%d-%H%M%S)"  # train refuses a used logdir
-  step train "$TRAIN_TIMEOUT" "$PY" -m agent train --logdir "$LOGDIR" --set "train.steps=$TRAIN_STEPS" --no-progress
-fi
+# Bench variants: name -> config overrides (empty: the preset as it is).
+declare -A VARIANT=(
+  [float32]=""
+  [bf16]="precision=bf16"
+  [float32_compile]="world_model.rssm.compile=true"
+  [bf16_compile]="precision=bf16 world_model.rssm.compile=true"
+  [float32_cudagraphs]="world_model.rssm.compile=true world_model.rssm.compile_mode=reduce-overhead"
+)
+baseline=()
+[ -n "${GPU_CHECK_BASELINE:-}" ] && baseline=(--baseline "$GPU_CHECK_BASELINE")
+bench=("$PY" -m benchmarks.wm_throughput --agent --devices "$DEVICE" --presets "$PRESET" --obs pixels
+       --encoders patch --batch 16 --length 64 --warmup 3 --repeats 10 ${baseline[@]+"${baseline[@]}"})
+for name in $ONLY; do  # in the order given, so the most wanted run first on a short loan
+  if [ "$name" = train ]; then
+    [ -e "$LOGDIR" ] && mv "$LOGDIR" "$LOGDIR.$(date +%Y%m%d-%H%M%S)"  # train refuses a used logdir
+    step train "$TRAIN_TIMEOUT" "$PY" -m agent train --logdir "$LOGDIR" --set "train.steps=$TRAIN_STEPS" --no-progress
+  elif [ -n "${VARIANT[$name]+set}" ]; then
+    extra=()
+    [ "$name" = float32 ] && extra=(--profile)
+    # shellcheck disable=SC2206
+    overrides=(${VARIANT[$name]})
+    [ ${#overrides[@]} -gt 0 ] && extra+=(--set "${overrides[@]}")
+    step "bench_$name" "$BENCH_TIMEOUT" "${bench[@]}" "${extra[@]}" --out "$PARTS/bench_$name.json"
+  else
+    echo "gpu_check: unknown step '$name' (train or one of: ${!VARIANT[*]}); skipped"
+  fi
+done
 
 # Merge every part present (this call's and an earlier call's) into one results file.
-"$PY" - "$PARTS" "$RESULT" <<'EOF' || echo "gpu_check: merging the results failed"
+"$PY" - "$PARTS" "$RESULT" "$LOGDIR" <<'EOF' || echo "gpu_check: merging the results failed"
 import json, subprocess, sys, time
 from pathlib import Path
 
-parts, result = Path(sys.argv[1]), Path(sys.argv[2])
+parts, result, logdir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 out = {"written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "steps": {}, "throughput": {}}
 try:
     out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -123,13 +150,31 @@ train = out["steps"].get("train")
 if train:
     evals = [line for line in train["log_tail"] if line.startswith("final eval return")]
     out["train"] = {"command": train["command"], "rc": train["rc"], "wall_s": train["wall_s"],
-                    "final_eval": evals[-1] if evals else None}
+                    "final_eval": evals[-1] if evals else None, "episodes": [], "last": {}}
+    metrics = logdir / "metrics.jsonl"  # the start of the curve: training episodes, even from a run cut short
+    for line in (metrics.read_text().splitlines() if metrics.exists() else []):
+        row = json.loads(line)
+        if "episode/return" in row:
+            out["train"]["episodes"].append([row["step"], row["episode/return"]])
+    try:  # the loop's own throughput and clock, last logged values
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        for events in sorted(logdir.glob("events.out.tfevents.*")):
+            acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+            acc.Reload()
+            for tag in acc.Tags()["scalars"]:
+                if tag.startswith(("fps/", "time/", "train/")):
+                    last = acc.Scalars(tag)[-1]
+                    out["train"]["last"][tag] = [last.step, last.value]
+    except Exception as e:  # recorded, not fatal
+        out["train"]["last"]["error"] = repr(e)
 result.write_text(json.dumps(out, indent=1) + "\n")
 print(f"gpu_check: wrote {result}")
 EOF
 
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then  # the device tool returns only what is under $OUT
   cp "$RESULT" "$OUT/" 2>/dev/null
-  mkdir -p "$OUT/gpu-check-parts" && cp "$PARTS"/*.log "$PARTS"/*.step "$OUT/gpu-check-parts/" 2>/dev/null
+  # at most 8 files come back: the parts go as one tar
+  tar -czf "$OUT/gpu-check-parts.tgz" -C "$(dirname "$PARTS")" "$(basename "$PARTS")" \
+      -C "$(cd "$(dirname "$LOGDIR")" && pwd)" "$(basename "$LOGDIR")" 2>/dev/null
 fi
 exit 0

@@ -181,8 +181,9 @@ def test_block_linear_is_block_diagonal():
 
 
 @pytest.mark.slow
-def test_compiled_cell_matches_eager():
-    eager, compiled = _rssm(), _rssm(compile=True)
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_cell_matches_eager(mode):
+    eager, compiled = _rssm(), _rssm(compile=True, compile_mode=mode)
     compiled.load_state_dict(eager.state_dict())
     inputs = _inputs(2, 5)
     a, _ = eager.observe(*inputs, sample=False)
