@@ -243,7 +243,7 @@ class ActorCritic(nn.Module):
             metrics[f"train/loss/{name}"] = loss[name].detach()
             metrics[f"train/grad_norm/{name}"] = norm
         self.update_slow_critic()
-        metrics["skipped"] = torch.tensor(float(bool(skipped)))
+        metrics["skipped"] = torch.tensor(float(bool(skipped)), device=norm.device)
         return metrics
 
     @torch.no_grad()

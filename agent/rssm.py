@@ -126,8 +126,9 @@ class RSSM(nn.Module):
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)
         update = torch.sigmoid(update - 1.0)
-        # update * cand + (1 - update) * blocks, in one op (and fewer in the backward).
-        return torch.lerp(blocks, cand, update).reshape(B, -1)  # (B, D)
+        # update * cand + (1 - update) * blocks, in one op (and fewer in the backward). Under autocast the
+        # gates come out of bf16 matmuls: the state keeps its own dtype (float32).
+        return torch.lerp(blocks, cand.to(blocks.dtype), update.to(blocks.dtype)).reshape(B, -1)  # (B, D)
 
     def _prior_logits(self, deter: Tensor) -> Tensor:
         """(..., D) -> unimix log-probabilities (..., S, K)."""

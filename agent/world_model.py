@@ -303,11 +303,12 @@ class WorldModel(nn.Module):
         scalars.update({f"loss/{k}": v.detach().mean() for k, v in losses.items()})
         scalars.update({f"grad_norm/{k}": v for k, v in norms.items()})
         scalars["grad_norm/total"] = total_norm
-        scalars["skipped"] = torch.tensor(float(skipped))
+        scalars["skipped"] = torch.tensor(float(skipped), device=total_norm.device)
         scalars.update(metrics)
         values = torch.stack([v.float() for v in scalars.values()]).tolist()  # one device sync
-        outputs = {"posterior": {k: v.detach() for k, v in posterior.items()},
-                   "last_state": {k: v.detach() for k, v in last.items()}}
+        # float32 out (autocast leaves bf16 behind): imagination and the actor-critic run outside autocast.
+        outputs = {"posterior": {k: v.detach().float() for k, v in posterior.items()},
+                   "last_state": {k: v.detach().float() for k, v in last.items()}}
         return dict(zip(scalars.keys(), values)), outputs
 
     # ----------------------------------------------------------------------------------------- acting
@@ -327,7 +328,7 @@ class WorldModel(nn.Module):
         batch.update(is_first=is_first[:, None], action=prev_action[:, None])
         with self._autocast():
             posterior, _, last = self.observe(batch, {**carry, "action": prev_action}, sample)
-        return self.rssm.features({k: v[:, 0] for k, v in posterior.items()}), last
+        return self.rssm.features({k: v[:, 0].float() for k, v in posterior.items()}), last
 
     # ----------------------------------------------------------------------------------------- reports
 
