@@ -15,15 +15,20 @@
 # .gpu/setup.sh itself (wheels, EGL) unless that was done already. Only $OUT comes back from the device
 # machine, so the results file and the logs are copied there when $OUT is set.
 #
-# Knobs (environment): GPU_CHECK_ONLY, the steps in the order to run them: "train" and the bench variants
-# float32 (with the profile), bf16, float32_compile, bf16_compile, float32_cudagraphs (the RSSM cell compiled
-# with mode reduce-overhead); "bench" stands for all five; default all five, then train (a second call with
-# other steps merges into the same results file, the parts stay under runs/gpu-check-parts/),
-# GPU_CHECK_DEVICE and GPU_CHECK_PRESET (cuda, 12m; others only to try the script out on a CPU), GPU_CHECK_TRAIN_STEPS
-# (20000), GPU_CHECK_BENCH_TIMEOUT and GPU_CHECK_TRAIN_TIMEOUT (seconds per step: 400, 1800),
-# GPU_CHECK_BUDGET (seconds for the whole script: each step is cut to what is left, 20 s kept for the merge,
-# and skipped under 30 s; for a loan whose command is killed at a fixed limit), GPU_CHECK_BASELINE (a git revision to time against too; needs the .git directory), PYTHON, and for tests
-# GPU_CHECK_RESULT, GPU_CHECK_PARTS, GPU_CHECK_LOGDIR (where the results, the parts and the run go).
+# Knobs (environment):
+#   GPU_CHECK_ONLY      the steps, in the order to run them: "train" and the bench variants float32 (with the
+#                       profile), bf16, float32_compile, bf16_compile, float32_cudagraphs (the RSSM cell compiled
+#                       with mode reduce-overhead); "bench" stands for all five; default all five, then train.
+#                       A second call with other steps merges into the same results file (parts stay in
+#                       runs/gpu-check-parts/).
+#   GPU_CHECK_BUDGET    seconds for the whole script: each step is cut to what is left (20 s kept for the
+#                       merge) and skipped under 30 s; for a loan whose command is killed at a fixed limit.
+#   GPU_CHECK_TRAIN_STEPS (20000), GPU_CHECK_BENCH_TIMEOUT and GPU_CHECK_TRAIN_TIMEOUT (seconds: 400, 1800).
+#   GPU_CHECK_TREE      the commit the tree was sent at, kept as tree_commit (the device machine's .git can be
+#                       an older snapshot than the working tree it runs).
+#   GPU_CHECK_BASELINE  a git revision to time against too (needs the .git directory).
+#   GPU_CHECK_DEVICE, GPU_CHECK_PRESET (cuda, 12m; others only to try the script out on a CPU), PYTHON, and
+#   for tests GPU_CHECK_RESULT, GPU_CHECK_PARTS, GPU_CHECK_LOGDIR (where the results, the parts, the run go).
 set -u
 cd "$(dirname "$0")/.." || exit 0
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
@@ -116,7 +121,7 @@ done
 
 # Merge every part present (this call's and an earlier call's) into one results file.
 "$PY" - "$PARTS" "$RESULT" "$LOGDIR" <<'EOF' || echo "gpu_check: merging the results failed"
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
 
 parts, result, logdir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -126,6 +131,8 @@ try:
                                        check=True).stdout.strip()
 except (OSError, subprocess.SubprocessError):
     out["git_commit"] = None  # the device machine gets the tree without .git
+if os.environ.get("GPU_CHECK_TREE"):  # the device's .git can be older than the tree it was sent with
+    out["tree_commit"] = os.environ["GPU_CHECK_TREE"]
 try:
     import torch
     out["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda,

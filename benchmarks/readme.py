@@ -109,6 +109,49 @@ def speed(data: dict, source: str) -> str:
               + " ".join(notes) + f" Source `{source}` (`make bench-speed`).")
 
 
+GPU_VARIANTS = {"float32": "float32", "bf16": "bf16 autocast", "float32_compile": "float32, RSSM cell compiled",
+                "bf16_compile": "bf16, RSSM cell compiled",
+                "float32_cudagraphs": "float32, RSSM cell compiled as CUDA graphs (reduce-overhead)"}
+
+
+def gpu_check(data: dict, source: str) -> str:
+    """`benchmarks/gpu_check.sh` on a CUDA machine: the 12m update per variant, its profile, a short run."""
+    rows, profile = [], None
+    for name, label in GPU_VARIANTS.items():
+        r = next(iter(data["throughput"].get(name, {}).get("results", [])), None)
+        if r is None or "agent_update" not in r:
+            rows.append([label, "failed" if r else "not run", "-", "-", "-"])
+            continue
+        phases = r["phases_s"]
+        rows.append([label, _ms(r["agent_update"]), f"{phases['world_model'] * 1e3:,.0f}",
+                     f"{phases['imagine'] * 1e3:,.0f}", f"{r['peak_cuda_mem_mb']:,.0f}"])
+        profile = profile or r.get("profile")
+    first = next(r for v in data["throughput"].values() for r in v["results"])
+    text = (markdown_table(["variant", "update ms", "world model ms", "imagination ms", "peak CUDA MB"], rows)
+            + f"\n\nThe whole update of `{first['preset']}` ({first['param_counts']['total'] / 1e6:.1f}M parameters), "
+            f"{first['batch']}x{first['length']}, 64x64 pixels, patch encoder, median of {first['repeats']} updates "
+            f"after {first['warmup']} of warm-up; {data['gpu']['name']}, torch {data['torch']['version']}, tree at "
+            f"commit {data.get('tree_commit') or data['git_commit']}.")
+    if profile:
+        launches = sum(o["calls"] for o in profile["top_ops_by_self_cpu"] if o["name"].startswith("cudaLaunch"))
+        text += (f" Profile of one float32 update: {profile['op_calls']:,} op calls, {launches:,} kernel launches; "
+                 f"the GPU busy {profile['self_device_total_ms']:,.0f} ms of the "
+                 f"{profile['wall_s_under_profiler'] * 1e3:,.0f} ms it took under the profiler; its "
+                 f"{profile['flops_per_update'] / 1e9:,.0f} GFLOP would take "
+                 f"{profile['arithmetic_floor_s'] * 1e3:,.0f} ms at this GPU's float32 2048^3 matmul rate "
+                 f"({profile['gemm_flops_per_s'] / 1e12:,.0f} TFLOP/s).")
+    train = data.get("train")
+    if train and train["episodes"]:
+        last = train["last"]
+        returns = ", ".join(f"{r:,.0f}" for _, r in train["episodes"])
+        updates = last.get("train/updates", [0, 0])[1]
+        text += (f" The default CUDA job (`{train['command'].split(' -m ')[-1]}`), stopped at its time limit after "
+                 f"{train['wall_s']:,.0f} s: {train['episodes'][-1][0]:,} env steps, {updates:,.0f} updates "
+                 f"({last['fps/train'][1] / 1024:.1f} updates/s when last logged), training-episode returns "
+                 f"{returns}.")
+    return text + f" Source `{source}`."
+
+
 def encoder_ratio_note(ratio: dict) -> str:
     """A sentence on the patch encoder's cost over the CNN's (`wm_throughput.encoder_ratios`)."""
     device = "" if ratio["device"] == "cpu" else f" on {ratio['device']}"
@@ -266,7 +309,7 @@ TABLES = {  # README table name: its results file under results/, and the render
     "continual_references_pendulum_physics": ("continual_references_pendulum-physics.json", references_section),
     "agent_update": ("agent_update_cpu.json", agent_update), "speed": ("speed_cpu.json", speed),
     "world_model": ("world_model.json", world_model), "default_job": ("default_job_cpu.json", default_job),
-    "memory": ("memory_pixels_cpu.json", memory),
+    "memory": ("memory_pixels_cpu.json", memory), "gpu_check": ("gpu_check.json", gpu_check),
     "world_model_encoders": ("world_model_encoders.json", world_model_encoders)}
 
 

@@ -128,7 +128,7 @@ def run_rssm_loop(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _git(*args: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.rstrip()
 
 
 def current_code() -> dict[str, Any]:
