@@ -114,23 +114,35 @@ GPU_VARIANTS = {"float32": "float32", "bf16": "bf16 autocast", "float32_compile"
                 "float32_cudagraphs": "float32, RSSM cell compiled as CUDA graphs (reduce-overhead)"}
 
 
+def _loss_drift(reference: list[dict], other: list[dict]) -> float:
+    """Largest relative difference of a `train/loss/*` between two runs of the same seeded updates."""
+    return max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-3) for a, b in zip(reference, other) for k in a
+               if k.startswith("train/loss/"))
+
+
 def gpu_check(data: dict, source: str) -> str:
     """`benchmarks/gpu_check.sh` on a CUDA machine: the 12m update per variant, its profile, a short run."""
     rows, profile = [], None
+    results = {name: next(iter(data["throughput"].get(name, {}).get("results", [])), None) for name in GPU_VARIANTS}
+    reference = (results["float32"] or {}).get("check_metrics")
     for name, label in GPU_VARIANTS.items():
-        r = next(iter(data["throughput"].get(name, {}).get("results", [])), None)
+        r = results[name]
         if r is None or "agent_update" not in r:
-            rows.append([label, "failed" if r else "not run", "-", "-", "-"])
+            rows.append([label, "failed" if r else "not run", "-", "-", "-", "-"])
             continue
         phases = r["phases_s"]
+        drift = "-" if not reference or name == "float32" else f"{_loss_drift(reference, r['check_metrics']):.0e}"
         rows.append([label, _ms(r["agent_update"]), f"{phases['world_model'] * 1e3:,.0f}",
-                     f"{phases['imagine'] * 1e3:,.0f}", f"{r['peak_cuda_mem_mb']:,.0f}"])
+                     f"{phases['imagine'] * 1e3:,.0f}", f"{r['peak_cuda_mem_mb']:,.0f}", drift])
         profile = profile or r.get("profile")
     first = next(r for v in data["throughput"].values() for r in v["results"])
-    text = (markdown_table(["variant", "update ms", "world model ms", "imagination ms", "peak CUDA MB"], rows)
+    text = (markdown_table(["variant", "update ms", "world model ms", "imagination ms", "peak CUDA MB",
+                            "losses vs float32"], rows)
             + f"\n\nThe whole update of `{first['preset']}` ({first['param_counts']['total'] / 1e6:.1f}M parameters), "
             f"{first['batch']}x{first['length']}, 64x64 pixels, patch encoder, median of {first['repeats']} updates "
-            f"after {first['warmup']} of warm-up; {data['gpu']['name']}, torch {data['torch']['version']}, tree at "
+            f"after {first['warmup']} of warm-up; losses vs float32: the largest relative difference of any "
+            f"`train/loss/*` over {len(reference or [])} seeded updates; "
+            f"{data['gpu']['name']}, torch {data['torch']['version']}, tree at "
             f"commit {data.get('tree_commit') or data['git_commit']}.")
     if profile:
         launches = sum(o["calls"] for o in profile["top_ops_by_self_cpu"] if o["name"].startswith("cudaLaunch"))
