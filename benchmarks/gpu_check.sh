@@ -19,6 +19,8 @@
 #   GPU_CHECK_ONLY      the steps, in the order to run them: "train" and the bench variants float32 (with the
 #                       profile), bf16, float32_compile, bf16_compile, float32_cudagraphs (the RSSM cell compiled
 #                       with mode reduce-overhead); "bench" stands for all five; default all five, then train.
+#                       train_cudagraphs: the same run with the RSSM cell as CUDA graphs (acting between
+#                       updates included), in runs/gpu-check-cudagraphs.
 #                       A second call with other steps merges into the same results file (parts stay in
 #                       runs/gpu-check-parts/).
 #   GPU_CHECK_BUDGET    seconds for the whole script: each step is cut to what is left (20 s kept for the
@@ -104,9 +106,16 @@ baseline=()
 bench=("$PY" -m benchmarks.wm_throughput --agent --devices "$DEVICE" --presets "$PRESET" --obs pixels
        --encoders patch --batch 16 --length 64 --warmup 3 --repeats 10 ${baseline[@]+"${baseline[@]}"})
 for name in $ONLY; do  # in the order given, so the most wanted run first on a short loan
-  if [ "$name" = train ]; then
-    [ -e "$LOGDIR" ] && mv "$LOGDIR" "$LOGDIR.$(date +%Y%m%d-%H%M%S)"  # train refuses a used logdir
-    step train "$TRAIN_TIMEOUT" "$PY" -m agent train --logdir "$LOGDIR" --set "train.steps=$TRAIN_STEPS" --no-progress
+  if [ "$name" = train ] || [ "$name" = train_cudagraphs ]; then
+    run_dir=$LOGDIR
+    graphs=()
+    if [ "$name" = train_cudagraphs ]; then
+      run_dir=$LOGDIR-cudagraphs
+      graphs=(agent.world_model.rssm.compile=true agent.world_model.rssm.compile_mode=reduce-overhead)
+    fi
+    [ -e "$run_dir" ] && mv "$run_dir" "$run_dir.$(date +%Y%m%d-%H%M%S)"  # train refuses a used logdir
+    step "$name" "$TRAIN_TIMEOUT" "$PY" -m agent train --logdir "$run_dir" --no-progress \
+      --set "train.steps=$TRAIN_STEPS" ${graphs[@]+"${graphs[@]}"}
   elif [ -n "${VARIANT[$name]+set}" ]; then
     extra=()
     [ "$name" = float32 ] && extra=(--profile)
@@ -115,7 +124,7 @@ for name in $ONLY; do  # in the order given, so the most wanted run first on a s
     [ ${#overrides[@]} -gt 0 ] && extra+=(--set "${overrides[@]}")
     step "bench_$name" "$BENCH_TIMEOUT" "${bench[@]}" "${extra[@]}" --out "$PARTS/bench_$name.json"
   else
-    echo "gpu_check: unknown step '$name' (train or one of: ${!VARIANT[*]}); skipped"
+    echo "gpu_check: unknown step '$name' (train, train_cudagraphs or one of: ${!VARIANT[*]}); skipped"
   fi
 done
 
@@ -153,27 +162,29 @@ if smi and smi["ok"] and smi["log_tail"]:
     out["gpu"] = {"name": name, "memory": memory, "driver": driver}
 for path in sorted(parts.glob("bench_*.json")):
     out["throughput"][path.stem.removeprefix("bench_")] = json.loads(path.read_text())
-train = out["steps"].get("train")
-if train:
+for name, run_dir in (("train", logdir), ("train_cudagraphs", logdir.with_name(logdir.name + "-cudagraphs"))):
+    train = out["steps"].get(name)
+    if not train:
+        continue
     evals = [line for line in train["log_tail"] if line.startswith("final eval return")]
-    out["train"] = {"command": train["command"], "rc": train["rc"], "wall_s": train["wall_s"],
-                    "final_eval": evals[-1] if evals else None, "episodes": [], "last": {}}
-    metrics = logdir / "metrics.jsonl"  # the start of the curve: training episodes, even from a run cut short
+    run = out[name] = {"command": train["command"], "rc": train["rc"], "wall_s": train["wall_s"],
+                       "final_eval": evals[-1] if evals else None, "episodes": [], "last": {}}
+    metrics = run_dir / "metrics.jsonl"  # the start of the curve: training episodes, even from a run cut short
     for line in (metrics.read_text().splitlines() if metrics.exists() else []):
         row = json.loads(line)
         if "episode/return" in row:
-            out["train"]["episodes"].append([row["step"], row["episode/return"]])
+            run["episodes"].append([row["step"], row["episode/return"]])
     try:  # the loop's own throughput and clock, last logged values
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        for events in sorted(logdir.glob("events.out.tfevents.*")):
+        for events in sorted(run_dir.glob("events.out.tfevents.*")):
             acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
             acc.Reload()
             for tag in acc.Tags()["scalars"]:
                 if tag.startswith(("fps/", "time/", "train/")):
                     last = acc.Scalars(tag)[-1]
-                    out["train"]["last"][tag] = [last.step, last.value]
+                    run["last"][tag] = [last.step, last.value]
     except Exception as e:  # recorded, not fatal
-        out["train"]["last"]["error"] = repr(e)
+        run["last"]["error"] = repr(e)
 result.write_text(json.dumps(out, indent=1) + "\n")
 print(f"gpu_check: wrote {result}")
 EOF
@@ -181,7 +192,10 @@ EOF
 if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then  # the device tool returns only what is under $OUT
   cp "$RESULT" "$OUT/" 2>/dev/null
   # at most 8 files come back: the parts go as one tar
-  tar -czf "$OUT/gpu-check-parts.tgz" -C "$(dirname "$PARTS")" "$(basename "$PARTS")" \
-      -C "$(cd "$(dirname "$LOGDIR")" && pwd)" "$(basename "$LOGDIR")" 2>/dev/null
+  runs=()
+  for run_dir in "$LOGDIR" "$LOGDIR-cudagraphs"; do
+    [ -d "$run_dir" ] && runs+=(-C "$(cd "$(dirname "$run_dir")" && pwd)" "$(basename "$run_dir")")
+  done
+  tar -czf "$OUT/gpu-check-parts.tgz" -C "$(dirname "$PARTS")" "$(basename "$PARTS")" ${runs[@]+"${runs[@]}"}
 fi
 exit 0

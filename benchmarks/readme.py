@@ -120,6 +120,19 @@ def _loss_drift(reference: list[dict], other: list[dict]) -> float:
                if k.startswith("train/loss/"))
 
 
+def _gpu_train(train: dict | None, label: str) -> str:
+    """A sentence on one of gpu_check's short training runs: how far it got and its first episodes."""
+    if not train or not train["episodes"]:
+        return "" if not train else f" {label} logged no episode (exit status {train['rc']})."
+    last = train["last"]
+    returns = ", ".join(f"{r:,.0f}" for _, r in train["episodes"])
+    updates = last.get("train/updates", [0, 0])[1]
+    how = "stopped at its time limit" if train["rc"] in (124, 137) else f"exit status {train['rc']}"
+    return (f" {label} (`{train['command'].split(' -m ')[-1]}`), {how} after {train['wall_s']:,.0f} s: "
+            f"{train['episodes'][-1][0]:,} env steps, {updates:,.0f} updates ({last['fps/train'][1] / 1024:.1f} "
+            f"updates/s when last logged, 16x64 batches), training-episode returns {returns}.")
+
+
 def gpu_check(data: dict, source: str) -> str:
     """`benchmarks/gpu_check.sh` on a CUDA machine: the 12m update per variant, its profile, a short run."""
     rows, profile = [], None
@@ -152,15 +165,9 @@ def gpu_check(data: dict, source: str) -> str:
                  f"{profile['flops_per_update'] / 1e9:,.0f} GFLOP would take "
                  f"{profile['arithmetic_floor_s'] * 1e3:,.0f} ms at this GPU's float32 2048^3 matmul rate "
                  f"({profile['gemm_flops_per_s'] / 1e12:,.0f} TFLOP/s).")
-    train = data.get("train")
-    if train and train["episodes"]:
-        last = train["last"]
-        returns = ", ".join(f"{r:,.0f}" for _, r in train["episodes"])
-        updates = last.get("train/updates", [0, 0])[1]
-        text += (f" The default CUDA job (`{train['command'].split(' -m ')[-1]}`), stopped at its time limit after "
-                 f"{train['wall_s']:,.0f} s: {train['episodes'][-1][0]:,} env steps, {updates:,.0f} updates "
-                 f"({last['fps/train'][1] / 1024:.1f} updates/s when last logged), training-episode returns "
-                 f"{returns}.")
+    for key, label in (("train", "The default CUDA job"), ("train_cudagraphs", "The same job with that cell as "
+                                                                            "CUDA graphs")):
+        text += _gpu_train(data.get(key), label)
     return text + f" Source `{source}`."
 
 
