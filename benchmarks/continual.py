@@ -743,6 +743,11 @@ def reference_key(job: Job) -> str:
     config = job.config
     if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings
         config = {k: v for k, v in config.items() if k != "plasticity"}
+    rssm = config["agent"]["world_model"]["rssm"]
+    if not rssm.get("compile"):  # the compile mode is unused too
+        rssm = {k: v for k, v in rssm.items() if k != "compile_mode"}
+        config = {**config, "agent": {**config["agent"], "world_model": {**config["agent"]["world_model"],
+                                                                         "rssm": rssm}}}
     blob = json.dumps({"sequence": seq, "config": config}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 

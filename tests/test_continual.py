@@ -382,6 +382,19 @@ def test_reference_key_ignores_the_score_range():
     assert continual.reference_key(continual.reference_job(other_task, 0, 0, ())) != key
 
 
+def test_reference_key_leaves_out_the_compile_mode_unless_compiling():
+    """A setting that does nothing in the run (like a new field at its default) keeps the cached references."""
+    seq = continual.sequence_from_dict(TINY)
+
+    def key(*overrides):
+        return continual.reference_key(continual.reference_job(seq, 0, 0, overrides))
+
+    mode = "agent.world_model.rssm.compile_mode=reduce-overhead"
+    assert key(mode) == key()
+    compiled = "agent.world_model.rssm.compile=true"
+    assert key(compiled, mode) != key(compiled) != key()
+
+
 def test_a_reference_shared_by_two_sequences_is_reused_by_both(tmp_path):
     first = continual.sequence_from_dict(TINY, default_name="first")
     # another sequence with the same first task under another score range and other notes: the same reference
