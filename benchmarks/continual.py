@@ -787,10 +787,24 @@ def prepare(job: Job, rundir: Path, fresh: bool) -> bool:
         write_json(path, job.to_dict())
         return True
     wanted = json.loads(json.dumps(job.to_dict()))  # tuples as lists, as read back
-    if saved != wanted and not _same_reference(saved, job):
+    if _resolved(saved) != wanted and not _same_reference(saved, job):
         raise ValueError(f"{rundir} holds a run with other settings (see {path}); pass --fresh to replace it "
                          "or --root to put runs elsewhere.")
     return not (rundir / "done.json").exists()
+
+
+def _resolved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved job with its run config read through today's config classes: a field added since the run was
+    written takes its default, as the run itself did when it resumed (its absence is not another setting)."""
+    from agent.config import RunConfig, config_from_dict, config_to_dict
+
+    if not isinstance(saved.get("config"), dict):
+        return saved
+    try:
+        config = config_to_dict(config_from_dict(saved["config"], RunConfig))
+    except (TypeError, ValueError):  # not a config this code reads: compared as it is, and so refused
+        return saved
+    return json.loads(json.dumps({**saved, "config": config}))
 
 
 def _same_reference(saved: dict[str, Any], job: Job) -> bool:

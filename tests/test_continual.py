@@ -395,6 +395,21 @@ def test_reference_key_leaves_out_the_compile_mode_unless_compiling():
     assert key(compiled, mode) != key(compiled) != key()
 
 
+def test_a_run_saved_before_a_config_field_existed_is_still_the_same_job(tmp_path):
+    seq = continual.sequence_from_dict(TINY)
+    job = continual.continual_job(seq, "fifo", 0, ())
+    rundir = tmp_path / "run"
+    assert continual.prepare(job, rundir, fresh=False)
+    saved = json.loads((rundir / "job.json").read_text())
+    del saved["config"]["agent"]["world_model"]["rssm"]["compile_mode"]  # as written before the field
+    (rundir / "job.json").write_text(json.dumps(saved))
+    assert continual.prepare(job, rundir, fresh=False)
+    saved["config"]["agent"]["world_model"]["rssm"]["compile"] = True  # a setting that does differ
+    (rundir / "job.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="other settings"):
+        continual.prepare(job, rundir, fresh=False)
+
+
 def test_a_reference_shared_by_two_sequences_is_reused_by_both(tmp_path):
     first = continual.sequence_from_dict(TINY, default_name="first")
     # another sequence with the same first task under another score range and other notes: the same reference
