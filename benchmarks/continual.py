@@ -744,7 +744,7 @@ def reference_key(job: Job) -> str:
     if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings
         config = {k: v for k, v in config.items() if k != "plasticity"}
     rssm = config["agent"]["world_model"]["rssm"]
-    if not rssm.get("compile"):  # the compile mode is unused too
+    if not rssm.get("compile") or rssm.get("compile_mode") == "default":  # unused, or as before the field
         rssm = {k: v for k, v in rssm.items() if k != "compile_mode"}
         config = {**config, "agent": {**config["agent"], "world_model": {**config["agent"]["world_model"],
                                                                          "rssm": rssm}}}

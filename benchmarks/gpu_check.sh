@@ -49,7 +49,9 @@ if [ -z "$PY" ]; then
   exit 0
 fi
 
-if [ -f .gpu/setup.sh ] && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
+# Only on a machine with the NVIDIA driver: setup.sh unpacks GL packages into / (a test's fake-CUDA Python
+# must not do that here).
+if [ -f .gpu/setup.sh ] && command -v nvidia-smi > /dev/null && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
   # shellcheck disable=SC1091
   source .gpu/setup.sh || echo "gpu_check: .gpu/setup.sh failed; going on"
 fi
@@ -58,32 +60,53 @@ RESULT=${GPU_CHECK_RESULT:-results/gpu_check.json}
 PARTS=${GPU_CHECK_PARTS:-runs/gpu-check-parts}
 LOGDIR=${GPU_CHECK_LOGDIR:-runs/gpu-check}
 ONLY=${GPU_CHECK_ONLY:-float32 bf16 float32_compile bf16_compile float32_cudagraphs train}
-ONLY=${ONLY//bench/float32 bf16 float32_compile bf16_compile float32_cudagraphs}
+set -f  # the step names are words, never globs
+only=()
+for name in $ONLY; do
+  if [ "$name" = bench ]; then only+=(float32 bf16 float32_compile bf16_compile float32_cudagraphs); else only+=("$name"); fi
+done
+set +f
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 PRESET=${GPU_CHECK_PRESET:-12m}
 TRAIN_STEPS=${GPU_CHECK_TRAIN_STEPS:-20000}
 BENCH_TIMEOUT=${GPU_CHECK_BENCH_TIMEOUT:-400}
 TRAIN_TIMEOUT=${GPU_CHECK_TRAIN_TIMEOUT:-1800}
 BUDGET=${GPU_CHECK_BUDGET:-}  # seconds for the whole script (empty: no cap), counted from its start
+if [ -n "$BUDGET" ] && ! [[ $BUDGET =~ ^[0-9]+$ ]]; then
+  echo "gpu_check: GPU_CHECK_BUDGET=$BUDGET is not a number of seconds; no budget"
+  BUDGET=
+fi
+LOGDIR=${LOGDIR%/}
 mkdir -p "$PARTS" "$(dirname "$RESULT")"
 
 # step NAME TIMEOUT CMD...: run CMD with a time limit, its output in $PARTS/NAME.log, and its exit status
 # and wall time in $PARTS/NAME.step (read back by the merge below).
-step() {
+# allowed NAME LIMIT: print the time limit of step NAME, LIMIT cut to what is left of the budget (so that
+# the merge and the tar keep theirs); under 30 s, say the step is skipped and return 1. Either way the parts of
+# an earlier call under that name go, so nothing stale passes for this call's.
+allowed() {
   local name=$1 limit=$2
-  shift 2
-  if [ -n "$BUDGET" ]; then  # leave the merge its time: cap this step by what is left of the budget
-    local left=$((BUDGET - SECONDS - 20))
+  rm -f "$PARTS/$name.step" "$PARTS/$name.log" "$PARTS/$name.json"
+  if [ -n "$BUDGET" ]; then
+    local left=$((BUDGET - SECONDS - 30 - 5))  # 30 s for the merge and the tar, 5 s for timeout's kill
     if [ "$left" -lt 30 ]; then
-      echo "gpu_check: $name skipped: ${left}s left of GPU_CHECK_BUDGET=${BUDGET}s"
-      return
+      echo "gpu_check: $name skipped: $((BUDGET - SECONDS))s left of GPU_CHECK_BUDGET=${BUDGET}s" >&2
+      return 1
     fi
     [ "$left" -lt "$limit" ] && limit=$left
   fi
+  echo "$limit"
+}
+
+# step NAME LIMIT CMD...: run CMD with time limit LIMIT (from allowed), its output in $PARTS/NAME.log, and its
+# exit status and wall time in $PARTS/NAME.step (read back by the merge below).
+step() {
+  local name=$1 limit=$2
+  shift 2
   echo "gpu_check: $name: $*"
   local start end rc
   start=$(date +%s.%N)
-  timeout --signal=TERM --kill-after=30 "$limit" "$@" > "$PARTS/$name.log" 2>&1
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" > "$PARTS/$name.log" 2>&1
   rc=$?
   end=$(date +%s.%N)
   printf '%s\n%s\n%s\n%s\n' "$rc" "$start" "$end" "$*" > "$PARTS/$name.step"
@@ -105,7 +128,7 @@ baseline=()
 [ -n "${GPU_CHECK_BASELINE:-}" ] && baseline=(--baseline "$GPU_CHECK_BASELINE")
 bench=("$PY" -m benchmarks.wm_throughput --agent --devices "$DEVICE" --presets "$PRESET" --obs pixels
        --encoders patch --batch 16 --length 64 --warmup 3 --repeats 10 ${baseline[@]+"${baseline[@]}"})
-for name in $ONLY; do  # in the order given, so the most wanted run first on a short loan
+for name in "${only[@]}"; do  # in the order given, so the most wanted run first on a short loan
   if [ "$name" = train ] || [ "$name" = train_cudagraphs ]; then
     run_dir=$LOGDIR
     graphs=()
@@ -113,22 +136,25 @@ for name in $ONLY; do  # in the order given, so the most wanted run first on a s
       run_dir=$LOGDIR-cudagraphs
       graphs=(agent.world_model.rssm.compile=true agent.world_model.rssm.compile_mode=reduce-overhead)
     fi
+    limit=$(allowed "$name" "$TRAIN_TIMEOUT") || continue
     [ -e "$run_dir" ] && mv "$run_dir" "$run_dir.$(date +%Y%m%d-%H%M%S)"  # train refuses a used logdir
-    step "$name" "$TRAIN_TIMEOUT" "$PY" -m agent train --logdir "$run_dir" --no-progress \
+    step "$name" "$limit" "$PY" -m agent train --logdir "$run_dir" --no-progress \
       --set "train.steps=$TRAIN_STEPS" ${graphs[@]+"${graphs[@]}"}
   elif [ -n "${VARIANT[$name]+set}" ]; then
-    extra=()
-    [ "$name" = float32 ] && extra=(--profile)
+    limit=$(allowed "bench_$name" "$BENCH_TIMEOUT") || continue
+    extra=(--out "$PARTS/bench_$name.json")
+    [ "$name" = float32 ] && extra+=(--profile)
     # shellcheck disable=SC2206
     overrides=(${VARIANT[$name]})
     [ ${#overrides[@]} -gt 0 ] && extra+=(--set "${overrides[@]}")
-    step "bench_$name" "$BENCH_TIMEOUT" "${bench[@]}" "${extra[@]}" --out "$PARTS/bench_$name.json"
+    step "bench_$name" "$limit" "${bench[@]}" "${extra[@]}"
   else
     echo "gpu_check: unknown step '$name' (train, train_cudagraphs or one of: ${!VARIANT[*]}); skipped"
   fi
 done
 
 # Merge every part present (this call's and an earlier call's) into one results file.
+rm -f "$RESULT"  # a failed merge leaves no older results to pass for this call's
 "$PY" - "$PARTS" "$RESULT" "$LOGDIR" <<'EOF' || echo "gpu_check: merging the results failed"
 import json, os, subprocess, sys, time
 from pathlib import Path
@@ -162,7 +188,7 @@ if smi and smi["ok"] and smi["log_tail"]:
     out["gpu"] = {"name": name, "memory": memory, "driver": driver}
 for path in sorted(parts.glob("bench_*.json")):
     out["throughput"][path.stem.removeprefix("bench_")] = json.loads(path.read_text())
-for name, run_dir in (("train", logdir), ("train_cudagraphs", logdir.with_name(logdir.name + "-cudagraphs"))):
+for name, run_dir in (("train", logdir), ("train_cudagraphs", Path(f"{logdir}-cudagraphs"))):
     train = out["steps"].get(name)
     if not train:
         continue
@@ -171,8 +197,11 @@ for name, run_dir in (("train", logdir), ("train_cudagraphs", logdir.with_name(l
                        "final_eval": evals[-1] if evals else None, "episodes": [], "last": {}}
     metrics = run_dir / "metrics.jsonl"  # the start of the curve: training episodes, even from a run cut short
     for line in (metrics.read_text().splitlines() if metrics.exists() else []):
-        row = json.loads(line)
-        if "episode/return" in row:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off when the run was killed
+            continue
+        if "episode/return" in row and "step" in row:
             run["episodes"].append([row["step"], row["episode/return"]])
     try:  # the loop's own throughput and clock, last logged values
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -196,6 +225,8 @@ if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then  # the device tool returns only what
   for run_dir in "$LOGDIR" "$LOGDIR-cudagraphs"; do
     [ -d "$run_dir" ] && runs+=(-C "$(cd "$(dirname "$run_dir")" && pwd)" "$(basename "$run_dir")")
   done
-  tar -czf "$OUT/gpu-check-parts.tgz" -C "$(dirname "$PARTS")" "$(basename "$PARTS")" ${runs[@]+"${runs[@]}"}
+  # logs and curves only: a replay or a checkpoint would push the file past what comes back (16 MiB)
+  tar -czf "$OUT/gpu-check-parts.tgz" --exclude=replay --exclude=checkpoint.pt \
+    -C "$(dirname "$PARTS")" "$(basename "$PARTS")" ${runs[@]+"${runs[@]}"}
 fi
 exit 0

@@ -114,6 +114,9 @@ GPU_VARIANTS = {"float32": "float32", "bf16": "bf16 autocast", "float32_compile"
                 "float32_cudagraphs": "float32, RSSM cell compiled as CUDA graphs (reduce-overhead)"}
 
 
+GPU_RUNS = (("train", "The default CUDA job"), ("train_cudagraphs", "The same job with the RSSM cell as CUDA graphs"))
+
+
 def _loss_drift(reference: list[dict], other: list[dict]) -> float:
     """Largest relative difference of a `train/loss/*` between two runs of the same seeded updates."""
     return max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-3) for a, b in zip(reference, other) for k in a
@@ -126,11 +129,14 @@ def _gpu_train(train: dict | None, label: str) -> str:
         return "" if not train else f" {label} logged no episode (exit status {train['rc']})."
     last = train["last"]
     returns = ", ".join(f"{r:,.0f}" for _, r in train["episodes"])
-    updates = last.get("train/updates", [0, 0])[1]
     how = "stopped at its time limit" if train["rc"] in (124, 137) else f"exit status {train['rc']}"
+    pace = ""
+    if "train/updates" in last and "time/wall_s" in last:  # the loop's own counters, when it logged any
+        pace = (f", {last['train/updates'][1]:,.0f} updates in the loop's first {last['time/wall_s'][1]:,.0f} s "
+                f"(to {last['train/updates'][0]:,} env steps)")
     return (f" {label} (`{train['command'].split(' -m ')[-1]}`), {how} after {train['wall_s']:,.0f} s: "
-            f"{train['episodes'][-1][0]:,} env steps, {updates:,.0f} updates ({last['fps/train'][1] / 1024:.1f} "
-            f"updates/s when last logged, 16x64 batches), training-episode returns {returns}.")
+            f"{train['episodes'][-1][0]:,} env steps{pace}; training-episode returns {returns} (the first "
+            "ones from the random prefill).")
 
 
 def gpu_check(data: dict, source: str) -> str:
@@ -148,14 +154,18 @@ def gpu_check(data: dict, source: str) -> str:
         rows.append([label, _ms(r["agent_update"]), f"{phases['world_model'] * 1e3:,.0f}",
                      f"{phases['imagine'] * 1e3:,.0f}", f"{r['peak_cuda_mem_mb']:,.0f}", drift])
         profile = profile or r.get("profile")
-    first = next(r for v in data["throughput"].values() for r in v["results"])
+    first = next((r for v in data["throughput"].values() for r in v["results"]), None)
+    gpu = data.get("gpu", {}).get("name") or data.get("torch", {}).get("device_name", "unnamed GPU")
+    if first is None:
+        return f"No update timed ({gpu})." + "".join(
+            _gpu_train(data.get(key), label) for key, label in GPU_RUNS) + f" Source `{source}`."
     text = (markdown_table(["variant", "update ms", "world model ms", "imagination ms", "peak CUDA MB",
                             "losses vs float32"], rows)
             + f"\n\nThe whole update of `{first['preset']}` ({first['param_counts']['total'] / 1e6:.1f}M parameters), "
             f"{first['batch']}x{first['length']}, 64x64 pixels, patch encoder, median of {first['repeats']} updates "
             f"after {first['warmup']} of warm-up; losses vs float32: the largest relative difference of any "
             f"`train/loss/*` over {len(reference or [])} seeded updates; "
-            f"{data['gpu']['name']}, torch {data['torch']['version']}, tree at "
+            f"{gpu}, torch {data.get('torch', {}).get('version')}, tree at "
             f"commit {data.get('tree_commit') or data['git_commit']}.")
     if profile:
         launches = sum(o["calls"] for o in profile["top_ops_by_self_cpu"] if o["name"].startswith("cudaLaunch"))
@@ -165,9 +175,7 @@ def gpu_check(data: dict, source: str) -> str:
                  f"{profile['flops_per_update'] / 1e9:,.0f} GFLOP would take "
                  f"{profile['arithmetic_floor_s'] * 1e3:,.0f} ms at this GPU's float32 2048^3 matmul rate "
                  f"({profile['gemm_flops_per_s'] / 1e12:,.0f} TFLOP/s).")
-    for key, label in (("train", "The default CUDA job"), ("train_cudagraphs", "The same job with that cell as "
-                                                                            "CUDA graphs")):
-        text += _gpu_train(data.get(key), label)
+    text += "".join(_gpu_train(data.get(key), label) for key, label in GPU_RUNS)
     return text + f" Source `{source}`."
 
 

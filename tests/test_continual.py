@@ -393,6 +393,7 @@ def test_reference_key_leaves_out_the_compile_mode_unless_compiling():
     assert key(mode) == key()
     compiled = "agent.world_model.rssm.compile=true"
     assert key(compiled, mode) != key(compiled) != key()
+    assert key(compiled, "agent.world_model.rssm.compile_mode=default") == key(compiled)
 
 
 def test_a_run_saved_before_a_config_field_existed_is_still_the_same_job(tmp_path):

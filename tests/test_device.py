@@ -2,18 +2,22 @@
 that mix bf16 and float32 under autocast. Both broke the first run on a GPU; CPU tests never saw them because
 every tensor lands on the CPU by default."""
 
-import traceback
+import inspect
+import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from agent.cli import main
 
 AGENT = str(Path(__file__).resolve().parents[1] / "agent")
-FACTORIES = {torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.linspace,
-             torch.rand, torch.randn, torch.randint, torch.eye, torch.scalar_tensor}
+FACTORIES = {torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.empty_strided,
+             torch.arange, torch.linspace, torch.logspace, torch.rand, torch.randn, torch.randint, torch.randperm,
+             torch.normal, torch.eye, torch.scalar_tensor, torch.tril_indices, torch.triu_indices}
 FAST = ["train.prefill=100", "train.batch_size=4", "train.batch_length=16", "train.train_ratio=16",
         "train.log_every=100", "replay.chunk=64", "replay.capacity=5000", "agent.actor_critic.horizon=5",
         "train.threads=1", "train.eval_every=300", "train.eval_episodes=1", "train.video_every=300",
@@ -30,11 +34,19 @@ class DeviceLess(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in FACTORIES and "device" not in kwargs:
-            frames = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(AGENT)]
-            # Parameters and buffers made while building a module move with it (module.to(device)).
-            if frames and not any(f.name == "__init__" for f in frames):
-                self.sites.add(f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].line}")
+        if func in FACTORIES and kwargs.get("device") is None:
+            frames, frame = [], inspect.currentframe().f_back
+            while frame is not None:
+                if frame.f_code.co_filename.startswith(AGENT):
+                    frames.append(frame)
+                frame = frame.f_back
+            # Parameters and buffers made while an nn.Module is built move with it (module.to(device)); an
+            # __init__ of anything else (a distribution, the Trainer and what it calls) is watched.
+            building = any(f.f_code.co_name == "__init__" and isinstance(f.f_locals.get("self"), nn.Module)
+                           for f in frames)
+            if frames and not building:
+                where = inspect.getframeinfo(frames[0], context=1)
+                self.sites.add(f"{Path(where.filename).name}:{where.lineno} {(where.code_context or [''])[0].strip()}")
         return func(*args, **kwargs)
 
 
@@ -49,6 +61,12 @@ def test_watch_catches_a_device_less_factory():
     with watch:
         exec(code, {"torch": torch})
     assert len(watch.sites) == 1 and "math_utils.py:1" in next(iter(watch.sites))
+
+
+def test_no_agent_code_builds_tensors_the_watch_cannot_see():
+    """torch.from_numpy and torch.Tensor(...) never reach a TorchFunctionMode; agent/ uses neither."""
+    for path in Path(AGENT).glob("*.py"):
+        assert not re.search(r"torch\.from_numpy\(|torch\.Tensor\(", path.read_text()), path.name
 
 
 @pytest.mark.slow
@@ -88,5 +106,8 @@ def test_a_pixel_training_run_under_bf16_autocast(tmp_path, monkeypatch):
     from agent.world_model import WorldModel
 
     monkeypatch.setattr(WorldModel, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
-    assert main(["train", "--env", "gym:Pendulum-v1", "--preset", "debug", "--logdir", str(tmp_path / "run"),
+    run = tmp_path / "run"
+    assert main(["train", "--env", "gym:Pendulum-v1", "--preset", "debug", "--logdir", str(run),
                  "--steps", "400", "--no-progress", "--set", "env.obs=pixels", *FAST]) == 0
+    updates = [json.loads(line).get("train/updates") for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(u or 0 for u in updates) > 0  # the world model and the actor-critic did update under bf16

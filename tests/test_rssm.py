@@ -180,10 +180,17 @@ def test_block_linear_is_block_diagonal():
     assert changed.tolist() == [False, True, False, False]
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    """reduce-overhead (CUDA graphs) only differs on a GPU; here the mode is checked to get through."""
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
+    _rssm(compile=True, compile_mode="reduce-overhead")
+    assert seen == {"dynamic": False, "mode": "reduce-overhead"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_cell_matches_eager(mode):
-    eager, compiled = _rssm(), _rssm(compile=True, compile_mode=mode)
+def test_compiled_cell_matches_eager():
+    eager, compiled = _rssm(), _rssm(compile=True)
     compiled.load_state_dict(eager.state_dict())
     inputs = _inputs(2, 5)
     a, _ = eager.observe(*inputs, sample=False)

@@ -325,10 +325,10 @@ def test_child_imports_agent_from_the_tree_it_is_given(tmp_path):
     assert "error" in wrong and "not from the tree" in wrong["error"]
 
 
-def _gpu_check(tmp_path: Path, python: str, only: str = "bench train") -> subprocess.CompletedProcess:
+def _gpu_check(tmp_path: Path, python: str, only: str = "bench train", **extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": python, "GPU_CHECK_ONLY": only, "OUT": "",
            "GPU_CHECK_RESULT": str(tmp_path / "gpu_check.json"), "GPU_CHECK_PARTS": str(tmp_path / "parts"),
-           "GPU_CHECK_LOGDIR": str(tmp_path / "run")}
+           "GPU_CHECK_LOGDIR": str(tmp_path / "run"), **extra}
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=120)
 
@@ -345,15 +345,42 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
 def test_gpu_check_records_a_failed_step_and_goes_on(tmp_path):
     """A Python that claims CUDA for the detection only: nvidia-smi is missing here, so that step fails,
     and the merge still writes the results file with the failure in it."""
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/bash\nif [ "$1" = "-c" ] && [[ "$2" == *cuda.is_available* ]]; then echo True; '
-                    f'exit 0; fi\nexec {sys.executable} "$@"\n')
-    fake.chmod(0o755)
-    proc = _gpu_check(tmp_path, str(fake), only="none")
+    proc = _gpu_check(tmp_path, str(_fake_cuda_python(tmp_path)), only="none")
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["steps"]["nvidia_smi"]["rc"] == 127 and not result["steps"]["nvidia_smi"]["ok"]
     assert "gpu" not in result and result["throughput"] == {} and "train" not in result
+
+
+def _fake_cuda_python(tmp_path: Path) -> Path:
+    """A Python that claims CUDA for gpu_check's detection only and is the real one otherwise."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\nif [ "$1" = "-c" ] && [[ "$2" == *cuda.is_available* ]]; then echo True; '
+                    f'exit 0; fi\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a machine without the NVIDIA driver")
+def test_gpu_check_skips_steps_past_its_budget_and_merges_an_earlier_calls_run(tmp_path):
+    """A step with too little budget left does not run and drops its stale parts; the parts of a step this
+    call did not ask for (an earlier call's training run) are merged, its episodes read from metrics.jsonl
+    even with a line cut off by a kill."""
+    parts, run = tmp_path / "parts", tmp_path / "run"
+    parts.mkdir()
+    run.mkdir()
+    (parts / "train.step").write_text("124\n100.0\n160.0\npython3 -m agent train --logdir run\n")
+    (parts / "train.log").write_text("parameters: 1\n")
+    (parts / "bench_bf16.step").write_text("0\n0\n1\nstale\n")  # an earlier call's, asked for again below
+    rows = [{"step": 1000, "episode/return": 5.0}, {"step": 1500, "fps/env": 9.0},
+            {"step": 2000, "episode/return": 7.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 25')
+    proc = _gpu_check(tmp_path, str(_fake_cuda_python(tmp_path)), only="bf16", GPU_CHECK_BUDGET="40")
+    assert proc.returncode == 0, proc.stderr
+    assert "bench_bf16 skipped" in proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert "bench_bf16" not in result["steps"] and result["throughput"] == {}
+    assert result["train"]["episodes"] == [[1000, 5.0], [2000, 7.0]] and result["train"]["rc"] == 124
 
 
 def test_one_cpu_thread_is_timed_in_process_cpu_time():
