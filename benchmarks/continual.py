@@ -62,6 +62,7 @@ from agent.config import _f, config_from_dict
 
 from . import jobs as sweep
 from .common import exit_status, parser, read_json, read_jsonl, write_json
+from .continual_report import without_unused
 
 SEQUENCES_DIR = Path(__file__).resolve().parent / "sequences"
 
@@ -740,14 +741,9 @@ def reference_key(job: Job) -> str:
            if k not in ("name", "description", "overrides", "order", "score_range_source", "budget_source")}
     seq["tasks"] = [{k: v for k, v in t.items() if k not in ("name", "random_return", "best_return")}
                     for t in seq["tasks"]]
-    config = job.config
+    config = without_unused(job.config)
     if config.get("plasticity", {}).get("method", "none") == "none":  # unused settings
         config = {k: v for k, v in config.items() if k != "plasticity"}
-    rssm = config["agent"]["world_model"]["rssm"]
-    if not rssm.get("compile") or rssm.get("compile_mode") == "default":  # unused, or as before the field
-        rssm = {k: v for k, v in rssm.items() if k != "compile_mode"}
-        config = {**config, "agent": {**config["agent"], "world_model": {**config["agent"]["world_model"],
-                                                                         "rssm": rssm}}}
     blob = json.dumps({"sequence": seq, "config": config}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 

@@ -163,9 +163,22 @@ def run_metrics(record: dict[str, Any], references: dict[int, dict[str, Any] | N
     }
 
 
+def without_unused(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config (a dict) without settings that do nothing in its run, so that keys made from it stay
+    those of runs saved before such a setting existed: ``rssm.compile_mode`` when the cell is not compiled
+    or at its default."""
+    rssm = config["agent"]["world_model"]["rssm"]
+    if rssm.get("compile") and rssm.get("compile_mode", "default") != "default":
+        return config
+    rssm = {k: v for k, v in rssm.items() if k != "compile_mode"}
+    return {**config, "agent": {**config["agent"], "world_model": {**config["agent"]["world_model"], "rssm": rssm}}}
+
+
 def settings_key(sequence: dict[str, Any], config: dict[str, Any]) -> str:
     """A hash of what makes runs comparable across strategies and seeds: the sequence and the run config
-    without what the strategy sets (the replay section and ``plasticity.method``) and the seed."""
+    without what the strategy sets (the replay section and ``plasticity.method``), the seed and unused
+    settings (``without_unused``)."""
+    config = without_unused(config)
     plasticity = {k: v for k, v in config.get("plasticity", {}).items() if k != "method"}
     config = {**config, "replay": None, "plasticity": plasticity, "agent": {**config["agent"], "seed": None}}
     return hashlib.sha1(json.dumps([sequence, config], sort_keys=True).encode()).hexdigest()[:10]

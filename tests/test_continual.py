@@ -396,6 +396,19 @@ def test_reference_key_leaves_out_the_compile_mode_unless_compiling():
     assert key(compiled, "agent.world_model.rssm.compile_mode=default") == key(compiled)
 
 
+def test_settings_key_of_a_run_saved_before_the_compile_mode_existed_is_unchanged():
+    from benchmarks.continual_report import settings_key
+
+    seq = continual.sequence_from_dict(TINY)
+    job = continual.continual_job(seq, "fifo", 0, ())
+    old = json.loads(json.dumps(job.config))
+    del old["agent"]["world_model"]["rssm"]["compile_mode"]
+    assert settings_key(job.sequence, job.config) == settings_key(job.sequence, old)
+    graphs = continual.continual_job(seq, "fifo", 0, ("agent.world_model.rssm.compile=true",
+                                                      "agent.world_model.rssm.compile_mode=reduce-overhead"))
+    assert settings_key(job.sequence, graphs.config) != settings_key(job.sequence, job.config)
+
+
 def test_a_run_saved_before_a_config_field_existed_is_still_the_same_job(tmp_path):
     seq = continual.sequence_from_dict(TINY)
     job = continual.continual_job(seq, "fifo", 0, ())
