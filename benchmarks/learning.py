@@ -199,6 +199,20 @@ def training_episodes(rundir: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["episode/return"]) for row in metrics(rundir) if "episode/return" in row]
 
 
+def exploration(rundir: Path, width: int = BIN) -> dict[str, Any]:
+    """What a run's exploring policy met, for sparse-reward tasks: its training episodes, how many had a
+    non-zero return and when the first ended, and the actor's entropy at the end of each bin."""
+    episodes = training_episodes(rundir)
+    nonzero = [step for step, ret in episodes if ret != 0]
+    entropy: dict[int, float] = {}
+    for row in _periodic_logs(rundir):
+        if "actor/entropy" in row:
+            entropy[-(-row["step"] // width) * width] = row["actor/entropy"]  # the last log in each bin
+    return {"episodes": len(episodes), "nonzero_episodes": len(nonzero),
+            "first_nonzero_at": nonzero[0] if nonzero else None,
+            "actor_entropy": [{"env_steps": k, "entropy": v} for k, v in sorted(entropy.items())]}
+
+
 def _periodic_logs(rundir: Path) -> list[dict]:
     """The loop's periodic logs (evaluation rows carry ``time/wall_s`` too, but never ``time/cpu_s``)."""
     return [row for row in metrics(rundir) if "time/wall_s" in row and "eval/return" not in row]
@@ -514,6 +528,7 @@ def finished_runs(root: Path, tasks: list[Task]) -> list[dict]:
                          "final_return": sum(last) / len(last), "wall_s": wall_seconds(rundir),
                          "cpu_s": cpu_seconds(rundir), "curve": curve,
                          "train_curve": binned_returns(training_episodes(rundir), finished["steps"]),
+                         "exploration": exploration(rundir),
                          "dreamerv3": reference_score(task), "trivial": trivial, "rundir": str(rundir),
                          "trained_at": run_commits(rundir)})
     return runs

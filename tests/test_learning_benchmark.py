@@ -113,6 +113,21 @@ def test_a_sweep_tells_where_unfinished_runs_stand_and_the_cpu_hours_left(tmp_pa
     assert learning.cpu_pace([running]) is None  # an unfinished run sets no pace
 
 
+def test_exploration_counts_episodes_with_reward_and_the_actor_entropy_per_bin(tmp_path):
+    import json
+
+    import benchmarks.learning as learning
+
+    _write_run(tmp_path / "run", [(1_000, 0.0), (12_000, 3.0), (13_000, 0.0), (25_000, 7.0)], evals=[],
+               steps=30_000)
+    rows = [{"step": s, "time/wall_s": 1.0, "actor/entropy": e} for s, e in [(5_000, 1.4), (9_000, 1.3), (21_000, 0.5)]]
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    assert learning.exploration(tmp_path / "run") == {
+        "episodes": 4, "nonzero_episodes": 2, "first_nonzero_at": 12_000,
+        "actor_entropy": [{"env_steps": 10_000, "entropy": 1.3}, {"env_steps": 30_000, "entropy": 0.5}]}
+
+
 def test_training_episodes_are_binned_by_the_env_step_they_ended_at(tmp_path):
     """DreamerV3's bins are (x - 10,000, x]: an episode ending exactly at 10,000 counts for 10K, one ending at
     10,001 for 20K; an empty bin is None; evals and other scalars are not training episodes."""
