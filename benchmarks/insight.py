@@ -10,7 +10,9 @@ imagined prior), each against ``copy`` (the last observed step, which a model sh
 (decoding the posterior: the reconstruction floor). Probes (``benchmarks.probes``): ridge maps from the
 posterior latent (``deter``, ``stoch``, ``both``) to each joint's position and velocity (cos/sin of angles that
 wind), fitted on the first episodes, scored (R^2) on the others, then applied to imagined latents at
-``--probe-horizons``. Video: real, model and error frames of a few windows (green bar: observed, red: imagined).
+``--probe-horizons``. Heads: the reward head and the critic on the posterior latents against the true reward
+and the discounted return-to-go, decoded as the agent does and in raw space. Video: real, model and error
+frames of a few windows (green bar: observed, red: imagined).
 
 Outputs in ``--out``: ``insight.json``, ``horizon.png``, ``probes.png``, ``openloop_<label>.gif`` (``.mp4``
 with imageio-ffmpeg) and TensorBoard runs (``--tensorboard``; scalars ``openloop/<metric>`` and
@@ -252,6 +254,53 @@ def episode_latents(wm: Any, episode: Episode, sample: bool, embed: bool = False
     return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
+def return_to_go(reward: np.ndarray, discount: float) -> np.ndarray:
+    """G_t = sum_k discount^k reward[t+1+k] (T,) of one episode's rewards (row t: the reward arriving at step t),
+    what the critic at step t estimates; cut at the episode's end (no bootstrap)."""
+    out, ret = np.zeros(len(reward)), 0.0
+    for t in range(len(reward) - 2, -1, -1):
+        ret = reward[t + 1] + discount * ret
+        out[t] = ret
+    return out
+
+
+def heads(agent: Any, episodes: list[Episode], sample: bool) -> dict[str, Any]:
+    """The reward head and the critic on the episodes' posterior latents, each decoded two ways: ``ours``
+    (symexp of the expected symlog bin: what the agent uses) and ``raw`` (the expected symexp of the bins:
+    DreamerV3's current decoding, which a spread distribution does not bias). reward: means over the steps
+    with a non-zero reward and over the others, against the true one; value: means against the discounted
+    return-to-go (cut at the episode's end, so short of the critic's infinite horizon near it)."""
+    import torch
+
+    from agent.math_utils import symexp
+
+    wm, ac = agent.wm, agent.ac
+    reward, rtg, pred = [], [], {"reward": [], "value": []}
+    for episode in episodes:
+        latent = episode_latents(wm, episode, sample)
+        feat = torch.as_tensor(np.concatenate([latent["deter"], latent["stoch"]], -1), device=wm.device)
+        with torch.no_grad():
+            for name, logits, bins in [("reward", wm.reward(feat), wm.bins), ("value", ac.critic(feat), ac.bins)]:
+                probs = torch.softmax(logits.float(), -1)
+                pred[name].append(torch.stack([symexp(probs @ bins), probs @ symexp(bins)], -1).cpu().numpy())
+        reward.append(episode["reward"].astype(np.float64))
+        rtg.append(return_to_go(reward[-1], agent.cfg.actor_critic.discount))
+    reward, rtg = np.concatenate(reward), np.concatenate(rtg)
+    rew, val = np.concatenate(pred["reward"]), np.concatenate(pred["value"])  # (steps, 2): ours, raw
+
+    def means(mask: np.ndarray, truth: np.ndarray, guess: np.ndarray, true_name: str) -> dict[str, Any]:
+        if not mask.any():
+            return {"steps": 0}
+        return {"steps": int(mask.sum()), true_name: float(truth[mask].mean()),
+                "ours": float(guess[mask, 0].mean()), "raw": float(guess[mask, 1].mean())}
+
+    rewarded = reward != 0
+    return {"reward": {"rewarded": means(rewarded, reward, rew, "true"),
+                       "unrewarded": means(~rewarded, reward, rew, "true")},
+            "value": means(np.ones_like(rewarded), rtg, val, "return_to_go"),
+            "discount": agent.cfg.actor_critic.discount}
+
+
 def features(latent: dict[str, np.ndarray], which: str) -> np.ndarray:
     """deter, stoch, or both concatenated (the model's own features), along the last axis."""
     return latent[which] if which != "both" else np.concatenate([latent["deter"], latent["stoch"]], -1)
@@ -451,6 +500,7 @@ def analyse(path: str, label: str, args: argparse.Namespace) -> tuple[dict[str, 
         targets = [probe_targets(e, names, winding) for e in episodes]
         run["probes"] = physics_probes(agent.wm, episodes, quantities, targets, results, index, args.context,
                                        keep, args.probe_train, sample)
+    run["heads"] = heads(agent, episodes, sample)
     video = None
     if "image" in keys and args.video_sequences > 0:
         pick = np.unique(np.linspace(0, len(index) - 1, min(args.video_sequences, len(index))).round().astype(int))

@@ -199,18 +199,26 @@ def training_episodes(rundir: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["episode/return"]) for row in metrics(rundir) if "episode/return" in row]
 
 
+# What the actor's update saw, per bin (the last log in each): its entropy, the spread of its normalised
+# advantages (an actor whose advantage std sits below the entropy scale, 3e-4, learns little but entropy),
+# the return normaliser's scale (floor 1) and the critic's mean imagined value.
+ACTOR_SIGNAL = {"entropy": "actor/entropy", "advantage_std": "actor/advantage_std",
+                "return_scale": "actor/return_scale", "imagined_value": "imagine/value"}
+
+
 def exploration(rundir: Path, width: int = BIN) -> dict[str, Any]:
     """What a run's exploring policy met, for sparse-reward tasks: its training episodes, how many had a
-    non-zero return and when the first ended, and the actor's entropy at the end of each bin."""
+    non-zero return and when the first ended, and per bin what the actor's update saw (``ACTOR_SIGNAL``)."""
     episodes = training_episodes(rundir)
     nonzero = [step for step, ret in episodes if ret != 0]
-    entropy: dict[int, float] = {}
+    per_bin: dict[int, dict[str, float]] = {}
     for row in _periodic_logs(rundir):
         if "actor/entropy" in row:
-            entropy[-(-row["step"] // width) * width] = row["actor/entropy"]  # the last log in each bin
+            per_bin[-(-row["step"] // width) * width] = {
+                name: row[key] for name, key in ACTOR_SIGNAL.items() if key in row}
     return {"episodes": len(episodes), "nonzero_episodes": len(nonzero),
             "first_nonzero_at": nonzero[0] if nonzero else None,
-            "actor_entropy": [{"env_steps": k, "entropy": v} for k, v in sorted(entropy.items())]}
+            "actor": [{"env_steps": k, **v} for k, v in sorted(per_bin.items())]}
 
 
 def _periodic_logs(rundir: Path) -> list[dict]:

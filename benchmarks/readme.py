@@ -319,6 +319,27 @@ def insight(data: dict, source: str) -> str:
                         "\n".join(plots)])
 
 
+def insight_heads(data: dict, source: str) -> str:
+    """The reward head and critic per checkpoint (``heads`` of ``benchmarks.insight``), both decodings."""
+    rows = []
+    for run in data["runs"]:
+        h = run["heads"]
+        hit, value = h["reward"]["rewarded"], h["value"]
+        rows.append([run["label"], fmt(mean_or_none(run["episodes"]["returns"])), f"{hit['steps']:,}",
+                     *[fmt(hit.get(k), 3) for k in ("true", "ours", "raw")],
+                     fmt(h["reward"]["unrewarded"]["ours"], 3),
+                     *[fmt(value[k], 3) for k in ("return_to_go", "ours", "raw")]])
+    first = data["runs"][0]
+    return (markdown_table(["checkpoint", "mean return", "rewarded steps", "reward there", "predicted (ours)",
+                            "predicted (raw)", "predicted elsewhere (ours)", "return-to-go", "value (ours)",
+                            "value (raw)"], rows)
+            + f"\n\n{first['episodes']['count']} episodes of each checkpoint's exploring policy (policy "
+            f"`{first['policy']}`) in {first['env']}; the heads read each step's posterior latent. Ours: symexp of the "
+            "expected symlog bin (the agent's decoding); raw: the expected symexp of the bins (DreamerV3's current "
+            "one). Return-to-go: discounted (the critic's discount) and cut at the episode's end, so below an "
+            f"infinite-horizon value near it. Source `{source}` (commit {data['machine']['git_commit']}).")
+
+
 def world_model_encoders(data: dict, source: str) -> str:
     return (flops_markdown(data["encoders"]) + f"\n\nPreset `{data['preset']}`, equal FLOPs: {data['equal_flops']}. "
             f"Source `{source}` (`python -m benchmarks.world_model --flops --out {source}`).")
@@ -330,6 +351,7 @@ TABLES = {  # README table name: its results file under results/, and the render
     "learning_pixels": ("learning_cpu_pixels.json", learning),
     "learning_dmc_proprio": ("learning_dmc_proprio.json", learning_dmc_proprio),
     "insight": ("insight/insight.json", insight),
+    "insight_pendulum": ("insight_pendulum/insight.json", insight_heads),
     "continual_pendulum_conflict": ("continual_pendulum-conflict.json", readme_section),
     "continual_pendulum_physics": ("continual_pendulum-physics.json", readme_section),
     "continual_references_pendulum_conflict": ("continual_references_pendulum-conflict.json", references_section),

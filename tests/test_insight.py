@@ -240,6 +240,42 @@ def test_probes_line_latents_up_with_the_true_state_at_every_horizon():
     assert max(report["posterior_r2"]["stoch"].values()) < 0.05  # all zeros: nothing to read
 
 
+def test_return_to_go_is_the_discounted_sum_of_the_rewards_after_each_step():
+    np.testing.assert_allclose(insight.return_to_go(np.array([5.0, 1.0, 0.0, 2.0]), 0.5), [1.5, 1.0, 2.0, 0.0])
+
+
+def _last_linear(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+
+def test_heads_decode_a_spread_prediction_as_the_agent_does_and_in_raw_space():
+    """Reward head and critic set to an even mix of the bins at 0 and at symlog value b: the agent's decoding
+    is symexp(b / 2), the raw one symexp(b) / 2 (larger, by Jensen); the return-to-go is the true one."""
+    space = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+    agent = Agent(space, gym.spaces.Box(-1, 1, (1,), np.float32), preset("debug"))
+    bins = agent.wm.bins
+    k = len(bins) // 2 + 40
+    b = float(bins[k])
+    for head in (_last_linear(agent.wm.reward), _last_linear(agent.ac.critic)):
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(-1e4)
+            head.bias[len(bins) // 2] = head.bias[k] = 0.0
+    T = 12
+    reward = np.zeros(T, np.float32)
+    reward[[4, 9]] = 2.0
+    episode = {"state": np.random.default_rng(0).normal(size=(T, 3)).astype(np.float32), "reward": reward,
+               "is_first": np.arange(T) == 0, "action": np.zeros((T, 1), np.float32)}
+    out = insight.heads(agent, [episode, episode], sample=False)
+    ours, raw = np.expm1(b / 2), np.expm1(b) / 2
+    hit = out["reward"]["rewarded"]
+    assert hit["steps"] == 4 and hit["true"] == 2.0 and out["reward"]["unrewarded"]["steps"] == 20
+    assert hit["ours"] == pytest.approx(ours, rel=1e-4) and hit["raw"] == pytest.approx(raw, rel=1e-4)
+    assert out["value"]["ours"] == pytest.approx(ours, rel=1e-4) and out["value"]["raw"] == pytest.approx(raw, rel=1e-4)
+    discount = agent.cfg.actor_critic.discount
+    assert out["value"]["return_to_go"] == pytest.approx(insight.return_to_go(reward.astype(float), discount).mean())
+
+
 def test_openloop_video_panel():
     real = np.full((2, 6, 8, 8, 3), 100, np.uint8)
     model = np.full((2, 6, 8, 8, 3), 90, np.uint8)
@@ -308,6 +344,7 @@ def test_cli_compares_pixel_and_state_checkpoints(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(readme, "RESULTS", tmp_path)  # the README renderer reads results/insight/insight.json
     text = readme.table("insight")
     assert "**pix**" in text and "| qvel[slider] |" in text and "imagined h=5" in text
+    assert st["heads"]["value"]["steps"] == 72 and "| st | " in readme.insight_heads(result, "insight.json")
 
 
 @pytest.mark.slow

@@ -113,19 +113,21 @@ def test_a_sweep_tells_where_unfinished_runs_stand_and_the_cpu_hours_left(tmp_pa
     assert learning.cpu_pace([running]) is None  # an unfinished run sets no pace
 
 
-def test_exploration_counts_episodes_with_reward_and_the_actor_entropy_per_bin(tmp_path):
+def test_exploration_counts_episodes_with_reward_and_what_the_actor_saw_per_bin(tmp_path):
     import json
 
     import benchmarks.learning as learning
 
     _write_run(tmp_path / "run", [(1_000, 0.0), (12_000, 3.0), (13_000, 0.0), (25_000, 7.0)], evals=[],
                steps=30_000)
-    rows = [{"step": s, "time/wall_s": 1.0, "actor/entropy": e} for s, e in [(5_000, 1.4), (9_000, 1.3), (21_000, 0.5)]]
+    rows = [{"step": s, "time/wall_s": 1.0, "actor/entropy": e, "actor/advantage_std": a, "actor/return_scale": 1.0}
+            for s, e, a in [(5_000, 1.4, 1e-5), (9_000, 1.3, 2e-4), (21_000, 0.5, 0.03)]]
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write("".join(json.dumps(row) + "\n" for row in rows))
     assert learning.exploration(tmp_path / "run") == {
         "episodes": 4, "nonzero_episodes": 2, "first_nonzero_at": 12_000,
-        "actor_entropy": [{"env_steps": 10_000, "entropy": 1.3}, {"env_steps": 30_000, "entropy": 0.5}]}
+        "actor": [{"env_steps": 10_000, "entropy": 1.3, "advantage_std": 2e-4, "return_scale": 1.0},
+                  {"env_steps": 30_000, "entropy": 0.5, "advantage_std": 0.03, "return_scale": 1.0}]}
 
 
 def test_training_episodes_are_binned_by_the_env_step_they_ended_at(tmp_path):
