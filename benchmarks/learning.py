@@ -200,8 +200,8 @@ def training_episodes(rundir: Path) -> list[tuple[int, float]]:
 
 
 # What the actor's update saw, per bin (the last log in each): its entropy, the spread of its normalised
-# advantages (an actor whose advantage std sits below the entropy scale, 3e-4, learns little but entropy),
-# the return normaliser's scale (floor 1) and the critic's mean imagined value.
+# advantages (to set beside the entropy term's weight), the return normaliser's scale (floor 1) and the
+# critic's mean imagined value.
 ACTOR_SIGNAL = {"entropy": "actor/entropy", "advantage_std": "actor/advantage_std",
                 "return_scale": "actor/return_scale", "imagined_value": "imagine/value"}
 
