@@ -452,8 +452,8 @@ def summary_lines(result: dict[str, Any]) -> None:
 
 
 def grid_jobs(args: argparse.Namespace) -> list[Any]:
-    """One job per (task, encoder, seed) without a finished result of ``--updates`` updates; records a
-    task's dataset first when ``--data-root`` lacks it."""
+    """One job per (task, encoder, seed) without a finished result of ``--updates`` updates (every one with
+    ``--fresh``); records a task's dataset first when ``--data-root`` lacks it."""
     for label in args.encoders:
         encoder_overrides(label)  # a bad label is an error before any recording or training
     planned = []
@@ -465,7 +465,7 @@ def grid_jobs(args: argparse.Namespace) -> list[Any]:
             for seed in args.seeds:
                 rundir = (Path(args.root) / task_dirname(task) / f"{label}-s{seed}").resolve()
                 result = rundir / "result.json"
-                if (read_json(result) or {}).get("updates") == args.updates:
+                if not args.fresh and (read_json(result) or {}).get("updates") == args.updates:
                     continue
                 argv = ("-m", "benchmarks.world_model", "--data", str(data.resolve()), "--seed", str(seed),
                         "--out", str(result), "--run-dir", str(rundir), "--encoder", label, *_shared_argv(args))
@@ -484,12 +484,20 @@ def _shared_argv(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(out + (["--set", *args.set] if args.set else []))
 
 
+def start_over(planned: list[jobs.Job], fresh: bool) -> list[jobs.Job]:
+    """The jobs, their run directories emptied first with ``fresh`` (called under the sweep's locks)."""
+    for job in planned if fresh else []:
+        jobs.clear(Path(job.rundir))
+    return planned
+
+
 def run_grid(args: argparse.Namespace) -> int:
     """Train every missing run of the grid through the job runner, then gather the results and report."""
     planned = grid_jobs(args)
     print(f"{len(planned)} runs to train ({len(args.tasks)} tasks x {len(args.encoders)} encoders x "
           f"{len(args.seeds)} seeds, {args.updates} updates each)", flush=True)
-    failed = jobs.run_sweep(args, [Path(j.rundir) for j in planned], lambda: planned) if planned else []
+    failed = jobs.run_sweep(args, [Path(j.rundir) for j in planned], lambda: start_over(planned, args.fresh)
+                            ) if planned else []
     gather(args)
     return 1 if failed else 0
 

@@ -2,6 +2,7 @@
 probes, FLOP counts, and the grid command end to end on a tiny scale."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,6 +289,11 @@ def test_grid_records_trains_evaluates_and_reports(tmp_path, capsys):
     # A second call finds every run finished; --report-only rewrites the same report from the results file.
     assert wmt.main(argv) == 0
     assert "0 runs to train" in capsys.readouterr().out
+    # --fresh plans every run again, its directory emptied so that it starts over instead of resuming.
+    planned = wmt.grid_jobs(wmt.arguments().parse_args([*argv, "--fresh"]))
+    assert len(planned) == 2 and all((Path(job.rundir) / "result.json").exists() for job in planned)
+    assert wmt.start_over(planned, fresh=True) == planned
+    assert not any(Path(job.rundir).exists() and any(Path(job.rundir).iterdir()) for job in planned)
     out.with_suffix(".md").unlink()
     assert wmt.main(["--report-only", "--out", str(out)]) == 0
     assert out.with_suffix(".md").read_text() == report
