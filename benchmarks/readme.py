@@ -208,18 +208,20 @@ def memory(data: dict, source: str) -> str:
     mem, m = data["memory"], data["machine"]
     if mem["replay_full_at_env_steps"] is None:
         return f"The replay never filled in {data['wall_s'] / 60:.0f} minutes; source `{source}`."
+    after = [point for point in mem["points"] if point["env_steps"] >= mem["replay_full_at_env_steps"]]
+    peaks = [after[0]["peak_rss_mb"], after[-1]["peak_rss_mb"]]  # the high-water mark when full and at the end
     rows = [[data["spec"], data["obs"], f"{mem['replay_capacity']:,}", f"{mem['replay_full_at_env_steps']:,}",
-             f"{mem['hours_after_full'] * 60:.0f}", f"{mem['rss_mb_when_full']:,.0f}",
-             f"{mem['rss_mb_max_after_full']:,.0f}", f"{mem['rss_mb_end']:,.0f}",
+             f"{mem['hours_after_full'] * 60:.0f}", *[f"{peak:,.0f}" for peak in peaks],
+             f"{mem['rss_mb_when_full']:,.0f}", f"{mem['rss_mb_max_after_full']:,.0f}", f"{mem['rss_mb_end']:,.0f}",
              f"{mem['rss_growth_mb_per_hour_after_full']:+,.0f}"]]
-    after = sum(1 for point in mem["points"] if point["env_steps"] >= mem["replay_full_at_env_steps"])
     return (markdown_table(["env", "obs", "replay capacity (steps)", "full at env steps", "minutes after full",
-                            "RSS MB when full", "max RSS MB after", "RSS MB at the end", "growth MB/hour after full"],
-                           rows)
+                            "peak RSS MB when full", "peak RSS MB at the end", "RSS MB when full", "max RSS MB after",
+                            "RSS MB at the end", "RSS slope MB/hour after full"], rows)
             + f"\n\nOne run of {data['wall_s'] / 60:.0f} minutes (`{' '.join(data['overrides'])}`), ended by its "
-            f"time limit; RSS logged every {mem['points'][1]['env_steps'] - mem['points'][0]['env_steps']:,} env "
-            f"steps, {after} readings from the one where the replay is full; growth: least-squares slope over "
-            f"those. {m['processor']}, commit {m['git_commit']}. Source `{source}`.")
+            f"time limit; RSS and its peak (the process's high-water mark) logged every "
+            f"{mem['points'][1]['env_steps'] - mem['points'][0]['env_steps']:,} env steps, {len(after)} readings "
+            f"from the one where the replay is full; slope: least squares over those. {m['processor']}, commit "
+            f"{m['git_commit']}. Source `{source}`.")
 
 
 def _fmt(value: float | None) -> str:

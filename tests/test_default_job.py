@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from benchmarks import default_job
+from benchmarks import default_job, readme
 from benchmarks.default_job import MetricsFollower, first_reaching, machine_load, memory_timeline, threshold_task
 from benchmarks.learning import SUITES
 
@@ -98,6 +98,11 @@ def test_memory_growth_is_fitted_only_once_the_replay_is_full():
     assert memory["hours_after_full"] == pytest.approx(0.3) and len(memory["points"]) == 7
     never_full = memory_timeline(rows, capacity=10_000)
     assert never_full["replay_full_at_env_steps"] is None and never_full["rss_growth_mb_per_hour_after_full"] is None
+    # The README row: the peak (high-water mark) when the replay is full and at the end, then the RSS readings.
+    data = {"memory": memory, "spec": "dmc:cartpole-balance", "obs": "pixels", "wall_s": 2160.0, "overrides": ["a=1"],
+            "machine": {"processor": "cpu", "git_commit": "abc"}}
+    assert "| dmc:cartpole-balance | pixels | 300 | 300 | 18 | 705 | 711 | 700 | 706 | 706 | +20 |" in readme.memory(
+        data, "results/m.json")
 
 
 @pytest.mark.slow
