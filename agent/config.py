@@ -310,8 +310,8 @@ def _cpu() -> AgentConfig:
     Where it departs from DreamerV3's current public code (danijar/dreamerv3, configs.yaml and agent.py,
     2024-12), and why:
     - Size: deter 256, hidden 128, 16 x 16 latents, MLPs of 128 units (2 layers in actor and critic);
-      DreamerV3 runs DMC proprio with its 1M model (deter 512, hidden 64, 32 x 4 latents, 64 units) and
-      published its curves with the 12M model. Ours is what one CPU core updates ~25K times in 2 hours.
+      DreamerV3's current code runs DMC proprio with its 1M model (deter 512, hidden 64, 32 x 4 latents,
+      64 units). Ours is what one CPU core updates ~25K times in 2 hours.
     - Imagination starts from 256 random replayed states per update, not all B*T: the actor-critic
       update is most of an update's cost here.
     - Optimizer: Adam per module group (world model lr 1e-4, eps 1e-8, global clip 1000; actor 1e-4 and
@@ -338,6 +338,15 @@ def _cpu() -> AgentConfig:
       from them (replay_context 1), and also trains once on each fresh sequence (an online queue).
     - The GRU's hidden-layer norm is per block (DreamerV3 normalises the whole deter vector); 2,500 env
       steps of uniformly random actions before the first update (DreamerV3 acts with its initial policy).
+    The reference curves (scores/ of danijar/dreamerv3, added 2023-05-06 at 423291a) come from the code
+    of that time, not the current one. Its configs.yaml there has: DMC action repeat 2; dmc_proprio at
+    train ratio 512 with deter 512 and MLPs of 2 x 512 units; Adam with our world-model settings (lr 1e-4,
+    eps 1e-8, clip 1000) and actor and critic at lr 3e-5 (eps 1e-5, clip 100); LayerNorm and a learned
+    initial state; the symlog two-hot of the 2023 paper; the actor's output at outscale 1.0; and, for
+    continuous actions, the actor trained by backpropagating returns through the model (actor_grad_cont:
+    backprop; ours: ``actor_grad``, REINFORCE here, as the current code does for every action space).
+    So the two-hot form and the actor's initialisation listed above are the curves' code's own, and its
+    actor gradient for continuous actions is not ours.
     Schedules (action repeat, train ratio, batch length) belong to the run, not the preset: see the
     learning benchmark's suites.
     """
