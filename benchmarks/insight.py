@@ -278,7 +278,7 @@ def heads(agent: Any, episodes: list[Episode], sample: bool) -> dict[str, Any]:
     reward, rtg, pred = [], [], {"reward": [], "value": []}
     for episode in episodes:
         latent = episode_latents(wm, episode, sample)
-        feat = torch.as_tensor(np.concatenate([latent["deter"], latent["stoch"]], -1), device=wm.device)
+        feat = torch.as_tensor(features(latent, "both"), device=wm.device)
         with torch.no_grad():
             for name, logits, bins in [("reward", wm.reward(feat), wm.bins), ("value", ac.critic(feat), ac.bins)]:
                 probs = torch.softmax(logits.float(), -1)
